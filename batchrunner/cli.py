@@ -1,0 +1,246 @@
+"""The command line: parse options, call the library, print. The only module that prints."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import IO, Any, TypeVar
+
+import anyio
+import click
+import orjson
+
+from batchrunner import commands
+from batchrunner.errors import BatchrunnerError
+from batchrunner.export import FORMATS, write_errors, write_results
+from batchrunner.fake import FakeConfig, serve_forever
+from batchrunner.jobfile import ENDPOINTS, JobDefaults, normalize_endpoint
+from batchrunner.ledger import Ledger, database_url, describe
+from batchrunner.logs import configure
+from batchrunner.progress import ProgressBar
+from batchrunner.settings import RunSettings
+from batchrunner.status import format_job, job_status
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def common(func: F) -> F:
+    """--db, -v and --log-json on every command, and deliberate errors turned into exit codes."""
+
+    @click.option("--db", "db", help="Ledger URL (default: $BATCHRUNNER_DB or ./batchrunner.db).")
+    @click.option("-v", "--verbose", count=True, help="Log one line per attempt.")
+    @click.option("--log-json", is_flag=True, help="Log as JSON lines (for log pipelines).")
+    @functools.wraps(func)
+    def wrapper(*args: Any, db: str | None, verbose: int, log_json: bool, **kwargs: Any) -> Any:
+        configure(verbose, log_json)
+        try:
+            return func(*args, db=database_url(db), **kwargs)
+        except BatchrunnerError as exc:
+            say(f"error: {exc}")
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def run_options(func: F) -> F:
+    """The options that shape a run, on `submit` and `run` alike."""
+    options = [
+        click.option("--concurrency", type=click.IntRange(1), help="Requests in flight [64]."),
+        click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Requests/min."),
+        click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Tokens/min."),
+        click.option("--max-attempts", type=click.IntRange(1), help="Attempts per item [5]."),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds."),
+        click.option("--base-url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _overrides(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="batchrunner")
+def cli() -> None:
+    """Run large batches of LLM API requests reliably, with a ledger of every item."""
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=True, path_type=str))
+@click.option("--mode", type=click.Choice(["concurrent"]), default="concurrent", show_default=True)
+@click.option("--name", help="Job name (default: the file name without extension).")
+@click.option("--model", help="Model for lines that name none.")
+@click.option("--endpoint", default=ENDPOINTS[0], show_default=True, help="Url of short lines.")
+@run_options
+@click.option("--detach", is_flag=True, help="Record the job without running it.")
+@click.option("--simulate", is_flag=True, help="Run against the built-in fake server.")
+@common
+def submit(
+    file: str,
+    mode: str,
+    name: str | None,
+    model: str | None,
+    endpoint: str,
+    detach: bool,
+    simulate: bool,
+    db: str,
+    **run: Any,
+) -> None:
+    """Validate FILE, record every request in the ledger, and run the job."""
+    settings = RunSettings().merged(_overrides(**run))
+    if not simulate and not detach:
+        commands.api_key_for(settings)
+    defaults = JobDefaults(endpoint=normalize_endpoint(endpoint), model=model)
+    ledger, submitted = commands.submit_job(
+        db, file, defaults=defaults, settings=settings, name=name, mode=mode, simulated=simulate
+    )
+    models = ", ".join(f"{m} x{n:,}" for m, n in submitted.summary.models.items())
+    flag = " [simulated]" if simulate else ""
+    say(
+        f"recorded job {submitted.job_id}{flag}: {submitted.summary.items:,} requests from "
+        f"{file} ({models}) in {describe(db)}"
+    )
+    if detach:
+        say(f"run it with: batchrunner run {submitted.job_id}")
+        return
+    sys.exit(_run_with_progress(ledger, submitted.job_id, {}))
+
+
+@cli.command()
+@click.argument("job", required=False)
+@run_options
+@common
+def run(job: str | None, db: str, **run: Any) -> None:
+    """Run or resume JOB's unfinished items (default: the latest job)."""
+    ledger = Ledger(db)
+    sys.exit(_run_with_progress(ledger, ledger.find_job(job), _overrides(**run)))
+
+
+def _run_with_progress(ledger: Ledger, job_id: int, overrides: dict[str, Any]) -> int:
+    before = job_status(ledger.summary(job_id))
+    done = before["total"] - before["counts"]["pending"] - before["counts"]["running"]
+    bar = ProgressBar(before["total"], done)
+    try:
+        report = anyio.run(
+            functools.partial(
+                commands.run_job,
+                ledger,
+                job_id,
+                overrides,
+                on_flush=bar.on_flush,
+                handle_signals=True,
+            )
+        )
+    finally:
+        bar.close()
+    after = job_status(ledger.summary(job_id))
+    say(format_job(after))
+    code = commands.exit_code(ledger, report)
+    if report.state != "completed":
+        reason = f" ({report.stop_reason})" if report.stop_reason else ""
+        say(f"stopped early{reason}; resume with: batchrunner run {job_id}")
+    return code
+
+
+@cli.command()
+@click.argument("job", required=False)
+@click.option("--json", "json_", is_flag=True, help="Print JSON.")
+@common
+def status(job: str | None, json_: bool, db: str) -> None:
+    """Show JOB (default: all recent jobs) with counts, tokens, cost, progress and rate."""
+    ledger = Ledger(db)
+    ids = [ledger.find_job(job)] if job else ledger.job_ids()
+    statuses = [job_status(ledger.summary(job_id)) for job_id in ids]
+    if json_:
+        click.echo(orjson.dumps({"jobs": statuses}, option=orjson.OPT_INDENT_2).decode())
+    elif not statuses:
+        say(f"no jobs in {describe(db)}")
+    else:
+        click.echo("\n".join(format_job(s) for s in statuses))
+
+
+@cli.group()
+def export() -> None:
+    """Write results or failed items back out."""
+
+
+@contextmanager
+def _output(path: str | None) -> Iterator[IO[bytes]]:
+    """stdout, or a file written in full before it replaces any old one."""
+    if path is None:
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    handle = tempfile.NamedTemporaryFile(dir=folder, delete=False, suffix=".partial")  # noqa: SIM115
+    try:
+        with handle:
+            yield handle
+        os.replace(handle.name, path)
+    except BaseException:
+        os.unlink(handle.name)
+        raise
+
+
+@export.command("results")
+@click.option("--job", help="Job id or name (default: the latest job).")
+@click.option("-o", "--output", help="Output file (default: stdout).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True)
+@common
+def export_results(job: str | None, output: str | None, fmt: str, db: str) -> None:
+    """One record per item, in input order: response, error, attempts, tokens, cost."""
+    ledger = Ledger(db)
+    job_id = ledger.find_job(job)
+    with _output(output) as out:
+        count = write_results(ledger, job_id, out, fmt)
+    if output:
+        say(f"wrote {count:,} results of job {job_id} to {output}")
+
+
+@export.command("errors")
+@click.option("--job", help="Job id or name (default: the latest job).")
+@click.option("-o", "--output", help="Output file (default: stdout).")
+@common
+def export_errors(job: str | None, output: str | None, db: str) -> None:
+    """The failed items as a Batch API job file, ready to submit again."""
+    ledger = Ledger(db)
+    job_id = ledger.find_job(job)
+    with _output(output) as out:
+        count = write_errors(ledger, job_id, out)
+    if output:
+        say(f"wrote {count:,} failed items of job {job_id} to {output}")
+
+
+@cli.command("fake-server")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8765, show_default=True)
+@click.option("--latency-ms", type=float, default=0.0, show_default=True)
+@click.option("--error-rate-429", type=float, default=0.0, show_default=True)
+@click.option("--error-rate-5xx", type=float, default=0.0, show_default=True)
+@click.option("--drop-rate", type=float, default=0.0, show_default=True)
+@click.option("--rpm-limit", type=int, help="Enforce requests/min like the real API.")
+@click.option("--tpm-limit", type=int, help="Enforce tokens/min like the real API.")
+@click.option("--seed", type=int)
+def fake_server(host: str, port: int, **knobs: Any) -> None:
+    """Serve the fake OpenAI-compatible API, to rehearse a pipeline without a key."""
+    config = FakeConfig(**knobs)
+    say(f"fake OpenAI-compatible server on http://{host}:{port}/v1 (Ctrl-C to stop)")
+    serve_forever(host, port, config)
+
+
+def main() -> None:
+    cli(prog_name="batchrunner")
+
+
+if __name__ == "__main__":
+    main()

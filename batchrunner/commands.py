@@ -1,0 +1,125 @@
+"""The library behind each CLI command; tests call these directly, the CLI only adds printing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchrunner.errors import UsageError
+from batchrunner.fake import FakeConfig, FakeServer
+from batchrunner.jobfile import FileSummary, JobDefaults, check_job_file, read_job_items
+from batchrunner.ledger import AttemptRecord, Ledger
+from batchrunner.runner.concurrent import ConcurrentRunner, RunReport
+from batchrunner.runner.transport import HttpTransport
+from batchrunner.settings import OPENAI_BASE_URL, RunSettings
+
+SIMULATED_LATENCY = FakeConfig(latency_ms=20.0, latency_jitter_ms=60.0)
+SIMULATED_KEY = "sk-simulated-no-real-key"
+
+
+@dataclass
+class Submitted:
+    job_id: int
+    summary: FileSummary
+
+
+def submit_job(
+    ledger_url: str,
+    path: str,
+    *,
+    defaults: JobDefaults,
+    settings: RunSettings,
+    name: str | None = None,
+    mode: str = "concurrent",
+    simulated: bool = False,
+) -> tuple[Ledger, Submitted]:
+    """Validate the whole file, then record the job and its items in one transaction.
+
+    The ledger is opened only once the file is known to be good: bad input touches nothing."""
+    summary = check_job_file(path, defaults)
+    ledger = Ledger(ledger_url)
+    job_id = ledger.create_job(
+        name=name or Path(path).stem,
+        mode=mode,
+        source_path=os.path.abspath(path),
+        source_sha256=summary.sha256,
+        options=settings.stored(),
+        simulated=simulated,
+        items=read_job_items(path, defaults),
+    )
+    return ledger, Submitted(job_id, summary)
+
+
+def job_settings(ledger: Ledger, job_id: int, overrides: dict[str, Any]) -> RunSettings:
+    options, _ = ledger.job_options(job_id)
+    return RunSettings.from_stored(options).merged(overrides)
+
+
+def api_key_for(settings: RunSettings) -> str | None:
+    """OPENAI_API_KEY; required only when talking to OpenAI itself."""
+    key = os.environ.get("OPENAI_API_KEY") or None
+    if key is None and settings.resolved_base_url() == OPENAI_BASE_URL:
+        raise UsageError(
+            "OPENAI_API_KEY is not set. Set it, point --base-url / OPENAI_BASE_URL at another "
+            "OpenAI-compatible server, or rehearse with `submit --simulate`."
+        )
+    return key
+
+
+@asynccontextmanager
+async def simulated_endpoint(config: FakeConfig | None = None) -> AsyncIterator[str]:
+    """The fake OpenAI-compatible server on 127.0.0.1, in this event loop."""
+    server = FakeServer(config or SIMULATED_LATENCY)
+    base_url = await server.start()
+    try:
+        yield base_url
+    finally:
+        await server.stop()
+
+
+async def run_job(
+    ledger: Ledger,
+    job_id: int,
+    overrides: dict[str, Any] | None = None,
+    *,
+    on_flush: Callable[[list[AttemptRecord]], None] | None = None,
+    handle_signals: bool = False,
+    fake_config: FakeConfig | None = None,
+) -> RunReport:
+    """Run (or resume) a job's unfinished items to the end, or until it is stopped."""
+    settings = job_settings(ledger, job_id, overrides or {})
+    _, simulated = ledger.job_options(job_id)
+    if simulated:
+        async with simulated_endpoint(fake_config) as base_url:
+            settings = settings.merged({"base_url": base_url})
+            return await _run(ledger, job_id, settings, SIMULATED_KEY, on_flush, handle_signals)
+    key = api_key_for(settings)
+    return await _run(ledger, job_id, settings, key, on_flush, handle_signals)
+
+
+async def _run(
+    ledger: Ledger,
+    job_id: int,
+    settings: RunSettings,
+    api_key: str | None,
+    on_flush: Callable[[list[AttemptRecord]], None] | None,
+    handle_signals: bool,
+) -> RunReport:
+    transport = HttpTransport(
+        settings.resolved_base_url(), api_key, settings.timeout, settings.concurrency
+    )
+    async with transport:
+        runner = ConcurrentRunner(ledger, job_id, settings, transport, on_flush)
+        return await runner.run(handle_signals=handle_signals)
+
+
+def exit_code(ledger: Ledger, report: RunReport) -> int:
+    """0 all succeeded, 1 finished with failures, 3 stopped early and resumable."""
+    if report.state != "completed":
+        return 3
+    counts = ledger.summary(report.job_id).counts
+    return 1 if counts.get("failed", 0) or counts.get("cancelled", 0) else 0

@@ -1,0 +1,69 @@
+"""The exceptions batchrunner raises on purpose, in one tree.
+
+    BatchrunnerError              anything the CLI turns into a clear message and an exit code
+    ├── JobFileError              the job file is unreadable or invalid (exit 2); carries every
+    │                             problem found, each naming file:line
+    ├── UsageError                bad options or a job that does not exist (exit 2)
+    ├── JobBusyError              another live run already works on this job (exit 2)
+    ├── LedgerError               the ledger could not be read or written (disk full, locked);
+    │                             the job stays resumable (exit 3)
+    └── JobStopped                the run stopped early and the job is resumable (exit 3):
+                                  interrupted, or the API refused the whole job (quota, auth)
+
+Nothing else is caught and reworded: a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class BatchrunnerError(Exception):
+    """Base of every deliberate error; `exit_code` is what the CLI returns."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one line of a job file."""
+
+    path: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {self.message}"
+
+
+class JobFileError(BatchrunnerError):
+    """The job file cannot be recorded; nothing was written to the ledger."""
+
+    def __init__(self, problems: list[Problem], more: int = 0) -> None:
+        self.problems = problems
+        self.more = more
+        lines = [str(p) for p in problems]
+        if more:
+            lines.append(f"... and {more} more problems")
+        super().__init__("\n".join(lines))
+
+
+class UsageError(BatchrunnerError):
+    """Options that do not make sense together, or a job reference that matches nothing."""
+
+
+class JobBusyError(BatchrunnerError):
+    """A second process tried to run a job that a live process is already running."""
+
+
+class LedgerError(BatchrunnerError):
+    """The ledger refused a read or a write; what was committed before is intact."""
+
+    exit_code = 3
+
+
+class JobStopped(BatchrunnerError):
+    """The run ended before every item was finished, and `batchrunner run` can resume it."""
+
+    exit_code = 3

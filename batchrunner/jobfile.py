@@ -1,0 +1,313 @@
+"""Read a JSONL job file, streaming, and turn each line into a validated `JobItem`.
+
+Two line forms are accepted:
+
+- the OpenAI Batch API line, as-is: {"custom_id", "method": "POST", "url", "body"}; any other
+  top-level key (for example "metadata") is kept and comes back in the export;
+- a short form: the request body itself, with an optional "custom_id" (or "id") and "url".
+
+`check_job_file` reads the whole file once and raises `JobFileError` listing up to 20 problems,
+each naming file:line, before anything is written anywhere. `read_job_items` then yields the
+items for the ledger. Neither holds more than one line (and a small duplicate filter) in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from batchrunner.duplicates import DuplicateFinder, confirm_duplicates
+from batchrunner.errors import JobFileError, Problem
+
+CHAT = "/v1/chat/completions"
+EMBEDDINGS = "/v1/embeddings"
+RESPONSES = "/v1/responses"
+ENDPOINTS = (CHAT, EMBEDDINGS, RESPONSES)
+ENDPOINT_ALIASES = {
+    "chat": CHAT,
+    "chat/completions": CHAT,
+    "embeddings": EMBEDDINGS,
+    "responses": RESPONSES,
+}
+BATCH_LINE_KEYS = ("custom_id", "method", "url", "body")
+MAX_LINE_BYTES = 16 * 1024 * 1024
+MAX_PROBLEMS_SHOWN = 20
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def normalize_endpoint(value: str) -> str:
+    """Accept "/v1/chat/completions", "v1/embeddings", "chat", "responses", ..."""
+    cleaned = value.strip()
+    key = cleaned.strip("/").removeprefix("v1/")
+    if key in ENDPOINT_ALIASES:
+        return ENDPOINT_ALIASES[key]
+    return cleaned
+
+
+@dataclass(frozen=True)
+class JobDefaults:
+    """What fills the gaps of short-form lines (`--endpoint`, `--model`)."""
+
+    endpoint: str = CHAT
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobItem:
+    """One validated request: the unit the ledger tracks and the runner sends."""
+
+    position: int  # the line number, so the export keeps the file's order
+    custom_id: str
+    url: str
+    body: bytes  # the request body as JSON, ready to send
+    extra: bytes | None  # other top-level keys of a Batch API line, as JSON
+    model: str
+
+
+@dataclass
+class FileSummary:
+    """What `check_job_file` learned: enough to record the job and show what is coming."""
+
+    path: str
+    items: int = 0
+    sha256: str = ""
+    endpoints: dict[str, int] = field(default_factory=dict)
+    models: dict[str, int] = field(default_factory=dict)
+
+
+class _LineError(Exception):
+    """A problem with one line; becomes a `Problem` with the file and line attached."""
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _custom_id(value: object, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise _LineError(f"{key} must be a non-empty string, got {_kind(value)}")
+    return value
+
+
+def _check_body(url: str, body: dict[str, Any]) -> None:
+    model = body.get("model")
+    if model is None:
+        raise _LineError('missing "model" (put it in the body or pass --model)')
+    if not isinstance(model, str) or not model:
+        raise _LineError(f'"model" must be a non-empty string, got {_kind(model)}')
+    if url == CHAT:
+        messages = body.get("messages")
+        if messages is None:
+            raise _LineError('missing "messages" for /v1/chat/completions')
+        if not isinstance(messages, list) or not messages:
+            raise _LineError(f'"messages" must be a non-empty array, got {_kind(messages)}')
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise _LineError(f'"messages"[{index}] must be an object with a "role"')
+    else:
+        if "input" not in body and not (url == RESPONSES and "prompt" in body):
+            raise _LineError(f'missing "input" for {url}')
+        value = body.get("input")
+        if url == EMBEDDINGS and not (
+            isinstance(value, str) or (isinstance(value, list) and value)
+        ):
+            raise _LineError(f'"input" must be a string or a non-empty array, got {_kind(value)}')
+        if url == RESPONSES and "input" in body and not isinstance(value, (str, list)):
+            raise _LineError(f'"input" must be a string or an array, got {_kind(value)}')
+
+
+def parse_line(raw: bytes, position: int, defaults: JobDefaults) -> JobItem:
+    """Validate one line (without its newline) and build its item, or raise `_LineError`."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise _LineError(
+                f"not valid UTF-8 (byte 0x{raw[bad.start]:02x} at column {bad.start + 1})"
+            ) from None
+        raise _LineError(f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise _LineError(f"expected a JSON object, got {_kind(obj)}")
+
+    extra: dict[str, Any] | None = None
+    if "body" in obj or "method" in obj:  # the Batch API line form
+        method = obj.get("method", "POST")
+        if method != "POST":
+            raise _LineError(f'method must be "POST", got {orjson.dumps(method).decode()}')
+        body = obj.get("body")
+        if body is None:
+            raise _LineError('missing "body"')
+        if not isinstance(body, dict):
+            raise _LineError(f'"body" must be an object, got {_kind(body)}')
+        custom_id = (
+            _custom_id(obj["custom_id"], "custom_id") if "custom_id" in obj else str(position)
+        )
+        url = obj.get("url", defaults.endpoint)
+        extra = {k: v for k, v in obj.items() if k not in BATCH_LINE_KEYS} or None
+    else:  # the short form: the body itself
+        body = obj
+        custom_id = str(position)
+        for key in ("custom_id", "id"):
+            if key in body:
+                custom_id = _custom_id(body.pop(key), key)
+                break
+        url = body.pop("url", defaults.endpoint)
+    if not isinstance(url, str):
+        raise _LineError(f'"url" must be a string, got {_kind(url)}')
+    url = normalize_endpoint(url)
+    if url not in ENDPOINTS:
+        raise _LineError(f'unknown url "{url}"; expected one of {", ".join(ENDPOINTS)}')
+    if "model" not in body and defaults.model:
+        body["model"] = defaults.model
+    _check_body(url, body)
+    return JobItem(
+        position=position,
+        custom_id=custom_id,
+        url=url,
+        body=orjson.dumps(body),
+        extra=orjson.dumps(extra) if extra else None,
+        model=body["model"],
+    )
+
+
+def _open(path: str) -> Any:
+    if not os.path.exists(path):
+        raise JobFileError([Problem(path, 0, "no such file")])
+    if os.path.isdir(path):
+        raise JobFileError([Problem(path, 0, "is a directory, not a job file")])
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise JobFileError([Problem(path, 0, f"cannot read: {exc.strerror}")]) from None
+
+
+def _lines(path: str, digest: Any = None) -> Iterator[tuple[int, bytes | None]]:
+    """Yield (line number, content without line ending) for each non-blank line; content is
+    None for a line over MAX_LINE_BYTES, whose bytes are skipped rather than held."""
+    with _open(path) as handle:
+        number = 0
+        while True:
+            chunk = handle.readline(MAX_LINE_BYTES + 1)
+            if not chunk:
+                return
+            number += 1
+            if digest is not None:
+                digest.update(chunk)
+            if number == 1 and chunk.startswith(UTF8_BOM):
+                chunk = chunk[len(UTF8_BOM) :]
+            if len(chunk) > MAX_LINE_BYTES and not chunk.endswith(b"\n"):
+                while chunk and not chunk.endswith(b"\n"):  # skip the rest of the long line
+                    chunk = handle.readline(MAX_LINE_BYTES)
+                    if digest is not None:
+                        digest.update(chunk)
+                yield number, None
+                continue
+            line = chunk.rstrip(b"\r\n")
+            if line.strip():
+                yield number, line
+
+
+def _too_long() -> str:
+    return f"line is longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB"
+
+
+def check_job_file(path: str, defaults: JobDefaults) -> FileSummary:
+    """Validate the whole file; raise `JobFileError` with the first problems, in line order."""
+    summary = FileSummary(path=path)
+    size = os.path.getsize(path) if os.path.isfile(path) else 0
+    finder = DuplicateFinder(expected_items=max(1, size // 64))
+    problems: list[Problem] = []
+    problem_count = 0
+    digest = hashlib.sha256()
+    last_line = 0
+    for number, raw in _lines(path, digest):
+        last_line = number
+        try:
+            if raw is None:
+                raise _LineError(_too_long())
+            item = parse_line(raw, number, defaults)
+        except _LineError as exc:
+            problem_count += 1
+            if len(problems) < MAX_PROBLEMS_SHOWN:
+                problems.append(Problem(path, number, str(exc)))
+            continue
+        finder.add(item.custom_id)
+        summary.items += 1
+        summary.endpoints[item.url] = summary.endpoints.get(item.url, 0) + 1
+        summary.models[item.model] = summary.models.get(item.model, 0) + 1
+    if finder.maybe_repeated:
+        for line, custom_id, first in _find_repeats(path, defaults, finder.maybe_repeated):
+            problem_count += 1
+            problems.append(
+                Problem(path, line, f'duplicate custom_id "{custom_id}" (first on line {first})')
+            )
+        problems.sort(key=lambda p: p.line)
+        problems = problems[:MAX_PROBLEMS_SHOWN]
+    if problems:
+        _explain_cut_last_line(path, problems, last_line)
+        raise JobFileError(problems, more=problem_count - len(problems))
+    if summary.items == 0:
+        raise JobFileError([Problem(path, 0, "no requests in the file (it is empty or blank)")])
+    summary.sha256 = digest.hexdigest()
+    return summary
+
+
+def _explain_cut_last_line(path: str, problems: list[Problem], last_line: int) -> None:
+    """An invalid last line with no newline is most often a file cut short: say so."""
+    last = problems[-1]
+    if last.line != last_line or not last.message.startswith("invalid JSON"):
+        return
+    with open(path, "rb") as handle:
+        handle.seek(max(0, os.path.getsize(path) - 1))
+        if handle.read(1) != b"\n":
+            problems[-1] = Problem(path, last.line, last.message + " (the last line is cut short)")
+
+
+def _find_repeats(
+    path: str, defaults: JobDefaults, suspects: set[str]
+) -> list[tuple[int, str, int]]:
+    """Second pass over the file for the few ids the Bloom filter flagged."""
+    needles = [orjson.dumps(s) for s in suspects]
+
+    def occurrences() -> Iterator[tuple[str, int]]:
+        for number, raw in _lines(path):
+            if raw is None:
+                continue
+            if str(number) not in suspects and not any(n in raw for n in needles):
+                continue
+            try:
+                item = parse_line(raw, number, defaults)
+            except _LineError:
+                continue
+            if item.custom_id in suspects:
+                yield item.custom_id, number
+
+    return confirm_duplicates(occurrences())
+
+
+def read_job_items(path: str, defaults: JobDefaults) -> Iterator[JobItem]:
+    """Yield the items of a file that `check_job_file` accepted."""
+    for number, raw in _lines(path):
+        try:
+            if raw is None:
+                raise _LineError(_too_long())
+            yield parse_line(raw, number, defaults)
+        except _LineError as exc:  # the file changed since it was checked
+            raise JobFileError([Problem(path, number, str(exc))]) from None

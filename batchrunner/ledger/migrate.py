@@ -1,0 +1,50 @@
+"""Apply the Alembic migrations automatically, so no one ever runs one by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
+
+from batchrunner.ledger.engine import READ_ONLY
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+def migrations_dir() -> Path:
+    """`batchrunner/_migrations` in an installed wheel, `migrations/` in a source checkout."""
+    installed = PACKAGE_DIR / "_migrations"
+    if installed.is_dir():
+        return installed
+    return PACKAGE_DIR.parent / "migrations"
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the ledger to `revision` unless it is there already (a cheap check first)."""
+    config = alembic_config()
+    script = ScriptDirectory.from_config(config)
+    with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+        conn.rollback()
+    if revision == "head" and current == set(script.get_heads()):
+        return
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    config = alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)

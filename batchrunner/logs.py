@@ -1,0 +1,53 @@
+"""Logging set-up for the CLI, and the one-line-per-attempt log (`-v`, `--log-json`).
+
+Lines carry the job, custom_id, attempt, status, latency and tokens: never the API key, never
+prompts or answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import orjson
+
+ATTEMPTS = logging.getLogger("batchrunner.attempts")
+EVENTS = logging.getLogger("batchrunner")
+
+
+class JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            data.update(fields)
+        else:
+            data["message"] = record.getMessage()
+        return orjson.dumps(data).decode()
+
+
+class Plain(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            return " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def configure(verbose: int = 0, json_lines: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines() if json_lines else Plain())
+    root = logging.getLogger("batchrunner")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(logging.INFO if verbose or json_lines else logging.WARNING)
+
+
+def log_attempt(**fields: Any) -> None:
+    """One attempt, as key=value text or one JSON object."""
+    ATTEMPTS.info("attempt", extra={"fields": fields})

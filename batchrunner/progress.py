@@ -1,0 +1,46 @@
+"""The live progress bar of `submit` and `run`: done/total, items/s, tokens, cost, ETA."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+from batchrunner.ledger import AttemptRecord
+
+
+class ProgressBar:
+    """Fed by the ledger writer after each commit, so it only counts what is durable."""
+
+    def __init__(self, total: int, done: int, enabled: bool | None = None) -> None:
+        self._bar = tqdm(
+            total=total,
+            initial=done,
+            unit="item",
+            file=sys.stderr,
+            disable=not enabled if enabled is not None else None,
+            dynamic_ncols=True,
+            smoothing=0.1,
+        )
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cost_usd: float | None = None
+
+    def on_flush(self, records: list[AttemptRecord]) -> None:
+        finished = 0
+        for record in records:
+            if record.item_state in ("succeeded", "failed"):
+                finished += 1
+            self.input_tokens += record.input_tokens or 0
+            self.output_tokens += record.output_tokens or 0
+            if record.cost_usd is not None:
+                self.cost_usd = (self.cost_usd or 0.0) + record.cost_usd
+        cost = f"${self.cost_usd:.4f}" if self.cost_usd is not None else "n/a"
+        self._bar.set_postfix_str(
+            f"tokens {self.input_tokens:,} in / {self.output_tokens:,} out, cost {cost}",
+            refresh=False,
+        )
+        self._bar.update(finished)
+
+    def close(self) -> None:
+        self._bar.close()

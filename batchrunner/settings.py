@@ -1,0 +1,40 @@
+"""How a job runs: set on `submit`, stored with the job, and overridable on `run`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from yarl import URL
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    concurrency: int = 64
+    rpm: float | None = None
+    tpm: float | None = None
+    max_attempts: int = 5
+    timeout: float = 600.0  # seconds per request, as the openai SDK's default
+    base_url: str | None = None  # None: OPENAI_BASE_URL, else OpenAI itself
+
+    def merged(self, overrides: dict[str, Any]) -> RunSettings:
+        """These settings with every override that is not None."""
+        known = {f.name for f in fields(self)}
+        return replace(self, **{k: v for k, v in overrides.items() if k in known and v is not None})
+
+    def stored(self) -> dict[str, Any]:
+        """What is saved with the job: never a key, and a URL without its password."""
+        data = asdict(self)
+        if self.base_url:
+            data["base_url"] = str(URL(self.base_url).with_password(None))
+        return data
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> RunSettings:
+        return cls().merged(data)
+
+    def resolved_base_url(self) -> str:
+        return (self.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")

@@ -1,0 +1,86 @@
+"""Turn a job's ledger summary into what `status` shows: counts, tokens, progress, rate, ETA."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from batchrunner.ledger import JobSummary
+from batchrunner.ledger.models import FINISHED_STATES, ITEM_STATES
+from batchrunner.ledger.store import utcnow
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds") + "Z" if moment else None
+
+
+def job_status(summary: JobSummary, now: datetime | None = None) -> dict[str, Any]:
+    """The `status --json` record of one job."""
+    now = now or utcnow()
+    counts = {state: summary.counts.get(state, 0) for state in ITEM_STATES}
+    done = sum(counts[state] for state in FINISHED_STATES)
+    total = summary.item_count
+    rate = None
+    eta = None
+    if summary.run_started_at is not None and summary.finished_in_run:
+        until = now if summary.live_run else (summary.finished_at or now)
+        elapsed = max((until - summary.run_started_at).total_seconds(), 1e-3)
+        rate = summary.finished_in_run / elapsed
+        if summary.live_run and rate > 0:
+            eta = (total - done) / rate
+    return {
+        "id": summary.id,
+        "name": summary.name,
+        "mode": summary.mode,
+        "state": summary.state,
+        "simulated": summary.simulated,
+        "source_file": summary.source_path,
+        "total": total,
+        "counts": counts,
+        "progress": round(done / total, 4) if total else 1.0,
+        "attempts": summary.attempts,
+        "input_tokens": summary.input_tokens,
+        "cached_tokens": summary.cached_tokens,
+        "output_tokens": summary.output_tokens,
+        "reasoning_tokens": summary.reasoning_tokens,
+        "cost_usd": summary.cost_usd,
+        "failures_by_kind": summary.failures_by_kind,
+        "rate_per_s": round(rate, 2) if rate is not None else None,
+        "eta_s": round(eta, 1) if eta is not None else None,
+        "created_at": _iso(summary.created_at),
+        "started_at": _iso(summary.started_at),
+        "finished_at": _iso(summary.finished_at),
+        "options": summary.options,
+    }
+
+
+def format_job(status: dict[str, Any]) -> str:
+    """A few human lines for one job."""
+    counts = status["counts"]
+    flag = " [simulated]" if status["simulated"] else ""
+    lines = [
+        f"job {status['id']} {status['name']!r} ({status['mode']}){flag}: {status['state']}, "
+        f"{status['progress'] * 100:.1f}% of {status['total']:,} items",
+        "  " + ", ".join(f"{state} {counts[state]:,}" for state in ITEM_STATES if counts[state]),
+        f"  tokens: {status['input_tokens']:,} in ({status['cached_tokens']:,} cached), "
+        f"{status['output_tokens']:,} out ({status['reasoning_tokens']:,} reasoning); "
+        f"{status['attempts']:,} requests sent",
+        "  cost: "
+        + (f"${status['cost_usd']:.4f}" if status["cost_usd"] is not None else "unknown"),
+    ]
+    if status["rate_per_s"] is not None:
+        eta = f", ETA {_duration(status['eta_s'])}" if status["eta_s"] is not None else ""
+        lines.append(f"  rate: {status['rate_per_s']:.1f} items/s{eta}")
+    if status["failures_by_kind"]:
+        kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(status["failures_by_kind"].items()))
+        lines.append(f"  failures by kind: {kinds}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

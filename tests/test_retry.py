@@ -1,0 +1,73 @@
+"""The verdict table: each kind of answer gets its own treatment."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+
+from batchrunner.runner.retry import (
+    BACKOFF_CAP_S,
+    FAIL,
+    RETRY,
+    STOP,
+    SUCCEED,
+    backoff_delay,
+    final_verdict,
+    judge_reply,
+    judge_transport_failure,
+)
+
+
+def error_body(code: str | None, kind: str = "invalid_request_error") -> bytes:
+    return orjson.dumps({"error": {"message": f"msg {code}", "type": kind, "code": code}})
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "action", "kind"),
+    [
+        (200, b'{"choices": []}', SUCCEED, None),
+        (200, b"<html>oops", RETRY, "bad_response"),
+        (200, b"[1]", RETRY, "bad_response"),
+        (429, error_body("rate_limit_exceeded", "requests"), RETRY, "rate_limit"),
+        (429, error_body("insufficient_quota", "insufficient_quota"), STOP, "quota"),
+        (401, error_body("invalid_api_key"), STOP, "auth"),
+        (403, error_body(None), STOP, "permission"),
+        (404, error_body("model_not_found"), STOP, "not_found"),
+        (400, error_body("context_length_exceeded"), FAIL, "invalid_request"),
+        (422, error_body(None), FAIL, "invalid_request"),
+        (408, b"", RETRY, "timeout"),
+        (409, error_body(None), RETRY, "server_error"),
+        (500, error_body(None, "server_error"), RETRY, "server_error"),
+        (502, b"<html>Bad Gateway</html>", RETRY, "server_error"),
+        (503, b"", RETRY, "server_error"),
+    ],
+)
+def test_verdict_table(status: int, body: bytes, action: str, kind: str | None) -> None:
+    verdict = judge_reply(status, body, retry_after=None)
+    assert (verdict.action, verdict.kind) == (action, kind)
+
+
+def test_the_api_message_and_code_are_kept() -> None:
+    verdict = judge_reply(400, error_body("context_length_exceeded"), None)
+    assert verdict.code == "context_length_exceeded"
+    assert verdict.message == "msg context_length_exceeded"
+
+
+def test_a_retry_on_the_last_attempt_fails_the_item() -> None:
+    verdict = judge_transport_failure("timeout", "no answer")
+    assert final_verdict(verdict, attempt=4, max_attempts=5).action == RETRY
+    last = final_verdict(verdict, attempt=5, max_attempts=5)
+    assert (last.action, last.kind, last.message) == (FAIL, "timeout", "no answer")
+    fatal = judge_reply(400, error_body(None), None)
+    assert final_verdict(fatal, attempt=1, max_attempts=5).action == FAIL
+
+
+def test_backoff_grows_with_full_jitter_and_honours_the_server() -> None:
+    rng = random.Random(1)
+    first = [backoff_delay(1, rng) for _ in range(200)]
+    late = [backoff_delay(12, rng) for _ in range(200)]
+    assert max(first) <= 0.5 and min(first) >= 0
+    assert max(late) <= BACKOFF_CAP_S and max(late) > 30  # capped, yet spread out
+    assert min(backoff_delay(1, rng, retry_after=7.0) for _ in range(50)) == 7.0
