@@ -123,7 +123,7 @@ def test_outcomes_update_items_and_keep_every_attempt(db_url: str) -> None:
     ledger = Ledger(db_url)
     job = new_job(ledger, 3)
     run = ledger.start_run(job, max_attempts=5)
-    a, b, c = ledger.claim_pending(job, run, 3)
+    a, b, _unfinished = ledger.claim_pending(job, run, 3)
     ledger.record_attempts([record(a.id, job, run, 1, None), record(b.id, job, run, 1, "failed")])
     ledger.record_attempts([record(a.id, job, run, 2, "succeeded")])
     assert ledger.end_run(job, run) == "stopped"  # c was claimed but never finished

@@ -57,8 +57,9 @@ class LedgerWriter:
     async def _flush(self) -> None:
         batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
         done = self._batch_done
-        if not self._pending:
-            self._batch_done = anyio.Event()
+        takes_all = not self._pending  # else the rest shares `done` and a later flush sets it
+        if takes_all:
+            self._batch_done = anyio.Event()  # outcomes queued during this commit wait for the next
         try:
             with anyio.CancelScope(shield=True):  # a commit, once begun, is never abandoned
                 await anyio.to_thread.run_sync(self._ledger.record_attempts, batch)
@@ -68,7 +69,7 @@ class LedgerWriter:
             raise
         if self._on_flush is not None:
             self._on_flush(batch)
-        if not self._pending:
+        if takes_all:
             done.set()
 
     async def flush_remaining(self) -> None:

@@ -1,0 +1,5 @@
+"""The fake OpenAI-compatible server (see `server.py`)."""
+
+from batchrunner.fake.server import FakeConfig, FakeServer, run_in_thread, serve_forever
+
+__all__ = ["FakeConfig", "FakeServer", "run_in_thread", "serve_forever"]

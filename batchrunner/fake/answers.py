@@ -1,0 +1,246 @@
+"""What the fake server answers: OpenAI-shaped bodies built from the request (pure functions).
+
+The answer to a prompt is `echo: <last user text>`, so a test can match every answer to its
+request. Token counts are rough (4 characters a token) but consistent: the same request always
+reports the same usage.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import re
+import struct
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+ECHO_PREFIX = "echo: "
+ECHO_LIMIT = 200
+REASONING_TOKENS = 64
+REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
+TRIGGER = re.compile(rb"\[fake:([a-z0-9_]+?)(?:x(\d+))?\]")
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """A `[fake:NAME]` or `[fake:NAMExN]` marker in a request: misbehave on purpose."""
+
+    name: str
+    times: int | None  # None: every time; N: only the first N requests of this id
+
+
+def find_trigger(raw_body: bytes) -> Trigger | None:
+    match = TRIGGER.search(raw_body)
+    if match is None:
+        return None
+    times = int(match.group(2)) if match.group(2) else None
+    return Trigger(match.group(1).decode(), times)
+
+
+def estimate_tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+def _part_text(content: Any) -> str:
+    """Text of a message content: a string, or a list of text / input_text parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [
+            part.get("text", "")
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        ]
+        return " ".join(texts)
+    return ""
+
+
+def _messages_text(messages: Any) -> tuple[str, int]:
+    """(last user text, prompt tokens) of a chat-style message list."""
+    if not isinstance(messages, list):
+        return "", 0
+    last_user = ""
+    tokens = 3  # every reply is primed with <|start|>assistant<|message|>
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        text = _part_text(message.get("content"))
+        tokens += 3 + estimate_tokens(text)
+        if message.get("role") == "user":
+            last_user = text
+    return last_user, tokens
+
+
+def prompt_of(url: str, body: dict[str, Any]) -> tuple[str, int]:
+    """(text to echo, prompt tokens) for a chat, responses or embeddings request."""
+    if url.endswith("/chat/completions"):
+        return _messages_text(body.get("messages"))
+    if url.endswith("/responses"):
+        given = body.get("input")
+        instructions = body.get("instructions")
+        extra = estimate_tokens(instructions) if isinstance(instructions, str) else 0
+        if isinstance(given, str):
+            return given, 3 + estimate_tokens(given) + extra
+        text, tokens = _messages_text(given)
+        return text, tokens + extra
+    inputs = embedding_inputs(body.get("input"))
+    return "", sum(_embedding_tokens(item) for item in inputs)
+
+
+def output_allowance(body: dict[str, Any]) -> int | None:
+    for field in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = body.get(field)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str | None
+    output_tokens: int
+    reasoning_tokens: int
+    finish_reason: str  # stop, length or content_filter
+
+
+def complete(model: str, prompt_text: str, body: dict[str, Any], trigger: str | None) -> Completion:
+    """The echo answer, cut at the request's output allowance like a real model."""
+    text = ECHO_PREFIX + prompt_text[:ECHO_LIMIT]
+    reasoning = REASONING_TOKENS if REASONING_MODEL.match(model) else 0
+    visible = estimate_tokens(text)
+    if trigger == "content_filter":
+        return Completion(None, reasoning, reasoning, "content_filter")
+    allowance = output_allowance(body)
+    if trigger == "length":
+        allowance = min(allowance or visible, max(1, visible // 2) + reasoning)
+    if allowance is not None and reasoning + visible > allowance:
+        reasoning = min(reasoning, allowance)
+        kept_tokens = allowance - reasoning
+        return Completion(text[: kept_tokens * 4], allowance, reasoning, "length")
+    return Completion(text, reasoning + visible, reasoning, "stop")
+
+
+def chat_body(
+    model: str, prompt_tokens: int, cached: int, answer: Completion, seed: int
+) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": f"fp_fake{seed % 1000:03d}",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": answer.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": answer.output_tokens,
+            "total_tokens": prompt_tokens + answer.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": answer.reasoning_tokens,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        },
+        "service_tier": "default",
+    }
+
+
+def responses_body(
+    model: str, prompt_tokens: int, cached: int, answer: Completion
+) -> dict[str, Any]:
+    incomplete = answer.finish_reason != "stop"
+    reason = "max_output_tokens" if answer.finish_reason == "length" else answer.finish_reason
+    content = (
+        []
+        if answer.text is None
+        else [{"type": "output_text", "text": answer.text, "annotations": [], "logprobs": []}]
+    )
+    return {
+        "id": f"resp_{uuid.uuid4().hex}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "incomplete" if incomplete else "completed",
+        "error": None,
+        "incomplete_details": {"reason": reason} if incomplete else None,
+        "model": model,
+        "output": [
+            {
+                "type": "message",
+                "id": f"msg_{uuid.uuid4().hex}",
+                "status": "incomplete" if incomplete else "completed",
+                "role": "assistant",
+                "content": content,
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": prompt_tokens,
+            "input_tokens_details": {"cached_tokens": cached},
+            "output_tokens": answer.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": answer.reasoning_tokens},
+            "total_tokens": prompt_tokens + answer.output_tokens,
+        },
+    }
+
+
+def embedding_inputs(given: Any) -> list[Any]:
+    """A string, a token list, or a list of either: always a list of single inputs."""
+    if isinstance(given, str):
+        return [given]
+    if isinstance(given, list) and given and all(isinstance(x, int) for x in given):
+        return [given]
+    if isinstance(given, list):
+        return given
+    return []
+
+
+def _embedding_tokens(item: Any) -> int:
+    return len(item) if isinstance(item, list) else estimate_tokens(str(item))
+
+
+def embedding_vector(item: Any, dims: int) -> list[float]:
+    """A deterministic unit vector: the same text always embeds the same way."""
+    seed = hashlib.sha256(repr(item).encode()).digest()
+    raw = [((seed[i % len(seed)] + 31 * i) % 255) / 127.0 - 1.0 for i in range(dims)]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]
+
+
+def embeddings_body(model: str, body: dict[str, Any], dims: int) -> dict[str, Any]:
+    inputs = embedding_inputs(body.get("input"))
+    as_base64 = body.get("encoding_format") == "base64"
+    wanted = body.get("dimensions")
+    size = wanted if isinstance(wanted, int) and wanted > 0 else dims
+    data = []
+    for index, item in enumerate(inputs):
+        vector = embedding_vector(item, size)
+        encoded: Any = vector
+        if as_base64:
+            encoded = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    tokens = sum(_embedding_tokens(item) for item in inputs)
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def error_body(
+    message: str, kind: str, code: str | None, param: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}

@@ -1,0 +1,307 @@
+"""An OpenAI-compatible HTTP server on 127.0.0.1 for tests, benchmarks and `--simulate`.
+
+It answers chat, responses and embeddings requests in the real API's shapes, so the real
+`openai` SDK and batchrunner's own transport can talk to it, and it misbehaves on demand:
+random or forced errors, dropped connections, hangs, and per-minute rate limits with OpenAI's
+headers. A request whose body holds `[fake:503x2]` fails its first two tries; see `answers.py`
+and `faults.py` for every marker.
+
+The request's id comes from the `X-Client-Request-Id` header (batchrunner sends the item's
+custom_id there), so tests can count how often each item was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+from aiohttp import web
+
+from batchrunner.fake import answers
+from batchrunner.fake.faults import (
+    Bucket,
+    ErrorAnswer,
+    error_answer,
+    forced_answer,
+    rate_limited,
+)
+
+
+@dataclass
+class FakeConfig:
+    """Knobs; change them on a running server through `server.config` or POST /_fake/config."""
+
+    latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    error_rate_429: float = 0.0
+    error_rate_5xx: float = 0.0
+    drop_rate: float = 0.0
+    hang_rate: float = 0.0
+    hang_seconds: float = 30.0
+    force_status: int | None = None
+    force_code: str | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    cached_fraction: float = 0.0
+    embedding_dims: int = 16
+    api_key: str | None = None  # when set, any other key gets a 401
+    seed: int | None = None
+
+
+class FakeServer:
+    """The aiohttp app plus the counters tests read."""
+
+    def __init__(self, config: FakeConfig | None = None) -> None:
+        self.config = config or FakeConfig()
+        self.requests_by_id: Counter[str] = Counter()
+        self.status_counts: Counter[int] = Counter()
+        self.total_requests = 0
+        self.base_url = ""
+        self._random = random.Random(self.config.seed)
+        self._buckets: dict[str, Bucket] = {}
+        self._runner: web.AppRunner | None = None
+
+    def reset_counts(self) -> None:
+        self.requests_by_id.clear()
+        self.status_counts.clear()
+        self.total_requests = 0
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._answer)
+        app.router.add_post("/v1/responses", self._answer)
+        app.router.add_post("/v1/embeddings", self._answer)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/_fake/stats", self._stats)
+        app.router.add_post("/_fake/config", self._set_config)
+        app.router.add_post("/_fake/reset", self._reset)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, backlog=1024)
+        await site.start()
+        bound_port = self._runner.addresses[0][1]
+        self.base_url = f"http://{host}:{bound_port}/v1"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- the API -------------------------------------------------------------------------------
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        request_id = self._count(request, raw)
+        config = self.config
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return self._error(request, error_answer("400"))
+        if not isinstance(body, dict):
+            return self._error(request, error_answer("400"))
+        model = str(body.get("model") or "")
+        if config.api_key is not None and request.headers.get("Authorization") != (
+            f"Bearer {config.api_key}"
+        ):
+            return self._error(request, error_answer("401"))
+        if config.force_status is not None:
+            return self._error(request, forced_answer(config.force_status, config.force_code))
+
+        trigger = answers.find_trigger(raw)
+        if trigger is not None and (
+            trigger.times is None or self.requests_by_id[request_id] <= trigger.times
+        ):
+            misbehaviour = await self._misbehave(request, trigger.name)
+            if misbehaviour is not None:
+                return misbehaviour
+        output_trigger = trigger.name if trigger else None
+
+        prompt_text, prompt_tokens = answers.prompt_of(request.path, body)
+        limits = self._take_limits(model, prompt_tokens + (answers.output_allowance(body) or 0))
+        if isinstance(limits, ErrorAnswer):
+            return self._error(request, limits)
+
+        roll = self._random.random()
+        if roll < config.drop_rate:
+            return self._drop(request)
+        roll -= config.drop_rate
+        if roll < config.error_rate_429:
+            return self._error(request, error_answer("429"), limits)
+        roll -= config.error_rate_429
+        if roll < config.error_rate_5xx:
+            return self._error(request, error_answer(self._random.choice(["500", "503"])), limits)
+        roll -= config.error_rate_5xx
+        if roll < config.hang_rate:
+            await asyncio.sleep(config.hang_seconds)
+
+        await self._latency()
+        cached = int(prompt_tokens * config.cached_fraction)
+        if request.path.endswith("/embeddings"):
+            result = answers.embeddings_body(model, body, config.embedding_dims)
+        else:
+            completion = answers.complete(model, prompt_text, body, output_trigger)
+            if request.path.endswith("/responses"):
+                result = answers.responses_body(model, prompt_tokens, cached, completion)
+            else:
+                result = answers.chat_body(
+                    model, prompt_tokens, cached, completion, self.config.seed or 0
+                )
+        return self._json(request, 200, result, limits)
+
+    async def _misbehave(self, request: web.Request, name: str) -> web.StreamResponse | None:
+        """The answer a `[fake:NAME]` marker asks for; None for the output markers."""
+        if name in ("length", "content_filter"):
+            return None
+        if name == "drop":
+            return self._drop(request)
+        if name == "hang":
+            await asyncio.sleep(self.config.hang_seconds)
+            return None
+        return self._error(request, error_answer(name))
+
+    def _count(self, request: web.Request, raw: bytes) -> str:
+        header = request.headers.get("X-Client-Request-Id")
+        request_id = unquote(header) if header else "sha1:" + hashlib.sha1(raw).hexdigest()
+        self.requests_by_id[request_id] += 1
+        self.total_requests += 1
+        return request_id
+
+    def _take_limits(self, model: str, tokens: int) -> dict[str, str] | ErrorAnswer:
+        """Take one request and its tokens from the buckets; the headers, or a 429."""
+        wanted = [("requests", self.config.rpm_limit, 1), ("tokens", self.config.tpm_limit, tokens)]
+        headers: dict[str, str] = {}
+        for kind, limit, amount in wanted:
+            if limit is None:
+                continue
+            bucket = self._buckets.get(kind)
+            if bucket is None or bucket.limit != limit:
+                bucket = self._buckets[kind] = Bucket(limit)
+            wait = bucket.take(amount)
+            if wait:
+                return rate_limited(kind, model, bucket, amount, wait)
+            headers.update(bucket.headers(kind))
+        return headers
+
+    async def _latency(self) -> None:
+        delay = self.config.latency_ms + self._random.random() * self.config.latency_jitter_ms
+        if delay > 0:
+            await asyncio.sleep(delay / 1000)
+
+    def _error(
+        self, request: web.Request, answer: ErrorAnswer, extra: dict[str, str] | None = None
+    ) -> web.Response:
+        headers = {**(extra or {}), **answer.headers}
+        if isinstance(answer.body, bytes):
+            self.status_counts[answer.status] += 1
+            return web.Response(
+                status=answer.status, body=answer.body, content_type="text/html", headers=headers
+            )
+        return self._json(request, answer.status, answer.body, headers)
+
+    def _json(
+        self,
+        request: web.Request,
+        status: int,
+        body: dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        self.status_counts[status] += 1
+        return web.Response(
+            status=status,
+            body=orjson.dumps(body),
+            content_type="application/json",
+            headers={"x-request-id": f"req_{uuid.uuid4().hex}", **(headers or {})},
+        )
+
+    def _drop(self, request: web.Request) -> web.Response:
+        """Close the connection without a word, like a proxy dying mid-request."""
+        self.status_counts[0] += 1
+        if request.transport is not None:
+            request.transport.abort()
+        raise asyncio.CancelledError  # aiohttp's own way to drop a handler without writing
+
+    # -- control and introspection ---------------------------------------------------------------
+
+    async def _models(self, request: web.Request) -> web.Response:
+        names = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "o4-mini", "text-embedding-3-small"]
+        data = [{"id": n, "object": "model", "created": 0, "owned_by": "fake"} for n in names]
+        return self._json(request, 200, {"object": "list", "data": data})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        stats = {
+            "total_requests": self.total_requests,
+            "distinct_ids": len(self.requests_by_id),
+            "status_counts": {str(k): v for k, v in self.status_counts.items()},
+            "config": asdict(self.config),
+        }
+        return web.json_response(stats)
+
+    async def _set_config(self, request: web.Request) -> web.Response:
+        changes = await request.json()
+        known = {f.name for f in fields(FakeConfig)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            return web.json_response({"error": f"unknown settings: {unknown}"}, status=400)
+        for name, value in changes.items():
+            setattr(self.config, name, value)
+        return web.json_response(asdict(self.config))
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        self.reset_counts()
+        self._buckets.clear()
+        return web.json_response({"reset": True})
+
+
+@contextlib.contextmanager
+def run_in_thread(config: FakeConfig | None = None, port: int = 0) -> Iterator[FakeServer]:
+    """The server on its own event loop in a daemon thread, for sync tests and the CLI."""
+    server = FakeServer(config)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start(port=port))
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(server.stop())
+        loop.close()
+
+    thread = threading.Thread(target=serve, name="fake-openai", daemon=True)
+    thread.start()
+    if not ready.wait(timeout=10):
+        raise RuntimeError("the fake server did not start within 10 s")
+    try:
+        yield server
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
+def serve_forever(host: str, port: int, config: FakeConfig) -> None:
+    """Block serving until Ctrl-C (`batchrunner fake-server`)."""
+
+    async def main() -> None:
+        server = FakeServer(config)
+        await server.start(host, port)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())

@@ -1,0 +1,142 @@
+"""The concurrent runner end to end, through the real ledger and the fake server over HTTP."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+
+from batchrunner.commands import run_job, submit_job
+from batchrunner.export import write_results
+from batchrunner.fake import FakeServer
+from batchrunner.jobfile import JobDefaults
+from batchrunner.ledger import Ledger
+from batchrunner.runner.concurrent import RunReport
+from batchrunner.settings import RunSettings
+from tests.conftest import chat_line, write_jsonl
+
+
+def submit(
+    tmp_path: Path, db_url: str, fake: FakeServer, lines: list[dict[str, Any]], **settings: Any
+) -> tuple[Ledger, int]:
+    path = write_jsonl(tmp_path / "job.jsonl", lines)
+    options = RunSettings(base_url=fake.base_url, **settings)
+    ledger, submitted = submit_job(db_url, str(path), defaults=JobDefaults(), settings=options)
+    return ledger, submitted.job_id
+
+
+def run(ledger: Ledger, job_id: int, **overrides: Any) -> RunReport:
+    async def go() -> RunReport:
+        with anyio.fail_after(60):
+            return await run_job(ledger, job_id, overrides)
+
+    return anyio.run(go)
+
+
+def exported(ledger: Ledger, job_id: int) -> list[dict[str, Any]]:
+    out = io.BytesIO()
+    write_results(ledger, job_id, out)
+    return [orjson.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_two_thousand_items_each_answered_once_and_matched_to_its_request(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    ledger, job = submit(tmp_path, db_url, fake, [chat_line(i) for i in range(2000)])
+    report = run(ledger, job)
+    assert report.state == "completed"
+    records = exported(ledger, job)
+    assert [r["custom_id"] for r in records] == [f"item-{i}" for i in range(2000)]
+    for i, record in enumerate(records):
+        assert record["status"] == "succeeded"
+        content = record["response"]["choices"][0]["message"]["content"]
+        assert content == f"echo: question number {i}"
+        assert record["attempts"] == 1
+        assert record["input_tokens"] == record["response"]["usage"]["prompt_tokens"] > 0
+    assert fake.total_requests == 2000
+    assert set(fake.requests_by_id.values()) == {1}
+    summary = ledger.summary(job)
+    assert summary.counts == {"succeeded": 2000} and summary.state == "completed"
+
+
+def test_transient_errors_are_retried_and_every_attempt_is_recorded(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    lines = [
+        chat_line(0, "fine"),
+        chat_line(1, "[fake:500x2] flaky"),
+        chat_line(2, "[fake:dropx1] dropped"),
+        chat_line(3, "[fake:429x1] limited"),
+        chat_line(4, "[fake:hangx1] slow"),
+    ]
+    fake.config.hang_seconds = 5.0
+    ledger, job = submit(tmp_path, db_url, fake, lines, timeout=1.0)
+    assert run(ledger, job).state == "completed"
+    records = {r["custom_id"]: r for r in exported(ledger, job)}
+    assert {r["status"] for r in records.values()} == {"succeeded"}
+    assert [records[f"item-{i}"]["attempts"] for i in range(5)] == [1, 3, 2, 2, 2]
+    assert [fake.requests_by_id[f"item-{i}"] for i in range(5)] == [1, 3, 2, 2, 2]
+    item_ids = {row.custom_id: row.id for row in ledger.iter_items(job)}
+    flaky = ledger.attempts_of(item_ids["item-1"])
+    assert [(a.outcome, a.http_status) for a in flaky] == [
+        ("retry", 500),
+        ("retry", 500),
+        ("succeeded", 200),
+    ]
+    (first_slow, _) = ledger.attempts_of(item_ids["item-4"])
+    assert first_slow.error_kind == "timeout" and "possibly billed" in first_slow.error_message
+    (first_dropped, _) = ledger.attempts_of(item_ids["item-2"])
+    assert first_dropped.error_kind == "connection" and first_dropped.http_status is None
+
+
+def test_fatal_errors_fail_the_item_after_one_request(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    lines = [chat_line(0), chat_line(1, "[fake:context_length]"), chat_line(2, "[fake:422]")]
+    ledger, job = submit(tmp_path, db_url, fake, lines)
+    assert run(ledger, job).state == "completed"
+    records = {r["custom_id"]: r for r in exported(ledger, job)}
+    assert records["item-0"]["status"] == "succeeded"
+    too_long = records["item-1"]
+    assert too_long["status"] == "failed" and too_long["attempts"] == 1
+    assert too_long["error"]["code"] == "context_length_exceeded"
+    assert "maximum context length" in too_long["error"]["message"]
+    assert records["item-2"]["status"] == "failed"
+    assert fake.requests_by_id["item-1"] == 1 and fake.requests_by_id["item-2"] == 1
+
+
+def test_no_item_exceeds_max_attempts(tmp_path: Path, db_url: str, fake: FakeServer) -> None:
+    lines = [chat_line(i, "[fake:503] always down") for i in range(4)]
+    ledger, job = submit(tmp_path, db_url, fake, lines, max_attempts=3)
+    assert run(ledger, job).state == "completed"
+    for record in exported(ledger, job):
+        assert record["status"] == "failed" and record["attempts"] == 3
+        assert record["error"]["kind"] == "server_error"
+    assert set(fake.requests_by_id.values()) == {3}
+
+
+def test_a_bad_key_stops_the_job_and_run_resumes_it(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    ledger, job = submit(tmp_path, db_url, fake, [chat_line(i) for i in range(300)], concurrency=4)
+    fake.config.force_status, fake.config.force_code = 401, "invalid_api_key"
+    report = run(ledger, job)
+    assert report.state == "stopped" and report.stop_reason is not None
+    assert report.stop_reason.startswith("auth:")
+    assert fake.total_requests <= 4  # only what was already in flight
+    assert ledger.summary(job).counts == {"pending": 300}
+    fake.config.force_status = fake.config.force_code = None
+    assert run(ledger, job).state == "completed"
+    assert ledger.summary(job).counts == {"succeeded": 300}
+
+
+def test_resume_sends_only_what_is_unfinished(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    ledger, job = submit(tmp_path, db_url, fake, [chat_line(i) for i in range(50)])
+    assert run(ledger, job).state == "completed"
+    assert run(ledger, job).state == "completed"  # nothing left: sends nothing
+    assert fake.total_requests == 50
