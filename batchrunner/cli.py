@@ -16,11 +16,19 @@ import orjson
 
 from batchrunner import commands
 from batchrunner.errors import BatchrunnerError
+from batchrunner.estimate import (
+    DEFAULT_OUTPUT,
+    estimate_as_json,
+    estimate_job_file,
+    estimate_line,
+    format_estimate,
+)
 from batchrunner.export import FORMATS, write_errors, write_results
 from batchrunner.fake import FakeConfig, serve_forever
-from batchrunner.jobfile import ENDPOINTS, JobDefaults, normalize_endpoint
+from batchrunner.jobfile import ENDPOINTS, JobDefaults, check_job_file, normalize_endpoint
 from batchrunner.ledger import Ledger, database_url, describe
 from batchrunner.logs import configure
+from batchrunner.pricing import load_price_file, price_table_as_dict
 from batchrunner.progress import ProgressBar
 from batchrunner.settings import RunSettings
 from batchrunner.status import format_job, job_status
@@ -59,6 +67,12 @@ def run_options(func: F) -> F:
         click.option("--max-attempts", type=click.IntRange(1), help="Attempts per item [5]."),
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds."),
         click.option("--base-url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL)."),
+        click.option(
+            "--budget",
+            type=click.FloatRange(min=0),
+            help="Stop before the job's spend (USD, over its whole life) could pass this.",
+        ),
+        click.option("--prices", help="JSON or TOML prices (USD per 1M tokens) for models."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -66,6 +80,9 @@ def run_options(func: F) -> F:
 
 
 def _overrides(**values: Any) -> dict[str, Any]:
+    """Run options as settings; a --prices file is read now and kept with the job."""
+    if values.get("prices") is not None:
+        values["prices"] = price_table_as_dict(load_price_file(values["prices"]))
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -110,6 +127,7 @@ def submit(
         f"recorded job {submitted.job_id}{flag}: {submitted.summary.items:,} requests from "
         f"{file} ({models}) in {describe(db)}"
     )
+    say(estimate_line(submitted.estimate, mode))
     if detach:
         say(f"run it with: batchrunner run {submitted.job_id}")
         return
@@ -150,6 +168,40 @@ def _run_with_progress(ledger: Ledger, job_id: int, overrides: dict[str, Any]) -
         reason = f" ({report.stop_reason})" if report.stop_reason else ""
         say(f"stopped early{reason}; resume with: batchrunner run {job_id}")
     return code
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=True, path_type=str))
+@click.option("--model", help="Model for lines that name none.")
+@click.option("--endpoint", default=ENDPOINTS[0], show_default=True, help="Url of short lines.")
+@click.option(
+    "--assume-output",
+    type=click.IntRange(0),
+    help=f"Output tokens of a request that sets no max_tokens [{DEFAULT_OUTPUT}].",
+)
+@click.option("--prices", help="JSON or TOML prices (USD per 1M tokens) for models.")
+@click.option("--json", "json_", is_flag=True, help="Print JSON.")
+def estimate(
+    file: str,
+    model: str | None,
+    endpoint: str,
+    assume_output: int | None,
+    prices: str | None,
+    json_: bool,
+) -> None:
+    """Tokens and cost of FILE in both modes, counted offline before anything is sent."""
+    try:
+        defaults = JobDefaults(endpoint=normalize_endpoint(endpoint), model=model)
+        check_job_file(file, defaults)
+        table = load_price_file(prices) if prices else None
+        result = estimate_job_file(file, defaults, assume_output=assume_output, overrides=table)
+    except BatchrunnerError as exc:
+        say(f"error: {exc}")
+        sys.exit(exc.exit_code)
+    if json_:
+        click.echo(orjson.dumps(estimate_as_json(result), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(format_estimate(result))
 
 
 @cli.command()

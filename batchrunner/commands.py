@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from batchrunner.errors import UsageError
+from batchrunner.estimate import Estimate, EstimateBuilder
 from batchrunner.fake import FakeConfig, FakeServer
 from batchrunner.jobfile import FileSummary, JobDefaults, check_job_file, read_job_items
 from batchrunner.ledger import AttemptRecord, Ledger
+from batchrunner.pricing import price_table_from
 from batchrunner.runner.concurrent import ConcurrentRunner, RunReport
 from batchrunner.runner.transport import HttpTransport
 from batchrunner.settings import OPENAI_BASE_URL, RunSettings
@@ -25,6 +27,7 @@ SIMULATED_KEY = "sk-simulated-no-real-key"
 class Submitted:
     job_id: int
     summary: FileSummary
+    estimate: Estimate
 
 
 def submit_job(
@@ -41,6 +44,8 @@ def submit_job(
 
     The ledger is opened only once the file is known to be good: bad input touches nothing."""
     summary = check_job_file(path, defaults)
+    prices = price_table_from(settings.prices, "--prices") if settings.prices else None
+    estimate = EstimateBuilder(path=path, overrides=prices)
     ledger = Ledger(ledger_url)
     job_id = ledger.create_job(
         name=name or Path(path).stem,
@@ -49,9 +54,9 @@ def submit_job(
         source_sha256=summary.sha256,
         options=settings.stored(),
         simulated=simulated,
-        items=read_job_items(path, defaults),
+        items=estimate.passing(read_job_items(path, defaults)),
     )
-    return ledger, Submitted(job_id, summary)
+    return ledger, Submitted(job_id, summary, estimate.estimate)
 
 
 def job_settings(ledger: Ledger, job_id: int, overrides: dict[str, Any]) -> RunSettings:

@@ -19,6 +19,8 @@ class RunSettings:
     max_attempts: int = 5
     timeout: float = 600.0  # seconds per request, as the openai SDK's default
     base_url: str | None = None  # None: OPENAI_BASE_URL, else OpenAI itself
+    budget: float | None = None  # USD over the job's whole life
+    prices: dict[str, dict[str, float]] | None = None  # a --prices file's table, kept with the job
 
     def merged(self, overrides: dict[str, Any]) -> RunSettings:
         """These settings with every override that is not None."""

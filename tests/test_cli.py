@@ -36,6 +36,11 @@ def status_json(db_url: str, *job: str) -> dict[str, Any]:
     return parsed
 
 
+def exported_records(db_url: str) -> list[dict[str, object]]:
+    result = invoke("export", "results", "--db", db_url)
+    return [orjson.loads(line) for line in result.stdout.splitlines()]
+
+
 def test_submit_status_and_both_export_formats(
     tmp_path: Path, db_url: str, fake: FakeServer
 ) -> None:
@@ -58,7 +63,8 @@ def test_submit_status_and_both_export_formats(
     }
     assert status["input_tokens"] > 0 and status["output_tokens"] > 0
     assert status["progress"] == 1.0 and status["created_at"].endswith("Z")
-    assert status["cost_usd"] is None  # pricing is not known yet: never a made-up 0
+    per_item = [r["cost_usd"] for r in exported_records(db_url)]
+    assert status["cost_usd"] == pytest.approx(sum(per_item)) and min(per_item) > 0
 
     out = tmp_path / "results.jsonl"
     assert invoke("export", "results", "--db", db_url, "-o", str(out)).exit_code == 0

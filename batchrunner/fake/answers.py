@@ -1,8 +1,9 @@
 """What the fake server answers: OpenAI-shaped bodies built from the request (pure functions).
 
 The answer to a prompt is `echo: <last user text>`, so a test can match every answer to its
-request. Token counts are rough (4 characters a token) but consistent: the same request always
-reports the same usage.
+request; a request that caps its output gets an answer padded to 80-100% of the cap (cut at the
+cap, with finish_reason `length`, when the echo alone is longer). Prompt tokens are counted with the model's real encoding (as batchrunner counts them);
+output tokens are rough (4 characters a token) but consistent.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from batchrunner.tokens import output_allowance, prompt_tokens
+
 ECHO_PREFIX = "echo: "
 ECHO_LIMIT = 200
+FILLER = " and so on"
 REASONING_TOKENS = 64
 REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
 TRIGGER = re.compile(rb"\[fake:([a-z0-9_]+?)(?:x(\d+))?\]")
@@ -41,6 +45,7 @@ def find_trigger(raw_body: bytes) -> Trigger | None:
 
 
 def estimate_tokens(text: str) -> int:
+    """Output tokens of an echo answer: about 4 characters a token is close enough."""
     return max(1, math.ceil(len(text) / 4)) if text else 0
 
 
@@ -58,44 +63,22 @@ def _part_text(content: Any) -> str:
     return ""
 
 
-def _messages_text(messages: Any) -> tuple[str, int]:
-    """(last user text, prompt tokens) of a chat-style message list."""
+def _last_user_text(messages: Any) -> str:
     if not isinstance(messages, list):
-        return "", 0
-    last_user = ""
-    tokens = 3  # every reply is primed with <|start|>assistant<|message|>
-    for message in messages:
-        if not isinstance(message, dict):
-            continue
-        text = _part_text(message.get("content"))
-        tokens += 3 + estimate_tokens(text)
-        if message.get("role") == "user":
-            last_user = text
-    return last_user, tokens
+        return ""
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    return _part_text(users[-1].get("content")) if users else ""
 
 
 def prompt_of(url: str, body: dict[str, Any]) -> tuple[str, int]:
-    """(text to echo, prompt tokens) for a chat, responses or embeddings request."""
+    """(text to echo, prompt tokens counted with the model's real encoding)."""
+    tokens = prompt_tokens(url, body)
     if url.endswith("/chat/completions"):
-        return _messages_text(body.get("messages"))
+        return _last_user_text(body.get("messages")), tokens
     if url.endswith("/responses"):
         given = body.get("input")
-        instructions = body.get("instructions")
-        extra = estimate_tokens(instructions) if isinstance(instructions, str) else 0
-        if isinstance(given, str):
-            return given, 3 + estimate_tokens(given) + extra
-        text, tokens = _messages_text(given)
-        return text, tokens + extra
-    inputs = embedding_inputs(body.get("input"))
-    return "", sum(_embedding_tokens(item) for item in inputs)
-
-
-def output_allowance(body: dict[str, Any]) -> int | None:
-    for field in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        value = body.get(field)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
+        return (given if isinstance(given, str) else _last_user_text(given)), tokens
+    return "", tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +103,17 @@ def complete(model: str, prompt_text: str, body: dict[str, Any], trigger: str | 
         reasoning = min(reasoning, allowance)
         kept_tokens = allowance - reasoning
         return Completion(text[: kept_tokens * 4], allowance, reasoning, "length")
+    if allowance is not None:  # like a model asked for up to N tokens, write most of them
+        wanted = int(allowance * _share_of_allowance(prompt_text)) - reasoning
+        text += FILLER * max(0, (wanted - visible) * 4 // len(FILLER))
+        visible = estimate_tokens(text)
     return Completion(text, reasoning + visible, reasoning, "stop")
+
+
+def _share_of_allowance(prompt_text: str) -> float:
+    """Between 80% and 100%, the same for the same prompt."""
+    digest = hashlib.sha256(prompt_text.encode()).digest()
+    return 0.8 + 0.2 * digest[0] / 255
 
 
 def chat_body(
@@ -207,10 +200,6 @@ def embedding_inputs(given: Any) -> list[Any]:
     return []
 
 
-def _embedding_tokens(item: Any) -> int:
-    return len(item) if isinstance(item, list) else estimate_tokens(str(item))
-
-
 def embedding_vector(item: Any, dims: int) -> list[float]:
     """A deterministic unit vector: the same text always embeds the same way."""
     seed = hashlib.sha256(repr(item).encode()).digest()
@@ -231,7 +220,7 @@ def embeddings_body(model: str, body: dict[str, Any], dims: int) -> dict[str, An
         if as_base64:
             encoded = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
         data.append({"object": "embedding", "index": index, "embedding": encoded})
-    tokens = sum(_embedding_tokens(item) for item in inputs)
+    tokens = prompt_tokens("/v1/embeddings", body)
     return {
         "object": "list",
         "data": data,

@@ -100,16 +100,22 @@ def format_reset(seconds: float) -> str:
 
 
 class Bucket:
-    """A per-minute limit as a token bucket that starts full and refills continuously."""
+    """A per-minute limit as a token bucket that starts full and refills continuously.
 
-    def __init__(self, per_minute: int) -> None:
+    `window_s` below 60 enforces the limit over a shorter period, as the real API may (60,000
+    requests/min can be enforced as 1,000 per second): the bucket holds only that window's share.
+    """
+
+    def __init__(self, per_minute: int, window_s: float = 60.0) -> None:
         self.limit = per_minute
-        self.level = float(per_minute)
+        self.window_s = window_s
+        self.capacity = max(1.0, per_minute * window_s / 60.0)
+        self.level = self.capacity
         self._last = time.monotonic()
 
     def _refill(self) -> None:
         now = time.monotonic()
-        self.level = min(self.limit, self.level + (now - self._last) * self.limit / 60.0)
+        self.level = min(self.capacity, self.level + (now - self._last) * self.limit / 60.0)
         self._last = now
 
     def take(self, amount: int) -> float:
@@ -121,7 +127,7 @@ class Bucket:
         return (amount - self.level) * 60.0 / self.limit
 
     def reset_seconds(self) -> float:
-        return (self.limit - self.level) * 60.0 / self.limit
+        return (self.capacity - self.level) * 60.0 / self.limit
 
     def headers(self, kind: str) -> dict[str, str]:
         return {
@@ -133,7 +139,7 @@ class Bucket:
 
 def rate_limited(kind: str, model: str, bucket: Bucket, requested: int, wait: float) -> ErrorAnswer:
     unit = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
-    used = bucket.limit - max(0, int(bucket.level))
+    used = round(bucket.capacity - max(0.0, bucket.level))
     message = (
         f"Rate limit reached for {model} in organization org-fake on {unit}: Limit "
         f"{bucket.limit}, Used {used}, Requested {requested}. Please try again in "
@@ -141,6 +147,7 @@ def rate_limited(kind: str, model: str, bucket: Bucket, requested: int, wait: fl
         "more."
     )
     headers = {
+        **bucket.headers(kind),
         "retry-after-ms": str(max(1, round(wait * 1000))),
         "retry-after": str(max(1, round(wait))),
     }

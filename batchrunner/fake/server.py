@@ -28,6 +28,7 @@ import orjson
 from aiohttp import web
 
 from batchrunner.fake import answers
+from batchrunner.fake.batches import FakeBatchApi
 from batchrunner.fake.faults import (
     Bucket,
     ErrorAnswer,
@@ -35,6 +36,7 @@ from batchrunner.fake.faults import (
     forced_answer,
     rate_limited,
 )
+from batchrunner.tokens import output_allowance
 
 
 @dataclass
@@ -52,9 +54,15 @@ class FakeConfig:
     force_code: str | None = None
     rpm_limit: int | None = None
     tpm_limit: int | None = None
+    rate_window_s: float = 60.0  # enforce the limits over this window (see faults.Bucket)
     cached_fraction: float = 0.0
     embedding_dims: int = 16
     api_key: str | None = None  # when set, any other key gets a 401
+    batch_validating_s: float = 0.05  # how long a batch spends in each state (see batches.py)
+    batch_in_progress_s: float = 0.3
+    batch_finalizing_s: float = 0.05
+    batch_expire_after: int | None = None  # answer this many lines of a batch, expire the rest
+    batch_token_limit: int | None = None  # enqueued prompt tokens across unfinished batches
     seed: int | None = None
 
 
@@ -70,6 +78,7 @@ class FakeServer:
         self._random = random.Random(self.config.seed)
         self._buckets: dict[str, Bucket] = {}
         self._runner: web.AppRunner | None = None
+        self.batch_api = FakeBatchApi(self)
 
     def reset_counts(self) -> None:
         self.requests_by_id.clear()
@@ -82,6 +91,7 @@ class FakeServer:
         app.router.add_post("/v1/responses", self._answer)
         app.router.add_post("/v1/embeddings", self._answer)
         app.router.add_get("/v1/models", self._models)
+        self.batch_api.add_routes(app)
         app.router.add_get("/_fake/stats", self._stats)
         app.router.add_post("/_fake/config", self._set_config)
         app.router.add_post("/_fake/reset", self._reset)
@@ -130,8 +140,8 @@ class FakeServer:
                 return misbehaviour
         output_trigger = trigger.name if trigger else None
 
-        prompt_text, prompt_tokens = answers.prompt_of(request.path, body)
-        limits = self._take_limits(model, prompt_tokens + (answers.output_allowance(body) or 0))
+        _, prompt_tokens = answers.prompt_of(request.path, body)
+        limits = self._take_limits(model, prompt_tokens + (output_allowance(body) or 0))
         if isinstance(limits, ErrorAnswer):
             return self._error(request, limits)
 
@@ -149,18 +159,22 @@ class FakeServer:
             await asyncio.sleep(config.hang_seconds)
 
         await self._latency()
+        return self._json(
+            request, 200, self.success_body(request.path, body, output_trigger), limits
+        )
+
+    def success_body(self, url: str, body: dict[str, Any], trigger: str | None) -> dict[str, Any]:
+        """The 200 answer's body for a request (also what a batch's output line holds)."""
+        config = self.config
+        model = str(body.get("model") or "")
+        prompt_text, prompt_tokens = answers.prompt_of(url, body)
+        if url.endswith("/embeddings"):
+            return answers.embeddings_body(model, body, config.embedding_dims)
         cached = int(prompt_tokens * config.cached_fraction)
-        if request.path.endswith("/embeddings"):
-            result = answers.embeddings_body(model, body, config.embedding_dims)
-        else:
-            completion = answers.complete(model, prompt_text, body, output_trigger)
-            if request.path.endswith("/responses"):
-                result = answers.responses_body(model, prompt_tokens, cached, completion)
-            else:
-                result = answers.chat_body(
-                    model, prompt_tokens, cached, completion, self.config.seed or 0
-                )
-        return self._json(request, 200, result, limits)
+        completion = answers.complete(model, prompt_text, body, trigger)
+        if url.endswith("/responses"):
+            return answers.responses_body(model, prompt_tokens, cached, completion)
+        return answers.chat_body(model, prompt_tokens, cached, completion, config.seed or 0)
 
     async def _misbehave(self, request: web.Request, name: str) -> web.StreamResponse | None:
         """The answer a `[fake:NAME]` marker asks for; None for the output markers."""
@@ -188,8 +202,9 @@ class FakeServer:
             if limit is None:
                 continue
             bucket = self._buckets.get(kind)
-            if bucket is None or bucket.limit != limit:
-                bucket = self._buckets[kind] = Bucket(limit)
+            window = self.config.rate_window_s
+            if bucket is None or (bucket.limit, bucket.window_s) != (limit, window):
+                bucket = self._buckets[kind] = Bucket(limit, window)
             wait = bucket.take(amount)
             if wait:
                 return rate_limited(kind, model, bucket, amount, wait)

@@ -11,7 +11,7 @@ import random
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import anyio
 from anyio import CancelScope
@@ -22,7 +22,9 @@ from batchrunner.ledger import AttemptRecord, ClaimedItem, Ledger
 from batchrunner.ledger.models import FAILED, PENDING, SUCCEEDED
 from batchrunner.ledger.store import utcnow
 from batchrunner.logs import ATTEMPTS, EVENTS, log_attempt
-from batchrunner.runner.limits import RateLimits, estimate_request_tokens
+from batchrunner.pricing import price_item, price_table_from
+from batchrunner.runner.budget import Budget, Reservation
+from batchrunner.runner.limits import Throttle
 from batchrunner.runner.retry import (
     FAIL,
     RETRY,
@@ -34,6 +36,7 @@ from batchrunner.runner.retry import (
     judge_reply,
     judge_transport_failure,
 )
+from batchrunner.runner.tokens import RequestTokens, TokenEstimator
 from batchrunner.runner.transport import HttpTransport, Reply, TransportFailure
 from batchrunner.runner.writer import LedgerWriter
 from batchrunner.settings import RunSettings
@@ -68,7 +71,10 @@ class ConcurrentRunner:
         self._job_id = job_id
         self._settings = settings
         self._transport = transport
-        self._limits = RateLimits(settings.rpm, settings.tpm)
+        self._throttle = Throttle(settings.rpm, settings.tpm)
+        self._prices = price_table_from(settings.prices, "--prices") if settings.prices else None
+        self._budget: Budget | None = None
+        self._tokens = TokenEstimator()
         self._writer = LedgerWriter(ledger, on_flush)
         self._rng = random.Random(seed)
         self._stopping = anyio.Event()
@@ -86,6 +92,9 @@ class ConcurrentRunner:
         self._run_id = await anyio.to_thread.run_sync(
             self._ledger.start_run, self._job_id, settings.max_attempts
         )
+        if settings.budget is not None:
+            spent = (await anyio.to_thread.run_sync(self._ledger.summary, self._job_id)).cost_usd
+            self._budget = Budget(settings.budget, spent or 0.0, self._prices)
         try:
             async with anyio.create_task_group() as background:
                 if handle_signals:
@@ -153,21 +162,24 @@ class ConcurrentRunner:
     async def _process(self, item: ClaimedItem) -> None:
         """Send one item until it succeeds, fails for good, or the job stops."""
         body = item.body.encode()
-        tokens = estimate_request_tokens(item.body) if self._limits.counts_tokens else 0
         attempt = item.attempts
         while True:
-            await self._limits.acquire(tokens)
+            needs = self._tokens.estimate(item) if self._needs_estimate else None
+            await self._throttle.acquire(
+                needs.total if needs and self._throttle.counts_tokens else 0
+            )
+            reservation = self._reserve(item, needs)
             if self._stopping.is_set():
+                if reservation is not None and self._budget is not None:
+                    self._budget.settle(reservation, None, billed=False)
                 return
             attempt += 1
             started = utcnow()
             answer = await self._transport.post(item.url, body, item.custom_id)
-            if isinstance(answer, Reply):
-                verdict = judge_reply(answer.status, answer.body, answer.retry_after)
-            else:
-                verdict = judge_transport_failure(answer.kind, answer.message)
+            verdict = self._judge(answer)
             verdict = final_verdict(verdict, attempt, self._settings.max_attempts)
             record = self._record(item, attempt, started, answer, verdict)
+            self._account(needs, reservation, record, answer)
             if ATTEMPTS.isEnabledFor(logging.INFO):
                 self._log(item, record)
             if verdict.action == STOP:
@@ -180,6 +192,52 @@ class ConcurrentRunner:
                 await self._stopping.wait()
             if self._stopping.is_set():
                 return
+
+    @property
+    def _needs_estimate(self) -> bool:
+        return self._budget is not None or self._throttle.counts_tokens
+
+    def _reserve(self, item: ClaimedItem, needs: RequestTokens | None) -> Reservation | None:
+        """Hold the request's worst-case cost; stop the job when the budget cannot."""
+        if self._budget is None or needs is None:
+            return None
+        worst = self._budget.worst_case(item.model, needs.prompt, needs.allowance)
+        reservation = self._budget.reserve(worst)
+        if reservation is None:
+            self.stop(f"budget: {self._budget.describe()}; the next request could pass the limit")
+        return reservation
+
+    def _account(
+        self,
+        needs: RequestTokens | None,
+        reservation: Reservation | None,
+        record: AttemptRecord,
+        answer: Reply | TransportFailure,
+    ) -> None:
+        """Tell the throttle and the budget what the request really used."""
+        if record.output_tokens is not None:
+            self._tokens.observe_output(record.output_tokens)
+            if needs is not None and needs.guessed:
+                actual = (record.input_tokens or 0) + record.output_tokens
+                self._throttle.settle(needs.total, actual)
+        if reservation is not None and self._budget is not None:
+            possibly_billed = isinstance(answer, TransportFailure) and answer.kind == "timeout"
+            self._budget.settle(reservation, record.cost_usd, billed=possibly_billed)
+
+    def _judge(self, answer: Reply | TransportFailure) -> Verdict:
+        """The verdict on one answer; the throttle learns from its headers and its 429s."""
+        if not isinstance(answer, Reply):
+            return judge_transport_failure(answer.kind, answer.message)
+        if answer.limits is not None:
+            before = self._throttle.requests_per_minute, self._throttle.tokens_per_minute
+            self._throttle.observe(answer.limits)
+            after = self._throttle.requests_per_minute, self._throttle.tokens_per_minute
+            if after != before:
+                EVENTS.info("server limits: %s requests/min, %s tokens/min", *after)
+        verdict = judge_reply(answer.status, answer.body, answer.retry_after)
+        if verdict.kind == "rate_limit":
+            self._throttle.rate_limited(verdict.retry_after)
+        return verdict
 
     def _record(
         self,
@@ -204,6 +262,8 @@ class ConcurrentRunner:
         )
         if verdict.action == SUCCEED and verdict.body is not None and reply is not None:
             usage = read_usage(verdict.body)
+            cost = price_item(item.model, usage, when=datetime.now(UTC), overrides=self._prices)
+            record.cost_usd = cost.usd if cost is not None else None
             record.input_tokens = usage.input_tokens
             record.cached_tokens = usage.cached_tokens
             record.output_tokens = usage.output_tokens

@@ -1,54 +1,239 @@
-"""Requests-per-minute and tokens-per-minute throttles built on aiolimiter.
+"""Run at the account's limit without tripping it: requests/min and tokens/min.
 
-aiolimiter's bucket starts empty, so `AsyncLimiter(rpm, 60)` would let a whole minute of requests
-through in the first second. Each limit is configured as a per-second rate instead (a bucket of
-one second's worth), and a request larger than the token bucket is clamped to its size rather
-than raising.
+Two sources of limits: what the user configured (`--rpm`, `--tpm`) and what the server reports
+in its `x-ratelimit-*` headers; the tighter one wins, and a server that reports limits is
+throttled even when nothing was configured. A 429 pauses every worker until the time the server
+names, then the rate ramps back up from half over `RAMP_S`.
+
+Built on aiolimiter, around its sharp edges:
+- its bucket starts empty, so `AsyncLimiter(rpm, 60)` would let a whole minute's requests
+  through in the first second: each limit is a per-second rate with one second of burst;
+- it cannot change its rate: a new limiter replaces the old one when a limit changes;
+- it serves small waiters first, which would starve large requests: acquisitions queue through
+  one FIFO lock, so at most one task waits inside a limiter at a time;
+- an amount larger than the bucket raises: large requests are taken in bucket-sized chunks;
+- it cannot give capacity back: the difference between a request's estimated and actual tokens
+  is carried as a credit (or a debt) into the next acquisitions.
 """
 
 from __future__ import annotations
 
-import math
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-import orjson
+import anyio
 from aiolimiter import AsyncLimiter
 
-OUTPUT_ALLOWANCE_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
-DEFAULT_OUTPUT_ALLOWANCE = 256
+PAUSE_CAP_S = 60.0  # longer waits defer the item instead of pausing every worker
+DEFAULT_PAUSE_S = 1.0  # a 429 that names no time
+RAMP_S = 10.0
+RAMP_START = 0.5
+RAMP_STEPS = 5
+EMPTY_REFILL_SHARE = 0.02
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?\s*(?:ms|h|m|s)(?:\d+(?:\.\d+)?(?:ms|m|s))*)")
+UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def per_second_limiter(per_minute: float) -> AsyncLimiter:
-    per_second = per_minute / 60.0
-    capacity = max(1.0, per_second)
-    return AsyncLimiter(capacity, capacity / per_second)
+def parse_duration(text: str) -> float | None:
+    """OpenAI's durations: `120ms`, `1s`, `6m0s`, `1h2m3.5s`; None if it is not one."""
+    text = text.strip().replace(" ", "")
+    parts = DURATION_PART.findall(text)
+    if not parts or "".join(value + unit for value, unit in parts) != text:
+        return None
+    return sum(float(value) * UNIT_SECONDS[unit] for value, unit in parts)
 
 
-def estimate_request_tokens(body: str) -> int:
-    """Prompt tokens (about 4 characters each) plus the output allowance of the request."""
-    allowance = DEFAULT_OUTPUT_ALLOWANCE
-    if any(key in body for key in OUTPUT_ALLOWANCE_KEYS):
-        parsed = orjson.loads(body)
-        for key in OUTPUT_ALLOWANCE_KEYS:
-            value = parsed.get(key)
-            if isinstance(value, int):
-                allowance = value
-                break
-    return math.ceil(len(body) / 4) + allowance
+def wait_from_message(message: str | None) -> float | None:
+    """The wait in a 429 message: "... Please try again in 20ms. ..."."""
+    if not message:
+        return None
+    match = TRY_AGAIN.search(message)
+    return parse_duration(match.group(1)) if match else None
 
 
-class RateLimits:
-    """Both throttles together; a request waits for a slot and for its tokens."""
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What one answer's `x-ratelimit-*` headers say; None where a header was missing."""
 
-    def __init__(self, rpm: float | None, tpm: float | None) -> None:
-        self._requests = per_second_limiter(rpm) if rpm else None
-        self._tokens = per_second_limiter(tpm) if tpm else None
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens: float | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self == ServerLimits()
+
+
+def read_server_limits(headers: Mapping[str, str]) -> ServerLimits:
+    def number(name: str) -> int | None:
+        value = headers.get(name)
+        try:
+            return int(float(value)) if value is not None else None
+        except ValueError:
+            return None
+
+    def duration(name: str) -> float | None:
+        value = headers.get(name)
+        return parse_duration(value) if value is not None else None
+
+    return ServerLimits(
+        limit_requests=number("x-ratelimit-limit-requests"),
+        remaining_requests=number("x-ratelimit-remaining-requests"),
+        reset_requests=duration("x-ratelimit-reset-requests"),
+        limit_tokens=number("x-ratelimit-limit-tokens"),
+        remaining_tokens=number("x-ratelimit-remaining-tokens"),
+        reset_tokens=duration("x-ratelimit-reset-tokens"),
+    )
+
+
+class _Rate:
+    """One per-minute limit as an aiolimiter bucket holding one second of it."""
+
+    def __init__(self, configured: float | None) -> None:
+        self.configured = configured
+        self.learned: float | None = None
+        self.factor = 1.0
+        self.limiter: AsyncLimiter | None = None
+        self._rebuild()
+
+    @property
+    def per_minute(self) -> float | None:
+        known = [x for x in (self.configured, self.learned) if x]
+        return min(known) * self.factor if known else None
+
+    def _rebuild(self) -> None:
+        per_minute = self.per_minute
+        if per_minute is None:
+            self.limiter = None
+            return
+        per_second = per_minute / 60.0
+        capacity = max(1.0, per_second)
+        self.limiter = AsyncLimiter(capacity, capacity / per_second)
+
+    def learn(self, limit: int) -> bool:
+        """Take the server's reported limit; True if the effective rate changed."""
+        if limit <= 0 or limit == self.learned:
+            return False
+        before = self.per_minute
+        self.learned = float(limit)
+        if self.per_minute != before:
+            self._rebuild()
+            return True
+        return False
+
+    def set_factor(self, factor: float) -> None:
+        if factor != self.factor:
+            self.factor = factor
+            self._rebuild()
+
+    async def take(self, amount: float) -> None:
+        limiter = self.limiter
+        if limiter is None:
+            return
+        while amount > 0:
+            chunk = min(amount, limiter.max_rate)
+            await limiter.acquire(chunk)
+            amount -= chunk
+
+
+class Throttle:
+    """Both limits, the global pause after a 429, and what was learned from the server."""
+
+    def __init__(
+        self,
+        rpm: float | None,
+        tpm: float | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._requests = _Rate(rpm)
+        self._tokens = _Rate(tpm)
+        self._clock = clock
+        self._lock = anyio.Lock()
+        self._paused_until = 0.0
+        self._ramp_from: float | None = None
+        self._token_credit = 0.0
+        self.pauses = 0
 
     @property
     def counts_tokens(self) -> bool:
-        return self._tokens is not None
+        """Whether requests need a token estimate: only once a token limit is known."""
+        return self._tokens.limiter is not None
 
-    async def acquire(self, tokens: int = 0) -> None:
-        if self._requests is not None:
-            await self._requests.acquire()
-        if self._tokens is not None and tokens > 0:
-            await self._tokens.acquire(min(float(tokens), self._tokens.max_rate))
+    @property
+    def requests_per_minute(self) -> float | None:
+        return self._requests.per_minute
+
+    @property
+    def tokens_per_minute(self) -> float | None:
+        return self._tokens.per_minute
+
+    async def acquire(self, tokens: int) -> None:
+        """Wait for any pause, a request slot and `tokens` tokens, in arrival order."""
+        unlimited = self._requests.limiter is None and self._tokens.limiter is None
+        if unlimited and self._paused_until <= self._clock():
+            return
+        async with self._lock:
+            wait = self._paused_until - self._clock()
+            if wait > 0:
+                await anyio.sleep(wait)
+            self._ramp()
+            await self._requests.take(1)
+            wanted = tokens - self._token_credit
+            self._token_credit = max(0.0, -wanted)
+            await self._tokens.take(max(0.0, wanted))
+
+    def settle(self, estimated: int, actual: int | None) -> None:
+        """Carry the difference between a request's estimated and actual tokens forward."""
+        if actual is not None and self._tokens.limiter is not None:
+            self._token_credit += estimated - actual
+            bucket = self._tokens.limiter.max_rate
+            self._token_credit = max(-bucket, min(bucket, self._token_credit))
+
+    def observe(self, limits: ServerLimits) -> None:
+        """Learn from an answer's headers: tighter limits, and a short pause when the server
+        says nothing is left (someone else may be spending the same account)."""
+        if limits.limit_requests is not None:
+            self._requests.learn(limits.limit_requests)
+        if limits.limit_tokens is not None and self._tokens.learn(limits.limit_tokens):
+            # A fresh bucket offers a full second of tokens; the server may have fewer left.
+            limiter = self._tokens.limiter
+            if limiter is not None and limits.remaining_tokens is not None:
+                short = limits.remaining_tokens - limiter.max_rate
+                self._token_credit = max(-limiter.max_rate, min(self._token_credit, short))
+        if limits.remaining_requests == 0 and limits.limit_requests:
+            self._pause(60.0 / limits.limit_requests, ramp=False)  # one request's refill
+        if limits.remaining_tokens is not None and limits.remaining_tokens <= 0:
+            refill = 60.0 * EMPTY_REFILL_SHARE  # a slice of the bucket, not all of it
+            self._pause(min(limits.reset_tokens or refill, refill), ramp=False)
+
+    def rate_limited(self, wait: float | None) -> None:
+        """A 429: every worker waits until the server's time, then the rate ramps back up."""
+        self._pause(min(wait if wait is not None else DEFAULT_PAUSE_S, PAUSE_CAP_S), ramp=True)
+
+    def _pause(self, seconds: float, ramp: bool) -> None:
+        until = self._clock() + seconds
+        if until > self._paused_until:
+            self._paused_until = until
+            self.pauses += 1
+        if ramp:
+            self._ramp_from = self._paused_until
+
+    def _ramp(self) -> None:
+        """After a 429, start again at half the rate and step back up to all of it."""
+        if self._ramp_from is None:
+            return
+        progress = (self._clock() - self._ramp_from) / RAMP_S
+        if progress >= 1:
+            self._ramp_from = None
+            factor = 1.0
+        else:
+            step = int(max(0.0, progress) * RAMP_STEPS) / RAMP_STEPS
+            factor = RAMP_START + (1 - RAMP_START) * step
+        self._requests.set_factor(factor)
+        self._tokens.set_factor(factor)

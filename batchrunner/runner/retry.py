@@ -19,6 +19,8 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from batchrunner.runner.limits import wait_from_message
+
 SUCCEED: Final = "succeed"
 RETRY: Final = "retry"
 FAIL: Final = "fail"
@@ -75,7 +77,8 @@ def judge_reply(status: int, body: bytes, retry_after: float | None) -> Verdict:
     if status == 429:
         if "insufficient_quota" in (code, error_type):
             return Verdict(STOP, "quota", code or error_type, message)
-        return Verdict(RETRY, "rate_limit", code, message, retry_after)
+        wait = retry_after if retry_after is not None else wait_from_message(message)
+        return Verdict(RETRY, "rate_limit", code, message, wait)
     if status in STOP_CODES:
         return Verdict(STOP, STOP_CODES[status], code, message)
     if status in (408, 409) or status >= 500:

@@ -7,13 +7,17 @@ Every request sent is exactly one attempt: no hidden retries here.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import quote
 
 import aiohttp
 
+from batchrunner.runner.limits import ServerLimits, read_server_limits
+
 MAX_CLIENT_REQUEST_ID = 512
+RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +26,7 @@ class Reply:
     body: bytes
     latency_ms: float
     retry_after: float | None
+    limits: ServerLimits | None = None  # the x-ratelimit-* headers, when the server sent any
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +100,14 @@ class HttpTransport:
                 endpoint_url(self._base_url, url), data=body, headers=headers
             ) as response:
                 payload = await response.read()
+                answer_headers = response.headers
+                has_limits = _has_any(answer_headers, RATE_HEADERS)
                 return Reply(
                     status=response.status,
                     body=payload,
                     latency_ms=(time.perf_counter() - started) * 1000,
-                    retry_after=retry_after_seconds(response.headers),
+                    retry_after=retry_after_seconds(answer_headers),
+                    limits=read_server_limits(answer_headers) if has_limits else None,
                 )
         except TimeoutError:
             elapsed = time.perf_counter() - started
@@ -112,6 +120,10 @@ class HttpTransport:
             return TransportFailure("bad_response", f"broken response body: {exc}", _ms(started))
         except aiohttp.ClientError as exc:
             return TransportFailure("connection", _describe(exc), _ms(started))
+
+
+def _has_any(headers: Mapping[str, str], names: tuple[str, ...]) -> bool:
+    return any(name in headers for name in names)
 
 
 def _ms(started: float) -> float:

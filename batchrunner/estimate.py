@@ -1,0 +1,263 @@
+"""A pre-flight estimate of a job file: requests, tokens and cost per model, with no network.
+
+The file is streamed through `jobfile.read_job_items` and only per-model totals are kept, so a
+file of millions of lines needs the memory of ten. Prompt tokens are counted with the model's
+real encoding (`tokens.prompt_tokens`). Output tokens cannot be known before the run, so each
+request counts its own cap (`max_completion_tokens` / `max_tokens` / `max_output_tokens`: an
+upper bound), else `assume_output`, else DEFAULT_OUTPUT for chat and responses; embeddings
+have none. Each request is priced on its own (tiered prices depend on its size), no input
+assumed cached, in both modes: concurrent (standard rates) and the Batch API.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from batchrunner.errors import UsageError
+from batchrunner.jobfile import EMBEDDINGS, JobDefaults, JobItem, read_job_items
+from batchrunner.pricing import PriceTable, price_item
+from batchrunner.tokens import output_allowance, prompt_tokens
+from batchrunner.usage import Usage
+
+DEFAULT_OUTPUT = 256  # output tokens assumed for a chat/responses request that sets no cap
+
+
+@dataclass
+class ModelEstimate:
+    model: str
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0  # assumed: caps where set, else the assumed output
+    uncapped_requests: int = 0  # requests counted at the assumed output
+    cost_concurrent: float | None = 0.0  # None: no price known for the model
+    cost_batch: float | None = 0.0
+    batch_discount_assumed: bool = False  # batch cost = standard rates less 50%
+    price_source: str | None = None
+
+    def add(
+        self, usage: Usage, capped: bool, when: datetime | None, overrides: PriceTable | None
+    ) -> None:
+        """Count one request; a model without a price stays at cost None."""
+        self.requests += 1
+        self.input_tokens += usage.input_tokens or 0
+        self.output_tokens += usage.output_tokens or 0
+        self.uncapped_requests += not capped
+        if self.cost_concurrent is not None:
+            cost = price_item(self.model, usage, batch=False, when=when, overrides=overrides)
+            self.cost_concurrent = None if cost is None else self.cost_concurrent + cost.usd
+            self.price_source = cost.source if cost is not None else None
+        if self.cost_batch is not None:
+            cost = price_item(self.model, usage, batch=True, when=when, overrides=overrides)
+            self.cost_batch = None if cost is None else self.cost_batch + cost.usd
+            self.batch_discount_assumed |= cost is not None and cost.batch_discount_assumed
+
+
+@dataclass
+class Estimate:
+    path: str
+    assumed_output: int
+    models: dict[str, ModelEstimate] = field(default_factory=dict)
+
+    @property
+    def requests(self) -> int:
+        return sum(m.requests for m in self.models.values())
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(m.input_tokens for m in self.models.values())
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(m.output_tokens for m in self.models.values())
+
+    @property
+    def unpriced_models(self) -> list[str]:
+        return sorted(m.model for m in self.models.values() if m.cost_concurrent is None)
+
+    @property
+    def batch_assumed_models(self) -> list[str]:
+        return sorted(m.model for m in self.models.values() if m.batch_discount_assumed)
+
+    @property
+    def cost_concurrent(self) -> float | None:
+        """The total, or None when any model has no known price."""
+        costs = [m.cost_concurrent for m in self.models.values()]
+        return None if None in costs else sum(c or 0.0 for c in costs)
+
+    @property
+    def cost_batch(self) -> float | None:
+        costs = [m.cost_batch for m in self.models.values()]
+        return None if None in costs else sum(c or 0.0 for c in costs)
+
+
+class EstimateBuilder:
+    """Counts items one at a time, so a pass that reads the file anyway (submit) can estimate."""
+
+    def __init__(
+        self,
+        *,
+        path: str = "",
+        assume_output: int | None = None,
+        overrides: PriceTable | None = None,
+        when: datetime | None = None,
+    ) -> None:
+        if assume_output is not None and assume_output < 0:
+            raise UsageError(f"the assumed output must be 0 or more tokens, got {assume_output}")
+        assumed = DEFAULT_OUTPUT if assume_output is None else assume_output
+        self.estimate = Estimate(path=path, assumed_output=assumed)
+        self._overrides = overrides
+        self._when = when
+
+    def add(self, item: JobItem) -> None:
+        body = orjson.loads(item.body)
+        row = self.estimate.models.get(item.model)
+        if row is None:
+            row = self.estimate.models[item.model] = ModelEstimate(item.model)
+        cap = 0 if item.url == EMBEDDINGS else output_allowance(body)
+        output = self.estimate.assumed_output if cap is None else cap
+        usage = Usage(input_tokens=prompt_tokens(item.url, body), output_tokens=output)
+        row.add(usage, cap is not None, self._when, self._overrides)
+
+    def passing(self, items: Iterable[JobItem]) -> Iterator[JobItem]:
+        """Yield `items` unchanged, counting each on the way."""
+        for item in items:
+            self.add(item)
+            yield item
+
+
+def estimate_items(
+    items: Iterable[JobItem],
+    *,
+    path: str = "",
+    assume_output: int | None = None,
+    overrides: PriceTable | None = None,
+    when: datetime | None = None,
+) -> Estimate:
+    """Estimate any stream of job items (`estimate_job_file` reads them from a file)."""
+    builder = EstimateBuilder(
+        path=path, assume_output=assume_output, overrides=overrides, when=when
+    )
+    for item in items:
+        builder.add(item)
+    return builder.estimate
+
+
+def estimate_job_file(
+    path: str,
+    defaults: JobDefaults | None = None,
+    *,
+    assume_output: int | None = None,
+    overrides: PriceTable | None = None,
+    when: datetime | None = None,
+) -> Estimate:
+    """Estimate a job file, streaming. Raises `JobFileError` at the first invalid line; run
+    `jobfile.check_job_file` first to list every problem."""
+    items = read_job_items(path, defaults or JobDefaults())
+    return estimate_items(
+        items, path=path, assume_output=assume_output, overrides=overrides, when=when
+    )
+
+
+def _usd(value: float | None) -> str:
+    """Cents for large sums; at least two significant digits for tiny ones."""
+    if value is None:
+        return "unknown"
+    if value >= 1 or value == 0:
+        return f"${value:,.2f}"
+    return f"${value:.{max(4, 1 - math.floor(math.log10(value)))}f}"
+
+
+def _json_usd(value: float | None) -> float | None:
+    return None if value is None else round(value, 10)
+
+
+def _row(name: str, m: ModelEstimate | Estimate, batch_note: str = "") -> list[str]:
+    return [
+        name,
+        f"{m.requests:,}",
+        f"{m.input_tokens:,}",
+        f"{m.output_tokens:,}",
+        _usd(m.cost_concurrent),
+        _usd(m.cost_batch) + batch_note,
+    ]
+
+
+def format_estimate(estimate: Estimate) -> str:
+    """A small table: one row per model, then the total and the assumptions made."""
+    table = [["model", "requests", "input tokens", "output tokens*", "concurrent", "batch"]]
+    for m in sorted(estimate.models.values(), key=lambda m: m.model):
+        table.append(_row(m.model, m, "**" if m.batch_discount_assumed else ""))
+    table.append(_row("total", estimate))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = [
+        "  ".join(
+            [row[0].ljust(widths[0])]
+            + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        )
+        for row in table
+    ]
+    uncapped = sum(m.uncapped_requests for m in estimate.models.values())
+    lines.append(
+        f"* output: each request's max_tokens-style cap where it sets one, else "
+        f"{estimate.assumed_output:,} tokens ({uncapped:,} requests); none for embeddings"
+    )
+    if estimate.batch_assumed_models:
+        lines.append(
+            "** no batch price known: OpenAI's 50% Batch API discount assumed for "
+            + ", ".join(estimate.batch_assumed_models)
+        )
+    if estimate.unpriced_models:
+        lines.append(
+            "no price known for "
+            + ", ".join(estimate.unpriced_models)
+            + ": give their prices with a price file"
+        )
+    return "\n".join(lines)
+
+
+def estimate_line(estimate: Estimate, mode: str) -> str:
+    """The estimate in one line, for `submit`: the job's mode first."""
+    costs = {"concurrent": estimate.cost_concurrent, "batch": estimate.cost_batch}
+    other = "batch" if mode == "concurrent" else "concurrent"
+    line = (
+        f"estimate: {estimate.input_tokens:,} input + up to {estimate.output_tokens:,} output "
+        f"tokens, {_usd(costs[mode])} ({other} mode: {_usd(costs[other])})"
+    )
+    if estimate.unpriced_models:
+        line += f"; warning: no price known for {', '.join(estimate.unpriced_models)}"
+    return line
+
+
+def estimate_as_json(estimate: Estimate) -> dict[str, Any]:
+    """The estimate as plain JSON types; costs in USD, null when unknown."""
+    return {
+        "file": estimate.path,
+        "requests": estimate.requests,
+        "input_tokens": estimate.input_tokens,
+        "output_tokens": estimate.output_tokens,
+        "cost_concurrent_usd": _json_usd(estimate.cost_concurrent),
+        "cost_batch_usd": _json_usd(estimate.cost_batch),
+        "assumed_output_tokens_per_request": estimate.assumed_output,
+        "unpriced_models": estimate.unpriced_models,
+        "batch_discount_assumed_models": estimate.batch_assumed_models,
+        "models": [
+            {
+                "model": m.model,
+                "requests": m.requests,
+                "input_tokens": m.input_tokens,
+                "output_tokens": m.output_tokens,
+                "uncapped_requests": m.uncapped_requests,
+                "cost_concurrent_usd": _json_usd(m.cost_concurrent),
+                "cost_batch_usd": _json_usd(m.cost_batch),
+                "batch_discount_assumed": m.batch_discount_assumed,
+                "price_source": m.price_source,
+            }
+            for m in sorted(estimate.models.values(), key=lambda m: m.model)
+        ],
+    }

@@ -1,0 +1,364 @@
+"""Usage -> cost in USD, offline and per item (pure, apart from the caches).
+
+Prices come from, in this order: the user's price file (`--prices FILE`, `load_price_file`),
+batchrunner's own corrections (`prices_overrides.toml`, shipped in the package), then the data
+bundled with genai-prices (OpenAI's table first, then any provider whose models match the name).
+genai-prices' `UpdatePrices` is never started: nothing here touches the network.
+
+Billing rules, as OpenAI reports usage:
+
+- input tokens include the cached ones: (input - cached) at the input rate, cached at the cached
+  rate (the input rate when the model has none);
+- output tokens already include reasoning tokens: all of them at the output rate, once;
+- a model nobody prices gives None, never 0; so does an item with no usage at all.
+
+Batch: genai-prices holds batch rates (price_context {"processing": "batch"}) only for the
+models and dates it verified them for (OpenAI's from 2026-10-14), and otherwise silently returns
+the standard price. Here a batch cost never falls back to the standard price: without a batch
+rate, OpenAI's documented 50% Batch API discount is applied to input and output, the cached rate
+is kept but capped at the discounted input rate (errs high, not low), and the result carries
+`batch_discount_assumed=True`. A price file entry without batch rates is treated the same way.
+
+Rates are looked up once per (model, mode, day) and cached: pricing an item is a few
+multiplications, where genai-prices' own `calc_price` takes about 0.1 ms.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, time
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import genai_prices
+from genai_prices.types import PriceCalculation, TieredPrices, TimeOfDateConstraint
+
+from batchrunner.errors import UsageError
+from batchrunner.usage import Usage
+
+BATCH_DISCOUNT = 0.5  # OpenAI's Batch API: "50% off inputs and outputs"
+BATCH_CONTEXT = {"processing": "batch"}
+PRICE_KEYS = (
+    "input",
+    "cached_input",
+    "output",
+    "batch_input",
+    "batch_cached_input",
+    "batch_output",
+)
+_DATE_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """USD per 1M tokens. Each tier (start, rate) replaces the base rate for the whole request
+    once its input tokens exceed `start` (genai-prices' rule, e.g. gpt-5.4 above 272k)."""
+
+    base: float
+    tiers: tuple[tuple[int, float], ...] = ()
+
+    def at(self, input_tokens: int) -> float:
+        for start, rate in reversed(self.tiers):
+            if input_tokens > start:
+                return rate
+        return self.base
+
+    def scaled(self, factor: float) -> Rate:
+        return Rate(self.base * factor, tuple((s, r * factor) for s, r in self.tiers))
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """An item's cost in USD, split by kind of token, and where the rates came from."""
+
+    usd: float
+    input_usd: float  # uncached input
+    cached_input_usd: float
+    output_usd: float
+    source: str  # where the rates came from
+    batch_discount_assumed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """One model's rates in one mode (standard or batch)."""
+
+    input: Rate
+    cached_input: Rate
+    output: Rate
+    source: str
+    batch_discount_assumed: bool = False
+
+    def cost(self, usage: Usage) -> Cost:
+        total_in = max(usage.input_tokens or 0, 0)
+        cached = min(max(usage.cached_tokens or 0, 0), total_in)
+        output = max(usage.output_tokens or 0, 0)  # reasoning tokens are inside it
+        input_usd = (total_in - cached) * self.input.at(total_in) / 1e6
+        cached_usd = cached * self.cached_input.at(total_in) / 1e6
+        output_usd = output * self.output.at(total_in) / 1e6
+        return Cost(
+            usd=input_usd + cached_usd + output_usd,
+            input_usd=input_usd,
+            cached_input_usd=cached_usd,
+            output_usd=output_usd,
+            source=self.source,
+            batch_discount_assumed=self.batch_discount_assumed,
+        )
+
+    def assumed_batch(self) -> Rates:
+        """The standard rates with OpenAI's documented batch discount applied explicitly."""
+        discounted_input = self.input.scaled(BATCH_DISCOUNT)
+        cached = min(self.cached_input, discounted_input, key=lambda r: r.base)
+        return replace(
+            self,
+            input=discounted_input,
+            cached_input=cached,
+            output=self.output.scaled(BATCH_DISCOUNT),
+            batch_discount_assumed=True,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PriceEntry:
+    """One model's line in a price file, USD per 1M tokens."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+    batch_input: float | None = None
+    batch_cached_input: float | None = None
+    batch_output: float | None = None
+
+
+@functools.lru_cache(maxsize=1024)
+def _entry_rates(entry: PriceEntry, batch: bool, source: str) -> Rates:
+    cached = entry.input if entry.cached_input is None else entry.cached_input
+    standard = Rates(Rate(entry.input), Rate(cached), Rate(entry.output), source)
+    if not batch:
+        return standard
+    if entry.batch_input is None or entry.batch_output is None:
+        return standard.assumed_batch()
+    batch_cached = entry.batch_cached_input
+    if batch_cached is None:
+        batch_cached = min(cached, entry.batch_input)
+    return Rates(Rate(entry.batch_input), Rate(batch_cached), Rate(entry.batch_output), source)
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """Prices by model name (lower case); a dated name such as gpt-4o-2024-08-06 also finds
+    an entry for gpt-4o."""
+
+    entries: Mapping[str, PriceEntry]
+    source: str
+
+    def find(self, model: str) -> PriceEntry | None:
+        name = model.lower()
+        entry = self.entries.get(name)
+        if entry is None:
+            entry = self.entries.get(_DATE_SUFFIX.sub("", name))
+        return entry
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "a string" if isinstance(value, str) else f"a {type(value).__name__}"
+
+
+def _entry(where: str, model: str, raw: object) -> PriceEntry:
+    here = f'{where}: model "{model}"'
+    if not isinstance(raw, Mapping):
+        raise UsageError(f"{here}: expected a table of prices, got {_kind(raw)}")
+    for key, value in raw.items():
+        if isinstance(value, Mapping):  # TOML read [gpt-4.1-mini] as [gpt-4] > [1-mini]
+            raise UsageError(
+                f'{here}: a table inside a model; quote names with dots: ["{model}.{key}"]'
+            )
+        if key not in PRICE_KEYS:
+            raise UsageError(f'{here}: unknown key "{key}" (expected {", ".join(PRICE_KEYS)})')
+    values: dict[str, float] = {}
+    for key, value in raw.items():
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or value < 0:
+            shown = json.dumps(value) if ok else _kind(value)
+            raise UsageError(f'{here}: "{key}" must be a number >= 0 (USD per 1M), got {shown}')
+        values[key] = float(value)
+    for key in ("input", "output"):
+        if key not in values:
+            raise UsageError(f'{here}: missing "{key}" (USD per 1M tokens)')
+    if ("batch_input" in values) != ("batch_output" in values):
+        raise UsageError(f'{here}: give both "batch_input" and "batch_output", or neither')
+    if "batch_cached_input" in values and "batch_input" not in values:
+        raise UsageError(f'{here}: "batch_cached_input" needs "batch_input" and "batch_output"')
+    return PriceEntry(**values)
+
+
+def _parse(where: str, raw: bytes, suffix: str) -> object:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UsageError(f"{where}: not a UTF-8 text file") from None
+    as_json = suffix == ".json" or (suffix != ".toml" and text.lstrip().startswith("{"))
+    try:
+        return json.loads(text) if as_json else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{where}: invalid {'JSON' if as_json else 'TOML'}: {exc}") from None
+
+
+def _table(where: str, raw: bytes, suffix: str) -> PriceTable:
+    data = _parse(where, raw, suffix)
+    if not isinstance(data, Mapping) or not data:
+        raise UsageError(
+            f"{where}: expected one entry per model, such as "
+            '{"gpt-4o-mini": {"input": 0.15, "output": 0.6}}'
+        )
+    return price_table_from(data, where)
+
+
+def price_table_from(data: Mapping[str, Any], source: str) -> PriceTable:
+    """A table from the mapping a price file holds (as stored with a job's options)."""
+    return PriceTable({str(m).lower(): _entry(source, str(m), v) for m, v in data.items()}, source)
+
+
+def price_table_as_dict(table: PriceTable) -> dict[str, dict[str, float]]:
+    """The table as plain data, to store with a job so that a resume prices alike."""
+    return {
+        model: {k: v for k, v in asdict(entry).items() if v is not None}
+        for model, entry in table.entries.items()
+    }
+
+
+def load_price_file(path: str | Path) -> PriceTable:
+    """Read a JSON or TOML price file: per model, `input`, `output` and optionally
+    `cached_input`, `batch_input`, `batch_cached_input`, `batch_output`, in USD per 1M tokens.
+    Raise `UsageError` naming the file, the model and what is wrong."""
+    where = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{where}: no such price file") from None
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot read the price file: {exc.strerror}") from None
+    return _table(where, raw, Path(path).suffix.lower())
+
+
+@functools.cache
+def corrections() -> PriceTable:
+    """batchrunner's own corrections to genai-prices (prices_overrides.toml)."""
+    raw = resources.files("batchrunner").joinpath("prices_overrides.toml").read_bytes()
+    return _table("batchrunner/prices_overrides.toml", raw, ".toml")
+
+
+def _calc(model: str, at: datetime, batch: bool) -> PriceCalculation | None:
+    """genai-prices' answer for zero usage: it carries the model and its resolved prices."""
+    for provider_id in ("openai", None):  # OpenAI's own table first, then by model name
+        try:
+            return genai_prices.calc_price(
+                genai_prices.Usage(),
+                model,
+                provider_id=provider_id,
+                genai_request_timestamp=at,
+                price_context=BATCH_CONTEXT if batch else None,
+            )
+        except LookupError:
+            continue
+    return None
+
+
+def _has_batch_rate(calc: PriceCalculation, at: datetime) -> bool:
+    """Did genai-prices apply a batch variant, or quietly return the standard price?"""
+    if not any(calc.model is m for m in calc.provider.models):
+        return False  # a fallback provider's model: genai-prices ignores the context
+    return any(
+        variant.when == BATCH_CONTEXT
+        and (variant.constraint is None or variant.constraint.active(at))
+        for variant in calc.model.price_variants or ()
+    )
+
+
+def _rate(value: Decimal | TieredPrices | None) -> Rate | None:
+    if value is None:
+        return None
+    if isinstance(value, TieredPrices):
+        return Rate(float(value.base), tuple((t.start, float(t.price)) for t in value.tiers))
+    return Rate(float(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _library_rates_at(model: str, batch: bool, at: datetime) -> Rates | None:
+    calc = _calc(model, at, batch)
+    if calc is None:
+        return None
+    prices = calc.model_price
+    input_rate = _rate(prices.input_mtok)
+    if input_rate is None:  # not priced per token (images, per request, ...): unknown
+        return None
+    rates = Rates(
+        input=input_rate,
+        cached_input=_rate(prices.cache_read_mtok) or input_rate,
+        output=_rate(prices.output_mtok) or Rate(0.0),  # embeddings have no output price
+        source=f"genai-prices {genai_prices.__version__} ({calc.provider.id})",
+    )
+    if batch and not _has_batch_rate(calc, at):
+        return rates.assumed_batch()
+    return rates
+
+
+@functools.lru_cache(maxsize=1024)
+def _varies_within_a_day(model: str) -> bool:
+    """True for the few models with time-of-day prices (DeepSeek's off-peak hours)."""
+    calc = _calc(model, datetime.now(UTC), False)
+    if calc is None:
+        return False
+    info = calc.model
+    constraints = [p.constraint for p in info.prices] if isinstance(info.prices, list) else []
+    constraints += [v.constraint for v in info.price_variants or ()]
+    return any(isinstance(c, TimeOfDateConstraint) for c in constraints)
+
+
+def _library_rates(model: str, batch: bool, when: datetime) -> Rates | None:
+    when = when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+    if _varies_within_a_day(model):
+        return _library_rates_at(model, batch, when.replace(second=0, microsecond=0))
+    return _library_rates_at(model, batch, datetime.combine(when.date(), time(), UTC))
+
+
+def rates_for(
+    model: str,
+    *,
+    batch: bool = False,
+    when: datetime | None = None,
+    overrides: PriceTable | None = None,
+) -> Rates | None:
+    """A model's rates for requests made at `when` (default now), or None if none is known."""
+    for table in (overrides, corrections()):
+        entry = table.find(model) if table is not None else None
+        if table is not None and entry is not None:
+            return _entry_rates(entry, batch, table.source)
+    return _library_rates(model, batch, when or datetime.now(UTC))
+
+
+def price_item(
+    model: str,
+    usage: Usage,
+    *,
+    batch: bool = False,
+    when: datetime | None = None,
+    overrides: PriceTable | None = None,
+) -> Cost | None:
+    """The cost of one item's usage, or None when its usage or the model's price is unknown."""
+    if usage.input_tokens is None and usage.output_tokens is None:
+        return None
+    rates = rates_for(model, batch=batch, when=when, overrides=overrides)
+    return rates.cost(usage) if rates is not None else None

@@ -1,0 +1,85 @@
+"""How pending items are cut into Batch API input files (pure: tested as a table).
+
+One endpoint and one model per file (the API requires it), and no file over the request count,
+the byte size or the enqueued-token cap; the caller holds a file back while the model's
+unfinished batches would push it over that cap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+MAX_REQUESTS = 50_000  # the Batch API's limit per file
+MAX_BYTES = 190 * 1024 * 1024  # 200 MB, less a margin for the multipart wrapping
+LINE_OVERHEAD = 64  # {"custom_id":..,"method":"POST","url":..,"body":..}\n around the body
+
+
+@dataclass(frozen=True, slots=True)
+class PlanLimits:
+    max_requests: int = MAX_REQUESTS
+    max_bytes: int = MAX_BYTES
+    max_tokens: int | None = None  # the account's enqueued-token cap for one model
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A pending item as the planner sees it."""
+
+    item_id: int
+    url: str
+    model: str
+    line_bytes: int
+    prompt_tokens: int
+
+
+@dataclass(slots=True)
+class PlannedFile:
+    url: str
+    model: str
+    item_ids: list[int] = field(default_factory=list)
+    size: int = 0
+    tokens: int = 0
+
+    def fits(self, candidate: Candidate, limits: PlanLimits) -> bool:
+        if not self.item_ids:
+            return True  # a single item always gets a file, even an oversized one
+        if len(self.item_ids) >= limits.max_requests:
+            return False
+        if self.size + candidate.line_bytes > limits.max_bytes:
+            return False
+        cap = limits.max_tokens
+        return cap is None or self.tokens + candidate.prompt_tokens <= cap
+
+    def add(self, candidate: Candidate) -> None:
+        self.item_ids.append(candidate.item_id)
+        self.size += candidate.line_bytes
+        self.tokens += candidate.prompt_tokens
+
+
+def line_size(custom_id: str, url: str, body: str) -> int:
+    return len(body.encode()) + len(custom_id.encode()) + len(url) + LINE_OVERHEAD
+
+
+def plan_files(candidates: Iterable[Candidate], limits: PlanLimits) -> Iterator[PlannedFile]:
+    """Files in the order their first item comes, each filled before the next one of its kind.
+
+    Holds at most one open file per (endpoint, model), so memory stays bounded by the file limits.
+    """
+    open_files: dict[tuple[str, str], PlannedFile] = {}
+    for candidate in candidates:
+        key = (candidate.url, candidate.model)
+        current = open_files.get(key)
+        if current is not None and not current.fits(candidate, limits):
+            yield open_files.pop(key)
+            current = None
+        if current is None:
+            current = open_files[key] = PlannedFile(candidate.url, candidate.model)
+        current.add(candidate)
+    yield from open_files.values()
+
+
+def within_token_cap(enqueued: int, planned: PlannedFile, limits: PlanLimits) -> bool:
+    """Whether a file may go now, given the tokens the model's unfinished batches hold."""
+    cap = limits.max_tokens
+    return cap is None or enqueued == 0 or enqueued + planned.tokens <= cap

