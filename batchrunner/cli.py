@@ -100,6 +100,7 @@ def cli() -> None:
 @click.option("--endpoint", default=ENDPOINTS[0], show_default=True, help="Url of short lines.")
 @run_options
 @click.option("--detach", is_flag=True, help="Record the job without running it.")
+@click.option("--new", is_flag=True, help="Record a second job even if this file has one.")
 @click.option("--simulate", is_flag=True, help="Run against the built-in fake server.")
 @common
 def submit(
@@ -109,6 +110,7 @@ def submit(
     model: str | None,
     endpoint: str,
     detach: bool,
+    new: bool,
     simulate: bool,
     db: str,
     **run: Any,
@@ -119,7 +121,14 @@ def submit(
         commands.api_key_for(settings)
     defaults = JobDefaults(endpoint=normalize_endpoint(endpoint), model=model)
     ledger, submitted = commands.submit_job(
-        db, file, defaults=defaults, settings=settings, name=name, mode=mode, simulated=simulate
+        db,
+        file,
+        defaults=defaults,
+        settings=settings,
+        name=name,
+        mode=mode,
+        simulated=simulate,
+        new=new,
     )
     models = ", ".join(f"{m} x{n:,}" for m, n in submitted.summary.models.items())
     flag = " [simulated]" if simulate else ""

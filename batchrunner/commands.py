@@ -39,6 +39,7 @@ def submit_job(
     name: str | None = None,
     mode: str = "concurrent",
     simulated: bool = False,
+    new: bool = False,
 ) -> tuple[Ledger, Submitted]:
     """Validate the whole file, then record the job and its items in one transaction.
 
@@ -47,6 +48,13 @@ def submit_job(
     prices = price_table_from(settings.prices, "--prices") if settings.prices else None
     estimate = EstimateBuilder(path=path, overrides=prices)
     ledger = Ledger(ledger_url)
+    existing = ledger.jobs_from_source(summary.sha256)
+    if existing and not new:
+        job_id, state = existing[-1]
+        raise UsageError(
+            f"{path} is already job {job_id} ({state}): resume it with `batchrunner run "
+            f"{job_id}`, see it with `batchrunner status {job_id}`, or pass --new for a second job"
+        )
     job_id = ledger.create_job(
         name=name or Path(path).stem,
         mode=mode,
@@ -56,6 +64,8 @@ def submit_job(
         simulated=simulated,
         items=estimate.passing(read_job_items(path, defaults)),
     )
+    costs = {"concurrent": estimate.estimate.cost_concurrent, "batch": estimate.estimate.cost_batch}
+    ledger.update_job_options(job_id, {"estimate_usd": costs[mode]})
     return ledger, Submitted(job_id, summary, estimate.estimate)
 
 

@@ -44,6 +44,19 @@ def job_status(summary: JobSummary, now: datetime | None = None) -> dict[str, An
         "output_tokens": summary.output_tokens,
         "reasoning_tokens": summary.reasoning_tokens,
         "cost_usd": summary.cost_usd,
+        "estimate_usd": summary.options.get("estimate_usd"),
+        "budget_usd": summary.options.get("budget"),
+        "unpriced_models": summary.unpriced_models,
+        "models": {
+            name: {
+                "items": t.items,
+                "input_tokens": t.input_tokens,
+                "output_tokens": t.output_tokens,
+                "cost_usd": None if t.unpriced and not t.cost_usd else round(t.cost_usd, 10),
+                "unpriced_items": t.unpriced,
+            }
+            for name, t in sorted(summary.models.items())
+        },
         "failures_by_kind": summary.failures_by_kind,
         "rate_per_s": round(rate, 2) if rate is not None else None,
         "eta_s": round(eta, 1) if eta is not None else None,
@@ -65,9 +78,14 @@ def format_job(status: dict[str, Any]) -> str:
         f"  tokens: {status['input_tokens']:,} in ({status['cached_tokens']:,} cached), "
         f"{status['output_tokens']:,} out ({status['reasoning_tokens']:,} reasoning); "
         f"{status['attempts']:,} requests sent",
-        "  cost: "
-        + (f"${status['cost_usd']:.4f}" if status["cost_usd"] is not None else "unknown"),
+        "  cost: " + _cost_line(status),
     ]
+    if len(status["models"]) > 1:
+        for name, model in status["models"].items():
+            lines.append(
+                f"    {name}: {model['items']:,} items, {model['input_tokens']:,} in, "
+                f"{model['output_tokens']:,} out, {_usd(model['cost_usd'])}"
+            )
     if status["rate_per_s"] is not None:
         eta = f", ETA {_duration(status['eta_s'])}" if status["eta_s"] is not None else ""
         lines.append(f"  rate: {status['rate_per_s']:.1f} items/s{eta}")
@@ -75,6 +93,26 @@ def format_job(status: dict[str, Any]) -> str:
         kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(status["failures_by_kind"].items()))
         lines.append(f"  failures by kind: {kinds}")
     return "\n".join(lines)
+
+
+def _usd(value: float | None) -> str:
+    return f"${value:.4f}" if value is not None else "unknown"
+
+
+def _cost_line(status: dict[str, Any]) -> str:
+    """Spent, beside the estimate and the budget; loud about models with no price."""
+    parts = [_usd(status["cost_usd"])]
+    if status["estimate_usd"] is not None:
+        parts.append(f"estimated {_usd(status['estimate_usd'])}")
+    if status["budget_usd"] is not None:
+        parts.append(f"budget {_usd(status['budget_usd'])}")
+    line = parts[0] + (f" ({', '.join(parts[1:])})" if parts[1:] else "")
+    if status["unpriced_models"]:
+        line += (
+            f"; warning: no price known for {', '.join(status['unpriced_models'])} "
+            "(give one with --prices FILE)"
+        )
+    return line
 
 
 def _duration(seconds: float) -> str:

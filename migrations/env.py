@@ -1,12 +1,12 @@
-"""Alembic environment: batchrunner passes its own connection; by hand, BATCHRUNNER_DB is used."""
+"""Alembic environment: batchrunner passes its own connection; by hand, BATCHRUNNER_DB is used
+(SQLite or PostgreSQL), opened the way batchrunner opens it (see batchrunner/ledger/engine.py).
+"""
 
 from __future__ import annotations
 
-import os
-
 from alembic import context
-from sqlalchemy import create_engine
 
+from batchrunner.ledger.engine import database_url, open_engine
 from batchrunner.ledger.models import Base
 
 config = context.config
@@ -20,17 +20,19 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    url = os.environ.get("BATCHRUNNER_DB", "sqlite:///batchrunner.db")
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        context.configure(connection=conn, target_metadata=target_metadata)
-        with context.begin_transaction():
-            context.run_migrations()
+    engine = open_engine(database_url())
+    try:
+        with engine.begin() as conn:
+            context.configure(connection=conn, target_metadata=target_metadata)
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()
 
 
 if context.is_offline_mode():
     context.configure(
-        url=os.environ.get("BATCHRUNNER_DB", "sqlite:///batchrunner.db"),
+        url=database_url(),
         target_metadata=target_metadata,
         literal_binds=True,
     )

@@ -1,24 +1,31 @@
-"""The ledger on a real SQLite file: schema, atomic job creation, claims, runs and outcomes."""
+"""The ledger on a real SQLite file and a real PostgreSQL database: schema and migrations,
+atomic job creation, claims, deferred items, runs and outcomes.
+
+Every test taking `ledger_url` runs once per backend (see conftest.py).
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text, update
+from sqlalchemy import event, inspect, select, text, update
 
 from batchrunner.errors import JobBusyError
 from batchrunner.jobfile import JobItem
 from batchrunner.ledger import AttemptRecord, Ledger
 from batchrunner.ledger import migrate as migrations
 from batchrunner.ledger.models import Base
-from batchrunner.ledger.store import runs_t, utcnow
+from batchrunner.ledger.store import items_t, runs_t, utcnow
 
 
 def items(n: int, start: int = 1) -> Iterator[JobItem]:
@@ -45,7 +52,14 @@ def new_job(ledger: Ledger, n: int) -> int:
     )
 
 
-def record(item_id: int, job_id: int, run_id: str, number: int, state: str | None) -> AttemptRecord:
+def record(
+    item_id: int,
+    job_id: int,
+    run_id: str,
+    number: int,
+    state: str | None,
+    not_before: datetime | None = None,
+) -> AttemptRecord:
     now = utcnow()
     return AttemptRecord(
         item_id=item_id,
@@ -60,24 +74,50 @@ def record(item_id: int, job_id: int, run_id: str, number: int, state: str | Non
         input_tokens=10 if state == "succeeded" else None,
         output_tokens=3 if state == "succeeded" else None,
         error_kind=None if state == "succeeded" else "server_error",
+        not_before=not_before,
     )
 
 
-def test_migrations_build_exactly_the_declared_schema(db_url: str) -> None:
-    ledger = Ledger(db_url)
+def item_column(ledger: Ledger, item_id: int, column: str) -> Any:
     with ledger.engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-    assert diff == []
+        return conn.execute(select(items_t.c[column]).where(items_t.c.id == item_id)).scalar()
+
+
+def schema_diff(ledger: Ledger) -> list[Any]:
+    with ledger.engine.connect() as conn:
+        return list(compare_metadata(MigrationContext.configure(conn), Base.metadata))
+
+
+def test_migrations_build_exactly_the_declared_schema(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
+    assert schema_diff(ledger) == []
     indexes = {ix["name"] for ix in inspect(ledger.engine).get_indexes("items")}
-    assert {"ix_items_pending", "ix_items_running", "ix_items_job_position"} <= indexes
+    assert {
+        "ix_items_pending",
+        "ix_items_running",
+        "ix_items_deferred",
+        "ix_items_job_position",
+    } <= indexes
 
 
-def test_migrations_go_down_and_up_again(db_url: str) -> None:
-    ledger = Ledger(db_url)
+def test_migrations_go_down_and_up_again(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
+    new_job(ledger, 3)
+    migrations.downgrade(ledger.engine, "0001")
+    columns = {c["name"] for c in inspect(ledger.engine).get_columns("items")}
+    assert "not_before" not in columns and "position" in columns
+    with ledger.engine.connect() as conn:  # going down one step keeps the data
+        assert conn.execute(text("SELECT count(*) FROM items")).scalar() == 3
     migrations.downgrade(ledger.engine, "base")
-    assert "items" not in inspect(ledger.engine).get_table_names()
+    assert inspect(ledger.engine).get_table_names() == ["alembic_version"]
     migrations.upgrade(ledger.engine)
-    assert "items" in inspect(ledger.engine).get_table_names()
+    assert {"jobs", "items", "attempts", "runs"} <= set(inspect(ledger.engine).get_table_names())
+    assert schema_diff(ledger) == []
+    with ledger.engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_heads() == ("0002",)
+    job = new_job(ledger, 2)  # and the rebuilt ledger works
+    run = ledger.start_run(job, max_attempts=5)
+    assert len(ledger.claim_pending(job, run, 5)) == 2
 
 
 def test_sqlite_runs_in_wal_mode(db_url: str) -> None:
@@ -86,8 +126,8 @@ def test_sqlite_runs_in_wal_mode(db_url: str) -> None:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
 
 
-def test_a_job_is_recorded_whole_or_not_at_all(db_url: str) -> None:
-    ledger = Ledger(db_url)
+def test_a_job_is_recorded_whole_or_not_at_all(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
 
     def broken() -> Iterator[JobItem]:
         yield from items(4500)
@@ -108,8 +148,8 @@ def test_a_job_is_recorded_whole_or_not_at_all(db_url: str) -> None:
         assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 0
 
 
-def test_claims_come_in_file_order_and_never_twice(db_url: str) -> None:
-    ledger = Ledger(db_url)
+def test_claims_come_in_file_order_and_never_twice(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
     job = new_job(ledger, 25)
     run = ledger.start_run(job, max_attempts=5)
     first = ledger.claim_pending(job, run, 10)
@@ -119,8 +159,8 @@ def test_claims_come_in_file_order_and_never_twice(db_url: str) -> None:
     assert ledger.claim_pending(job, run, 10) == []
 
 
-def test_outcomes_update_items_and_keep_every_attempt(db_url: str) -> None:
-    ledger = Ledger(db_url)
+def test_outcomes_update_items_and_keep_every_attempt(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
     job = new_job(ledger, 3)
     run = ledger.start_run(job, max_attempts=5)
     a, b, _unfinished = ledger.claim_pending(job, run, 3)
@@ -134,8 +174,8 @@ def test_outcomes_update_items_and_keep_every_attempt(db_url: str) -> None:
     assert summary.failures_by_kind == {"server_error": 1}
 
 
-def test_an_outcome_from_a_run_that_lost_the_item_changes_nothing(db_url: str) -> None:
-    ledger = Ledger(db_url)
+def test_an_outcome_from_a_run_that_lost_the_item_changes_nothing(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
     job = new_job(ledger, 1)
     run = ledger.start_run(job, max_attempts=5)
     (item,) = ledger.claim_pending(job, run, 1)
@@ -144,16 +184,16 @@ def test_an_outcome_from_a_run_that_lost_the_item_changes_nothing(db_url: str) -
     assert len(ledger.attempts_of(item.id)) == 1  # the attempt itself is still on record
 
 
-def test_a_second_live_run_is_refused(db_url: str) -> None:
-    ledger = Ledger(db_url)
+def test_a_second_live_run_is_refused(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
     job = new_job(ledger, 2)
     ledger.start_run(job, max_attempts=5)
     with pytest.raises(JobBusyError, match="already running in process"):
-        Ledger(db_url).start_run(job, max_attempts=5)
+        Ledger(ledger_url).start_run(job, max_attempts=5)
 
 
-def test_a_dead_run_is_detected_and_its_items_go_back_to_pending(db_url: str) -> None:
-    ledger = Ledger(db_url)
+def test_a_dead_run_is_detected_and_its_items_go_back_to_pending(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
     job = new_job(ledger, 5)
     run = ledger.start_run(job, max_attempts=5)
     ledger.claim_pending(job, run, 3)
@@ -171,8 +211,8 @@ def test_a_dead_run_is_detected_and_its_items_go_back_to_pending(db_url: str) ->
     assert ledger.summary(job).counts == {"pending": 5}
 
 
-def test_items_that_used_every_attempt_fail_at_the_next_start(db_url: str) -> None:
-    ledger = Ledger(db_url)
+def test_items_that_used_every_attempt_fail_at_the_next_start(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
     job = new_job(ledger, 2)
     run = ledger.start_run(job, max_attempts=2)
     a, _ = ledger.claim_pending(job, run, 2)
@@ -182,8 +222,8 @@ def test_items_that_used_every_attempt_fail_at_the_next_start(db_url: str) -> No
     assert ledger.summary(job).counts == {"failed": 1, "pending": 1}
 
 
-def test_find_job_by_id_name_or_latest(db_url: str) -> None:
-    ledger = Ledger(db_url)
+def test_find_job_by_id_name_or_latest(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
     first, second = new_job(ledger, 1), new_job(ledger, 1)
     assert ledger.find_job(None) == second
     assert ledger.find_job(str(first)) == first
@@ -193,3 +233,143 @@ def test_find_job_by_id_name_or_latest(db_url: str) -> None:
 def test_the_ledger_file_is_created_in_a_new_folder(tmp_path: Path) -> None:
     Ledger(f"sqlite:///{tmp_path}/deep/er/ledger.db")
     assert os.path.exists(tmp_path / "deep" / "er" / "ledger.db")
+
+
+def test_a_deferred_item_is_not_claimed_before_its_time(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
+    job = new_job(ledger, 4)
+    run = ledger.start_run(job, max_attempts=5)
+    a, b, c, _d = ledger.claim_pending(job, run, 4)
+    later = utcnow().replace(microsecond=0) + timedelta(hours=1)
+    ledger.record_attempts(
+        [
+            record(a.id, job, run, 1, "pending", not_before=later),
+            record(b.id, job, run, 1, "pending", not_before=utcnow() - timedelta(seconds=1)),
+            record(c.id, job, run, 1, "pending"),  # stopped: back to pending, no wait
+        ]
+    )
+    assert item_column(ledger, a.id, "not_before") == later
+    assert item_column(ledger, a.id, "finished_at") is None  # handed back is not finished
+    assert item_column(ledger, a.id, "run_id") is None
+    assert item_column(ledger, c.id, "not_before") is None
+    assert [i.position for i in ledger.claim_pending(job, run, 10)] == [b.position, c.position]
+    assert item_column(ledger, b.id, "not_before") is None  # a claim clears a past wait
+    assert ledger.claim_pending(job, run, 10) == []
+    assert ledger.next_not_before(job) == later
+    assert ledger.summary(job).counts == {"pending": 1, "running": 3}
+    with ledger.engine.begin() as conn:  # time passes
+        conn.execute(
+            update(items_t)
+            .where(items_t.c.id == a.id)
+            .values(not_before=utcnow() - timedelta(seconds=1))
+        )
+    assert ledger.next_not_before(job) is None
+    assert [i.id for i in ledger.claim_pending(job, run, 10)] == [a.id]
+
+
+def test_only_a_hand_back_to_pending_keeps_not_before(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
+    job = new_job(ledger, 3)
+    run = ledger.start_run(job, max_attempts=5)
+    items_ = ledger.claim_pending(job, run, 3)
+    later = utcnow() + timedelta(minutes=5)
+    with ledger.engine.begin() as conn:  # as if each had been deferred before
+        conn.execute(update(items_t).where(items_t.c.job_id == job).values(not_before=later))
+    retry, done, failed = (
+        record(items_[0].id, job, run, 1, None, not_before=later),
+        record(items_[1].id, job, run, 1, "succeeded", not_before=later),
+        record(items_[2].id, job, run, 1, "failed", not_before=later),
+    )
+    ledger.record_attempts([retry, done, failed])
+    for item in items_:
+        assert item_column(ledger, item.id, "not_before") is None
+    assert ledger.next_not_before(job) is None
+
+
+def test_next_not_before_is_the_earliest_future_wait_of_this_job(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
+    job, other = new_job(ledger, 4), new_job(ledger, 1)
+    assert ledger.next_not_before(job) is None
+    now = utcnow().replace(microsecond=0)
+    waits = {1: now + timedelta(minutes=9), 2: now + timedelta(minutes=3), 3: now - timedelta(1)}
+    with ledger.engine.begin() as conn:
+        for position, when in waits.items():
+            conn.execute(
+                update(items_t)
+                .where(items_t.c.job_id == job, items_t.c.position == position)
+                .values(not_before=when)
+            )
+        conn.execute(  # a finished item's leftover wait does not count
+            update(items_t)
+            .where(items_t.c.job_id == job, items_t.c.position == 4)
+            .values(not_before=now + timedelta(minutes=1), state="succeeded")
+        )
+        conn.execute(
+            update(items_t)
+            .where(items_t.c.job_id == other)
+            .values(not_before=now + timedelta(minutes=1))
+        )
+    assert ledger.next_not_before(job) == now + timedelta(minutes=3)
+    assert ledger.next_not_before(other) == now + timedelta(minutes=1)
+    run = ledger.start_run(job, max_attempts=5)
+    assert [i.position for i in ledger.claim_pending(job, run, 10)] == [3]
+
+
+def test_concurrent_claimers_share_the_items_without_overlap(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
+    job = new_job(ledger, 400)
+    run = ledger.start_run(job, max_attempts=5)
+    claims: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def claimer() -> None:
+        own = Ledger(ledger_url)
+        try:
+            while page := own.claim_pending(job, run, 7):
+                claims.append([item.position for item in page])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=claimer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert all(1 <= len(page) <= 7 for page in claims)
+    positions = [p for page in claims for p in page]
+    assert sorted(positions) == list(range(1, 401))  # every item once, none twice
+
+
+def test_claims_and_waits_are_answered_from_the_partial_indexes(ledger_url: str) -> None:
+    """The SQL the ledger sends, explained by the database itself."""
+    ledger = Ledger(ledger_url)
+    job = new_job(ledger, 300)
+    run = ledger.start_run(job, max_attempts=5)
+    sent: list[tuple[str, Any]] = []
+
+    def grab(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "items" in statement:
+            sent.append((statement, parameters))
+
+    event.listen(ledger.engine, "before_cursor_execute", grab)
+    ledger.claim_pending(job, run, 10)
+    ledger.next_not_before(job)
+    event.remove(ledger.engine, "before_cursor_execute", grab)
+    (claim, claim_params), (wait, wait_params) = sent
+    with ledger.engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET enable_seqscan = off")  # tiny tables: judge the indexes
+
+            def plan(sql: str, params: Any) -> str:
+                return "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + sql, params))
+        else:
+
+            def plan(sql: str, params: Any) -> str:
+                rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)
+                return "\n".join(str(r[-1]) for r in rows)
+
+        assert "ix_items_pending" in plan(claim, claim_params)
+        assert "ix_items_deferred" in plan(wait, wait_params)

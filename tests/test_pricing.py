@@ -31,7 +31,9 @@ def _rates(model: str, batch: bool, when: datetime = AFTER) -> tuple[float, floa
     [  # USD per 1M: input, cached input, output; as OpenAI's pricing page lists them
         ("gpt-4o-mini", (0.15, 0.075, 0.6), (0.075, 0.075, 0.3)),
         ("gpt-4o", (2.5, 1.25, 10.0), (1.25, 1.25, 5.0)),
+        ("gpt-4.1", (2.0, 0.5, 8.0), (1.0, 0.5, 4.0)),
         ("gpt-4.1-mini", (0.4, 0.1, 1.6), (0.2, 0.1, 0.8)),
+        ("gpt-4.1-nano", (0.1, 0.025, 0.4), (0.05, 0.025, 0.2)),
         ("o4-mini", (1.1, 0.275, 4.4), (0.55, 0.275, 2.2)),
         ("gpt-5-mini", (0.25, 0.025, 2.0), (0.125, 0.0125, 1.0)),
         ("text-embedding-3-small", (0.02, 0.02, 0.0), (0.01, 0.01, 0.0)),  # our correction

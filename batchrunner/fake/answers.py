@@ -1,9 +1,10 @@
 """What the fake server answers: OpenAI-shaped bodies built from the request (pure functions).
 
 The answer to a prompt is `echo: <last user text>`, so a test can match every answer to its
-request; a request that caps its output gets an answer padded to 80-100% of the cap (cut at the
-cap, with finish_reason `length`, when the echo alone is longer). Prompt tokens are counted with the model's real encoding (as batchrunner counts them);
-output tokens are rough (4 characters a token) but consistent.
+request; a request that caps its output gets an answer padded to 80-100% of the cap (cut at
+the cap, with finish_reason `length`, when the echo alone is longer). Prompt tokens are counted
+with the model's real encoding (as batchrunner counts them); output tokens are rough (4
+characters a token) but consistent.
 """
 
 from __future__ import annotations

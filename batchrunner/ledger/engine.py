@@ -3,6 +3,11 @@
 SQLite gets WAL mode (readers never block the writer), a busy timeout, and BEGIN IMMEDIATE for
 every write transaction: a deferred transaction that reads and then writes fails at once with
 "database is locked" whatever the timeout, while an immediate one waits its turn.
+
+PostgreSQL (psycopg 3) keeps its default READ COMMITTED transactions and row locks, so it gets
+no BEGIN listener; the READ_ONLY option means nothing there. Its pool is small and checked: a
+run uses a few connections at once (claims, the result writer, the heartbeat), and a server
+restart or an idle timeout must not fail the next query of a long job.
 """
 
 from __future__ import annotations
@@ -11,11 +16,17 @@ import os
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
+
+from batchrunner.errors import UsageError
 
 DEFAULT_DB = "sqlite:///batchrunner.db"
 BUSY_TIMEOUT_S = 30.0
 READ_ONLY = "batchrunner_read_only"  # execution option: begin a deferred (read) transaction
+PG_POOL_SIZE = 5
+PG_MAX_OVERFLOW = 5
+PG_POOL_RECYCLE_S = 1800  # below the usual idle timeouts of proxies and managed servers
+PG_CONNECT_TIMEOUT_S = 10
 
 
 def database_url(explicit: str | None = None) -> str:
@@ -30,8 +41,14 @@ def describe(url: str) -> str:
 
 def open_engine(url: str) -> Engine:
     parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        return _open_postgres(parsed)
+    if backend != "sqlite":
+        raise UsageError(
+            f"unsupported ledger database {describe(url)}: use sqlite:///FILE or "
+            "postgresql+psycopg://USER@HOST/DB"
+        )
     if parsed.database and parsed.database != ":memory:":
         folder = os.path.dirname(os.path.abspath(parsed.database))
         os.makedirs(folder, exist_ok=True)
@@ -39,6 +56,24 @@ def open_engine(url: str) -> Engine:
     event.listen(engine, "connect", _tune_sqlite)
     event.listen(engine, "begin", _begin_sqlite)
     return engine
+
+
+def _open_postgres(url: URL) -> Engine:
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")  # SQLAlchemy's default is psycopg2
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+    if "application_name" not in url.query:
+        connect_args["application_name"] = "batchrunner"
+    return create_engine(
+        url,
+        pool_size=PG_POOL_SIZE,
+        max_overflow=PG_MAX_OVERFLOW,
+        pool_recycle=PG_POOL_RECYCLE_S,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
 
 
 def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:

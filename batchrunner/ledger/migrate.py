@@ -8,11 +8,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from batchrunner.ledger.engine import READ_ONLY
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
+MIGRATION_LOCK = 0x62726C6564676572  # "brledger": a PostgreSQL advisory lock key
 
 
 def migrations_dir() -> Path:
@@ -39,6 +40,10 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     if revision == "head" and current == set(script.get_heads()):
         return
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Two processes opening a new ledger at once: the second waits here, then Alembic
+            # finds the schema already current (on SQLite, BEGIN IMMEDIATE does the same).
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
 

@@ -30,6 +30,8 @@ FAILED = "failed"
 CANCELLED = "cancelled"
 ITEM_STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED)
+# The pending items that wait for a time: few, and looked up only to know how long to sleep.
+DEFERRED = "state = 'pending' AND not_before IS NOT NULL"
 
 
 class Base(DeclarativeBase):
@@ -76,6 +78,13 @@ class Item(Base):
             sqlite_where=text("state = 'running'"),
             postgresql_where=text("state = 'running'"),
         ),
+        Index(
+            "ix_items_deferred",
+            "job_id",
+            "not_before",
+            sqlite_where=text(DEFERRED),
+            postgresql_where=text(DEFERRED),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -104,6 +113,8 @@ class Item(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # A pending item is not claimed before this time (a deferred retry); NULL: claim at once.
+    not_before: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Attempt(Base):

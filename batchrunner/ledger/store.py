@@ -2,6 +2,11 @@
 
 Writes are batched (Core executemany, one transaction per batch, never one commit per item) and
 each transaction is short, so a status reader or a second process never waits long.
+
+The same statements run on SQLite and PostgreSQL. Where the two differ in how writers exclude
+each other, each gets its own form: SQLite serialises every write transaction (BEGIN IMMEDIATE,
+see engine.py), while PostgreSQL runs them side by side at READ COMMITTED, so there the claim
+locks the rows it picks (FOR UPDATE SKIP LOCKED) and start_run locks the job's row.
 """
 
 from __future__ import annotations
@@ -11,11 +16,23 @@ import socket
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Executable,
+    Table,
+    bindparam,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import OperationalError
 
 from batchrunner.errors import JobBusyError, LedgerError, UsageError
@@ -31,6 +48,15 @@ from batchrunner.ledger.models import (
     Job,
     Run,
 )
+from batchrunner.ledger.records import (
+    AttemptRecord,
+    ClaimedItem,
+    JobSummary,
+    ModelTotals,
+    utcnow,
+)
+
+__all__ = ["AttemptRecord", "ClaimedItem", "JobSummary", "Ledger", "utcnow"]
 
 INSERT_CHUNK = 2000
 PAGE_SIZE = 1000
@@ -40,77 +66,6 @@ jobs_t = cast(Table, Job.__table__)
 items_t = cast(Table, Item.__table__)
 attempts_t = cast(Table, Attempt.__table__)
 runs_t = cast(Table, Run.__table__)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedItem:
-    """An item handed to a runner: what it needs to send the request."""
-
-    id: int
-    position: int
-    custom_id: str
-    url: str
-    model: str
-    body: str
-    attempts: int
-
-
-@dataclass(slots=True)
-class AttemptRecord:
-    """One request's outcome. `item_state` is None while the item will be tried again."""
-
-    item_id: int
-    job_id: int
-    run_id: str
-    number: int
-    started_at: datetime
-    ended_at: datetime
-    outcome: str
-    item_state: str | None
-    http_status: int | None = None
-    error_kind: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    finish_reason: str | None = None
-    input_tokens: int | None = None
-    cached_tokens: int | None = None
-    output_tokens: int | None = None
-    reasoning_tokens: int | None = None
-    cost_usd: float | None = None
-    latency_ms: float | None = None
-    response: str | None = None
-
-
-@dataclass
-class JobSummary:
-    """A job row plus its item counts and sums: everything `status` shows."""
-
-    id: int
-    name: str
-    mode: str
-    state: str
-    simulated: bool
-    source_path: str
-    item_count: int
-    options: dict[str, Any]
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    counts: dict[str, int] = field(default_factory=dict)
-    input_tokens: int = 0
-    cached_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-    cost_usd: float | None = None
-    attempts: int = 0
-    live_run: bool = False
-    run_started_at: datetime | None = None
-    finished_in_run: int = 0
-    failures_by_kind: dict[str, int] = field(default_factory=dict)
 
 
 class Ledger:
@@ -237,6 +192,23 @@ class Ledger:
             ).one()
         return dict(row.options), bool(row.simulated)
 
+    def jobs_from_source(self, sha256: str) -> list[tuple[int, str]]:
+        """(id, state) of the jobs recorded from a file with this content."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(jobs_t.c.id, jobs_t.c.state)
+                .where(jobs_t.c.source_sha256 == sha256)
+                .order_by(jobs_t.c.id)
+            )
+            return [(row.id, row.state) for row in rows]
+
+    def update_job_options(self, job_id: int, changes: dict[str, Any]) -> None:
+        """Merge `changes` into the job's stored options (the estimate, a raised budget)."""
+        with self._write("update the job in") as conn:
+            options = conn.execute(select(jobs_t.c.options).where(jobs_t.c.id == job_id)).one()[0]
+            merged = {**dict(options), **changes}
+            conn.execute(update(jobs_t).where(jobs_t.c.id == job_id).values(options=merged))
+
     def summary(self, job_id: int) -> JobSummary:
         with self._read() as conn:
             job = conn.execute(select(jobs_t).where(jobs_t.c.id == job_id)).one()
@@ -265,6 +237,7 @@ class Ledger:
             rows = conn.execute(
                 select(
                     items_t.c.state,
+                    items_t.c.model,
                     func.count(),
                     func.sum(items_t.c.input_tokens),
                     func.sum(items_t.c.cached_tokens),
@@ -273,12 +246,34 @@ class Ledger:
                     func.sum(items_t.c.cost_usd),
                     func.sum(items_t.c.attempts),
                     func.count(items_t.c.finished_at).filter(items_t.c.finished_at >= since),
+                    func.count().filter(
+                        items_t.c.cost_usd.is_(None), items_t.c.output_tokens.is_not(None)
+                    ),
                 )
                 .where(items_t.c.job_id == job_id)
-                .group_by(items_t.c.state)
+                .group_by(items_t.c.state, items_t.c.model)
             )
-            for state, count, inp, cached, out, reasoning, cost, attempts, recent in rows:
-                summary.counts[state] = count
+            for row in rows:
+                (
+                    state,
+                    model,
+                    count,
+                    inp,
+                    cached,
+                    out,
+                    reasoning,
+                    cost,
+                    attempts,
+                    recent,
+                    unpriced,
+                ) = row
+                summary.counts[state] = summary.counts.get(state, 0) + count
+                totals = summary.models.setdefault(model, ModelTotals())
+                totals.items += count
+                totals.input_tokens += inp or 0
+                totals.output_tokens += out or 0
+                totals.cost_usd += cost or 0.0
+                totals.unpriced += unpriced
                 summary.input_tokens += inp or 0
                 summary.cached_tokens += cached or 0
                 summary.output_tokens += out or 0
@@ -306,6 +301,9 @@ class Ledger:
         now = utcnow()
         run_id = str(uuid.uuid4())
         with self._write("start a run in") as conn:
+            # PostgreSQL: two processes starting the job at once queue up here, so the second
+            # sees the first one's run (SQLite's BEGIN IMMEDIATE already serialises them).
+            conn.execute(select(jobs_t.c.id).where(jobs_t.c.id == job_id).with_for_update())
             for run in conn.execute(
                 select(runs_t).where(runs_t.c.job_id == job_id, runs_t.c.ended_at.is_(None))
             ):
@@ -382,84 +380,28 @@ class Ledger:
     # -- items --------------------------------------------------------------------------------
 
     def claim_pending(self, job_id: int, run_id: str, limit: int) -> list[ClaimedItem]:
-        """Mark up to `limit` pending items, in file order, as running for this run."""
-        now = utcnow()
-        next_ids = (
-            select(items_t.c.id)
-            .where(items_t.c.job_id == job_id, items_t.c.state == PENDING)
-            .order_by(items_t.c.position)
-            .limit(limit)
-            .scalar_subquery()
-        )
+        """Mark up to `limit` pending items, in file order, as running for this run; items whose
+        `not_before` is still ahead wait for a later claim."""
         with self._write("claim items from") as conn:
-            rows = conn.execute(
-                update(items_t)
-                .where(items_t.c.id.in_(next_ids))
-                .values(state=RUNNING, run_id=run_id, updated_at=now)
-                .returning(
-                    items_t.c.id,
-                    items_t.c.position,
-                    items_t.c.custom_id,
-                    items_t.c.url,
-                    items_t.c.model,
-                    items_t.c.body,
-                    items_t.c.attempts,
-                )
-            ).all()
+            statement = claim_statement(conn.dialect.name, job_id, run_id, limit, utcnow())
+            rows = conn.execute(statement).all()
         claimed = [ClaimedItem(*row) for row in rows]
         claimed.sort(key=lambda item: item.position)
         return claimed
+
+    def next_not_before(self, job_id: int) -> datetime | None:
+        """The earliest future `not_before` among the job's pending items, or None: when
+        nothing is claimable, a runner sleeps until then instead of polling."""
+        with self._read() as conn:
+            earliest = conn.execute(next_not_before_query(job_id, utcnow())).scalar()
+        return cast(datetime | None, earliest)
 
     def record_attempts(self, records: list[AttemptRecord]) -> None:
         """Write a batch of outcomes in one transaction: the attempt rows and the items."""
         if not records:
             return
-        attempt_rows = []
-        item_rows = []
-        for r in records:
-            usage = {
-                "input_tokens": r.input_tokens,
-                "cached_tokens": r.cached_tokens,
-                "output_tokens": r.output_tokens,
-                "reasoning_tokens": r.reasoning_tokens,
-                "cost_usd": r.cost_usd,
-                "latency_ms": r.latency_ms,
-            }
-            error = {
-                "error_kind": r.error_kind,
-                "error_code": r.error_code,
-                "error_message": r.error_message,
-            }
-            attempt_rows.append(
-                {
-                    "item_id": r.item_id,
-                    "job_id": r.job_id,
-                    "run_id": r.run_id,
-                    "number": r.number,
-                    "started_at": r.started_at,
-                    "ended_at": r.ended_at,
-                    "outcome": r.outcome,
-                    "http_status": r.http_status,
-                    **error,
-                    **usage,
-                }
-            )
-            item_rows.append(
-                {
-                    "b_id": r.item_id,
-                    "b_run": r.run_id,
-                    "state": r.item_state or RUNNING,
-                    "run_id": None if r.item_state == PENDING else r.run_id,
-                    "attempts": r.number,
-                    "http_status": r.http_status,
-                    "finish_reason": r.finish_reason,
-                    "response": r.response,
-                    "updated_at": r.ended_at,
-                    "finished_at": r.ended_at if r.item_state else None,
-                    **error,
-                    **usage,
-                }
-            )
+        attempt_rows = [r.attempt_row() for r in records]
+        item_rows = [r.item_row() for r in records]
         item_update = (
             update(items_t)
             .where(items_t.c.id == bindparam("b_id"), items_t.c.run_id == bindparam("b_run"))
@@ -497,6 +439,64 @@ class Ledger:
                     .order_by(attempts_t.c.number)
                 )
             )
+
+
+def _claimable(job_id: int, now: datetime) -> list[ColumnElement[bool]]:
+    """Pending items of the job that may be sent now.
+
+    'pending' is a literal, not a bound parameter: psycopg prepares a statement once it has
+    run a few times, and PostgreSQL's generic plan for it cannot match `state = $2` to the
+    predicate of the partial index ix_items_pending, so it would scan every item of the job.
+    """
+    return [
+        items_t.c.job_id == job_id,
+        items_t.c.state == literal(PENDING, literal_execute=True),
+        or_(items_t.c.not_before.is_(None), items_t.c.not_before <= now),
+    ]
+
+
+def claim_statement(
+    dialect: str, job_id: int, run_id: str, limit: int, now: datetime
+) -> Executable:
+    """UPDATE ... RETURNING of the next `limit` claimable items, in file order.
+
+    On PostgreSQL the pick is `SELECT ... FOR UPDATE SKIP LOCKED` in a MATERIALIZED CTE: the
+    lock lets concurrent claimers pass each other instead of queueing or claiming twice, and
+    the fence stops the planner from folding the LIMIT subquery into the UPDATE, where it may
+    be re-evaluated and update more rows than the LIMIT. SQLite claims under BEGIN IMMEDIATE,
+    so a plain IN (subquery) is already exclusive.
+    """
+    chosen = (
+        select(items_t.c.id)
+        .where(*_claimable(job_id, now))
+        .order_by(items_t.c.position)
+        .limit(limit)
+    )
+    claim = update(items_t).values(state=RUNNING, run_id=run_id, not_before=None, updated_at=now)
+    if dialect == "postgresql":
+        fenced = chosen.with_for_update(skip_locked=True).cte("claimable")
+        fenced = fenced.prefix_with("MATERIALIZED")
+        claim = claim.where(items_t.c.id == fenced.c.id)
+    else:
+        claim = claim.where(items_t.c.id.in_(chosen.scalar_subquery()))
+    return claim.returning(
+        items_t.c.id,
+        items_t.c.position,
+        items_t.c.custom_id,
+        items_t.c.url,
+        items_t.c.model,
+        items_t.c.body,
+        items_t.c.attempts,
+    )
+
+
+def next_not_before_query(job_id: int, now: datetime) -> Executable:
+    """min(not_before) over the deferred pending items, answered from ix_items_deferred."""
+    return select(func.min(items_t.c.not_before)).where(
+        items_t.c.job_id == job_id,
+        items_t.c.state == literal(PENDING, literal_execute=True),
+        items_t.c.not_before > now,
+    )
 
 
 def _run_is_live(run: Any, now: datetime) -> bool:

@@ -1,0 +1,138 @@
+"""Cost truth end to end: what each item cost, the estimate beside it, and a budget kept."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import Result
+
+from batchrunner.estimate import estimate_job_file
+from batchrunner.fake import FakeServer
+from batchrunner.pricing import price_item
+from batchrunner.usage import Usage
+from tests.conftest import chat_line, write_jsonl
+from tests.test_cli import invoke, status_json
+from tests.test_run import exported, run, submit
+
+EXAMPLE = Path(__file__).parent.parent / "jobs" / "example.jsonl"
+
+
+def test_each_item_costs_its_tokens_at_the_models_prices(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    fake.config.cached_fraction = 0.5
+    lines = [chat_line(0), chat_line(1, model="gpt-4.1"), chat_line(2, model="o4-mini")]
+    lines.append(
+        {
+            "custom_id": "emb",
+            "url": "/v1/embeddings",
+            "body": {"model": "text-embedding-3-small", "input": "a cat"},
+        }
+    )
+    ledger, job = submit(tmp_path, db_url, fake, lines)
+    assert run(ledger, job).state == "completed"
+    for record in exported(ledger, job):
+        model = record["response"]["model"]
+        usage = Usage(
+            record["input_tokens"],
+            record["cached_tokens"],
+            record["output_tokens"],
+            record["reasoning_tokens"],
+        )
+        expected = price_item(model, usage)
+        assert expected is not None and record["cost_usd"] == pytest.approx(expected.usd)
+    chat = exported(ledger, job)[0]
+    assert chat["cached_tokens"] > 0  # the cached share is priced at the cached rate
+    assert ledger.summary(job).cost_usd == pytest.approx(
+        sum(r["cost_usd"] for r in exported(ledger, job))
+    )
+
+
+def test_an_unknown_model_costs_null_with_a_warning_and_a_price_file_prices_it(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    job = write_jsonl(tmp_path / "ft.jsonl", [chat_line(i, model="ft:acme-7") for i in range(3)])
+    result = invoke("submit", str(job), "--db", db_url, "--base-url", fake.base_url)
+    assert result.exit_code == 0
+    assert "warning: no price known for ft:acme-7" in result.stderr
+    (status,) = status_json(db_url)["jobs"]
+    assert status["cost_usd"] is None
+    assert "no price" in invoke("status", "--db", db_url).stdout
+
+    prices = tmp_path / "prices.toml"
+    prices.write_text('["ft:acme-7"]\ninput = 3.0\noutput = 12.0\n')
+    result = invoke(
+        "submit", str(job), "--new", "--db", db_url, "--base-url", fake.base_url,
+        "--prices", str(prices),
+    )  # fmt: skip
+    assert result.exit_code == 0 and "warning" not in result.stderr
+    priced = status_json(db_url)["jobs"][-1]
+    expected = (priced["input_tokens"] * 3.0 + priced["output_tokens"] * 12.0) / 1e6
+    assert priced["cost_usd"] == pytest.approx(expected)
+
+
+def test_the_estimate_of_the_example_job_is_within_15_percent_of_the_actual(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    estimate = estimate_job_file(str(EXAMPLE))
+    ledger, job = submit(tmp_path, db_url, fake, [json.loads(x) for x in EXAMPLE.open()])
+    assert run(ledger, job).state == "completed"
+    summary = ledger.summary(job)
+    assert summary.input_tokens == estimate.input_tokens  # counted with the real encodings
+    assert estimate.cost_concurrent is not None and summary.cost_usd is not None
+    assert abs(estimate.cost_concurrent - summary.cost_usd) <= 0.15 * summary.cost_usd
+
+
+def random_job(rng: random.Random, size: int) -> list[dict[str, Any]]:
+    lines = []
+    for i in range(size):
+        text = " ".join(
+            rng.choice(["alpha", "beta", "gamma", "delta"]) for _ in range(rng.randint(1, 80))
+        )
+        body: dict[str, Any] = {}
+        if rng.random() < 0.7:
+            body["max_tokens"] = rng.randint(5, 400)
+        lines.append(chat_line(i, text, model=rng.choice(["gpt-4o-mini", "gpt-4.1-mini"]), **body))
+    return lines
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_randomised_runs_never_spend_past_the_budget(
+    tmp_path: Path, db_url: str, fake: FakeServer, seed: int
+) -> None:
+    rng = random.Random(seed)
+    fake.config.latency_jitter_ms = 20.0
+    budget = rng.uniform(0.0005, 0.02)
+    ledger, job = submit(
+        tmp_path, db_url, fake, random_job(rng, 150), budget=budget,
+        concurrency=rng.choice([1, 8, 64]),
+    )  # fmt: skip
+    report = run(ledger, job)
+    spent = ledger.summary(job).cost_usd or 0.0
+    assert spent <= budget
+    if report.state == "stopped":
+        assert report.stop_reason is not None and report.stop_reason.startswith("budget:")
+        assert ledger.summary(job).counts.get("pending", 0) > 0
+
+
+def test_a_stopped_budget_resumes_with_a_higher_one(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    lines = [chat_line(i, max_tokens=200) for i in range(100)]  # at most about $0.00012 each
+    job = write_jsonl(tmp_path / "j.jsonl", lines)
+    args = ("--db", db_url, "--base-url", fake.base_url)
+    first: Result = invoke("submit", str(job), *args, "--budget", "0.003")
+    assert first.exit_code == 3 and "budget" in first.stderr
+    spent = status_json(db_url)["jobs"][0]["cost_usd"]
+    assert 0 < spent <= 0.003
+    sent = fake.total_requests
+    again = invoke("run", "1", *args, "--budget", "0.003")
+    assert again.exit_code == 3 and fake.total_requests - sent <= 1  # nothing left to spend
+    final = invoke("run", "1", *args, "--budget", "1")
+    assert final.exit_code == 0
+    (status,) = status_json(db_url)["jobs"]
+    assert status["counts"]["succeeded"] == 100 and status["cost_usd"] <= 1
