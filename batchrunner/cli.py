@@ -29,7 +29,8 @@ from batchrunner.jobfile import ENDPOINTS, JobDefaults, check_job_file, normaliz
 from batchrunner.ledger import Ledger, database_url, describe
 from batchrunner.logs import configure
 from batchrunner.pricing import load_price_file, price_table_as_dict
-from batchrunner.progress import ProgressBar
+from batchrunner.progress import BatchProgressBar, ProgressBar
+from batchrunner.redact import install_excepthook, mask
 from batchrunner.settings import RunSettings
 from batchrunner.status import format_job, job_status
 
@@ -37,7 +38,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def say(message: str) -> None:
-    click.echo(message, err=True)
+    """Everything for the terminal goes here, keys masked (a server may quote one back)."""
+    click.echo(mask(message), err=True)
 
 
 def common(func: F) -> F:
@@ -73,6 +75,21 @@ def run_options(func: F) -> F:
             help="Stop before the job's spend (USD, over its whole life) could pass this.",
         ),
         click.option("--prices", help="JSON or TOML prices (USD per 1M tokens) for models."),
+        click.option(
+            "--batch-max-requests",
+            type=click.IntRange(1, 50_000),
+            help="Batch mode: requests per batch file [50000].",
+        ),
+        click.option(
+            "--batch-token-limit",
+            type=click.IntRange(1),
+            help="Batch mode: the account's enqueued-token cap per model; hold batches under it.",
+        ),
+        click.option(
+            "--finish",
+            type=click.Choice(["batch", "concurrent"]),
+            help="Batch mode: what runs items left by expired batches [batch].",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -92,15 +109,34 @@ def cli() -> None:
     """Run large batches of LLM API requests reliably, with a ledger of every item."""
 
 
+def wait_options(func: F) -> F:
+    """Batch mode: wait for the batches, and how often to look."""
+    func = click.option(
+        "--poll-interval",
+        type=click.FloatRange(min=0.01),
+        default=5.0,
+        show_default=True,
+        help="Batch mode: seconds between polls (backing off to 60).",
+    )(func)
+    return click.option(
+        "--wait", is_flag=True, help="Batch mode: poll until every batch has ended."
+    )(func)
+
+
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=True, path_type=str))
-@click.option("--mode", type=click.Choice(["concurrent"]), default="concurrent", show_default=True)
+@click.option(
+    "--mode", type=click.Choice(["concurrent", "batch"]), default="concurrent", show_default=True
+)
 @click.option("--name", help="Job name (default: the file name without extension).")
 @click.option("--model", help="Model for lines that name none.")
 @click.option("--endpoint", default=ENDPOINTS[0], show_default=True, help="Url of short lines.")
 @run_options
 @click.option("--detach", is_flag=True, help="Record the job without running it.")
 @click.option("--new", is_flag=True, help="Record a second job even if this file has one.")
+@click.option("--reuse", is_flag=True, help="Take answers of identical requests that succeeded.")
+@click.option("--redact", is_flag=True, help="Mask card numbers and keys in prompts first.")
+@wait_options
 @click.option("--simulate", is_flag=True, help="Run against the built-in fake server.")
 @common
 def submit(
@@ -111,6 +147,10 @@ def submit(
     endpoint: str,
     detach: bool,
     new: bool,
+    reuse: bool,
+    redact: bool,
+    wait: bool,
+    poll_interval: float,
     simulate: bool,
     db: str,
     **run: Any,
@@ -129,6 +169,8 @@ def submit(
         mode=mode,
         simulated=simulate,
         new=new,
+        reuse=reuse,
+        redact=redact,
     )
     models = ", ".join(f"{m} x{n:,}" for m, n in submitted.summary.models.items())
     flag = " [simulated]" if simulate else ""
@@ -136,24 +178,46 @@ def submit(
         f"recorded job {submitted.job_id}{flag}: {submitted.summary.items:,} requests from "
         f"{file} ({models}) in {describe(db)}"
     )
+    if redact:
+        say(f"--redact masked {submitted.redacted:,} card numbers and keys in the prompts")
+    if reuse:
+        say(f"--reuse: {submitted.reused:,} answered by earlier jobs (no request, no cost)")
     say(estimate_line(submitted.estimate, mode))
     if detach:
         say(f"run it with: batchrunner run {submitted.job_id}")
         return
-    sys.exit(_run_with_progress(ledger, submitted.job_id, {}))
+    sys.exit(_run_with_progress(ledger, submitted.job_id, {}, wait, poll_interval))
 
 
 @cli.command()
 @click.argument("job", required=False)
 @run_options
+@wait_options
 @common
-def run(job: str | None, db: str, **run: Any) -> None:
-    """Run or resume JOB's unfinished items (default: the latest job)."""
+def run(job: str | None, wait: bool, poll_interval: float, db: str, **run: Any) -> None:
+    """Run or resume JOB's unfinished items (default: the latest job); in batch mode, submit
+    what is pending and settle the batches that ended (all of it, with --wait)."""
     ledger = Ledger(db)
-    sys.exit(_run_with_progress(ledger, ledger.find_job(job), _overrides(**run)))
+    job_id = ledger.find_job(job)
+    sys.exit(_run_with_progress(ledger, job_id, _overrides(**run), wait, poll_interval))
 
 
-def _run_with_progress(ledger: Ledger, job_id: int, overrides: dict[str, Any]) -> int:
+@cli.command()
+@click.argument("job", required=False)
+@common
+def cancel(job: str | None, db: str) -> None:
+    """Cancel JOB: its remote batches and its pending items; what finished stays."""
+    ledger = Ledger(db)
+    job_id = ledger.find_job(job)
+    count = commands.cancel_job(ledger, job_id)
+    say(f"cancelled {count:,} pending items of job {job_id}; what had finished stays")
+
+
+def _run_with_progress(
+    ledger: Ledger, job_id: int, overrides: dict[str, Any], wait: bool, poll_s: float
+) -> int:
+    if ledger.summary(job_id).mode == "batch":
+        return _run_batches_with_progress(ledger, job_id, overrides, wait, poll_s)
     before = job_status(ledger.summary(job_id))
     done = before["total"] - before["counts"]["pending"] - before["counts"]["running"]
     bar = ProgressBar(before["total"], done)
@@ -211,6 +275,25 @@ def estimate(
         click.echo(orjson.dumps(estimate_as_json(result), option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(format_estimate(result))
+
+
+def _run_batches_with_progress(
+    ledger: Ledger, job_id: int, overrides: dict[str, Any], wait: bool, poll_s: float
+) -> int:
+    bar = BatchProgressBar(ledger.summary(job_id).item_count)
+    try:
+        report = commands.run_batch_job(
+            ledger, job_id, overrides, wait=wait, poll_s=poll_s, on_progress=bar.update
+        )
+    finally:
+        bar.close()
+    say(format_job(job_status(ledger.summary(job_id))))
+    if report.state == "submitted":
+        say(f"batches in progress; follow them with: batchrunner run {job_id} --wait")
+    elif report.state != "completed":
+        reason = f" ({report.stop_reason})" if report.stop_reason else ""
+        say(f"stopped early{reason}; resume with: batchrunner run {job_id}")
+    return commands.exit_code(ledger, report)
 
 
 @cli.command()
@@ -300,6 +383,7 @@ def fake_server(host: str, port: int, **knobs: Any) -> None:
 
 
 def main() -> None:
+    install_excepthook()
     cli(prog_name="batchrunner")
 
 

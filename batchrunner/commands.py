@@ -9,12 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from batchrunner.errors import UsageError
 from batchrunner.estimate import Estimate, EstimateBuilder
-from batchrunner.fake import FakeConfig, FakeServer
+from batchrunner.fake import FakeConfig, FakeServer, run_in_thread
 from batchrunner.jobfile import FileSummary, JobDefaults, check_job_file, read_job_items
 from batchrunner.ledger import AttemptRecord, Ledger
 from batchrunner.pricing import price_table_from
+from batchrunner.redact import Redactor
+from batchrunner.runner.batch import BatchProgress, BatchRunner
+from batchrunner.runner.batch_api import BatchApi
 from batchrunner.runner.concurrent import ConcurrentRunner, RunReport
 from batchrunner.runner.transport import HttpTransport
 from batchrunner.settings import OPENAI_BASE_URL, RunSettings
@@ -28,6 +33,8 @@ class Submitted:
     job_id: int
     summary: FileSummary
     estimate: Estimate
+    redacted: int = 0  # card numbers and keys masked in the prompts (--redact)
+    reused: int = 0  # items that took an earlier job's answer (--reuse)
 
 
 def submit_job(
@@ -40,10 +47,13 @@ def submit_job(
     mode: str = "concurrent",
     simulated: bool = False,
     new: bool = False,
+    reuse: bool = False,
+    redact: bool = False,
 ) -> tuple[Ledger, Submitted]:
     """Validate the whole file, then record the job and its items in one transaction.
 
-    The ledger is opened only once the file is known to be good: bad input touches nothing."""
+    The ledger is opened only once the file is known to be good: bad input touches nothing.
+    `redact` masks the prompts on their way in, so neither the ledger nor the API sees them."""
     summary = check_job_file(path, defaults)
     prices = price_table_from(settings.prices, "--prices") if settings.prices else None
     estimate = EstimateBuilder(path=path, overrides=prices)
@@ -55,6 +65,8 @@ def submit_job(
             f"{path} is already job {job_id} ({state}): resume it with `batchrunner run "
             f"{job_id}`, see it with `batchrunner status {job_id}`, or pass --new for a second job"
         )
+    items = read_job_items(path, defaults)
+    redactor = Redactor() if redact else None
     job_id = ledger.create_job(
         name=name or Path(path).stem,
         mode=mode,
@@ -62,11 +74,14 @@ def submit_job(
         source_sha256=summary.sha256,
         options=settings.stored(),
         simulated=simulated,
-        items=estimate.passing(read_job_items(path, defaults)),
+        items=estimate.passing(redactor.items(items) if redactor else items),
+        reuse=reuse,
     )
     costs = {"concurrent": estimate.estimate.cost_concurrent, "batch": estimate.estimate.cost_batch}
     ledger.update_job_options(job_id, {"estimate_usd": costs[mode]})
-    return ledger, Submitted(job_id, summary, estimate.estimate)
+    reused = ledger.summary(job_id).reused if reuse else 0
+    masked = redactor.masked if redactor else 0
+    return ledger, Submitted(job_id, summary, estimate.estimate, masked, reused)
 
 
 def job_settings(ledger: Ledger, job_id: int, overrides: dict[str, Any]) -> RunSettings:
@@ -132,8 +147,69 @@ async def _run(
         return await runner.run(handle_signals=handle_signals)
 
 
+SIMULATED_BATCHES = FakeConfig(
+    batch_validating_s=0.1, batch_in_progress_s=0.5, batch_finalizing_s=0.1
+)
+
+
+def run_batch_job(
+    ledger: Ledger,
+    job_id: int,
+    overrides: dict[str, Any] | None = None,
+    *,
+    wait: bool = False,
+    poll_s: float = 5.0,
+    on_progress: Callable[[BatchProgress], None] | None = None,
+    fake_config: FakeConfig | None = None,
+) -> RunReport:
+    """One pass over a Batch API job (submit what is pending, settle what ended), or, with
+    `wait`, passes until every item is settled. A simulated job always waits: its remote
+    batches live in this process's fake server."""
+    settings = job_settings(ledger, job_id, overrides or {})
+    _, simulated = ledger.job_options(job_id)
+    if simulated:
+        with run_in_thread(fake_config or SIMULATED_BATCHES) as server:
+            settings = settings.merged({"base_url": server.base_url})
+            return _run_batches(ledger, job_id, settings, SIMULATED_KEY, True, poll_s, on_progress)
+    key = api_key_for(settings)
+    return _run_batches(ledger, job_id, settings, key, wait, poll_s, on_progress)
+
+
+def _run_batches(
+    ledger: Ledger,
+    job_id: int,
+    settings: RunSettings,
+    api_key: str | None,
+    wait: bool,
+    poll_s: float,
+    on_progress: Callable[[BatchProgress], None] | None,
+) -> RunReport:
+    api = BatchApi(settings.resolved_base_url(), api_key, settings.timeout)
+    report = BatchRunner(ledger, job_id, settings, api, on_progress).run(wait, poll_s)
+    leftovers = report.state == "stopped" and not report.stop_reason
+    if settings.finish == "concurrent" and wait and leftovers:
+
+        async def finish() -> RunReport:  # the batches ended with leftovers: run them now
+            return await _run(ledger, job_id, settings, api_key, None, True)
+
+        return anyio.run(finish)
+    return report
+
+
+def cancel_job(ledger: Ledger, job_id: int) -> int:
+    """Cancel a job's remote batches (if any) and its pending items; return how many items."""
+    settings = job_settings(ledger, job_id, {})
+    _, simulated = ledger.job_options(job_id)
+    key = SIMULATED_KEY if simulated else api_key_for(settings)
+    api = BatchApi(settings.resolved_base_url(), key, settings.timeout)
+    return BatchRunner(ledger, job_id, settings, api).cancel()
+
+
 def exit_code(ledger: Ledger, report: RunReport) -> int:
-    """0 all succeeded, 1 finished with failures, 3 stopped early and resumable."""
+    """0 all succeeded (or, for batches, all submitted), 1 finished with failures, 3 stopped
+    early and resumable."""
+    if report.state == "submitted":
+        return 0
     if report.state != "completed":
         return 3
     counts = ledger.summary(report.job_id).counts

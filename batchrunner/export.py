@@ -1,7 +1,8 @@
 """Write a job's results back out: one record per item, in input order, paged from the ledger.
 
 `results` gives custom_id, status, the response body as the API returned it, the error, attempts,
-tokens, cost, latency and the extra keys of the input line. `errors` gives the failed items as a
+tokens, cost, latency, whether the answer was reused from an earlier job (`--reuse`: no request,
+no cost) and the extra keys of the input line. `errors` gives the failed items as a
 job file in the Batch API line format, ready to submit again.
 """
 
@@ -31,6 +32,7 @@ RESERVED = (
     "cost_usd",
     "latency_ms",
     "finish_reason",
+    "reused",
     "simulated",
 )
 CSV_COLUMNS = (
@@ -48,6 +50,7 @@ CSV_COLUMNS = (
     "cost_usd",
     "latency_ms",
     "finish_reason",
+    "reused",
     "simulated",
     "response",
     "extra",
@@ -79,6 +82,7 @@ def result_record(row: Any, simulated: bool) -> dict[str, Any]:
         "cost_usd": row.cost_usd,
         "latency_ms": row.latency_ms,
         "finish_reason": row.finish_reason,
+        "reused": bool(row.reused),
     }
     if simulated:
         record["simulated"] = True
@@ -123,6 +127,7 @@ def _csv_row(row: Any, simulated: bool) -> list[Any]:
         row.cost_usd,
         row.latency_ms,
         row.finish_reason,
+        bool(row.reused),
         simulated,
         row.response,
         row.extra,

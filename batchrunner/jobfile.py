@@ -38,6 +38,7 @@ BATCH_LINE_KEYS = ("custom_id", "method", "url", "body")
 MAX_LINE_BYTES = 16 * 1024 * 1024
 MAX_PROBLEMS_SHOWN = 20
 UTF8_BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 def normalize_endpoint(value: str) -> str:
@@ -92,9 +93,9 @@ def _kind(value: object) -> str:
     if isinstance(value, (int, float)):
         return "a number"
     if isinstance(value, str):
-        return "a string"
+        return "a string" if value else "an empty string"
     if isinstance(value, list):
-        return "an array"
+        return "an array" if value else "an empty array"
     return "an object"
 
 
@@ -142,7 +143,8 @@ def parse_line(raw: bytes, position: int, defaults: JobDefaults) -> JobItem:
             raise _LineError(
                 f"not valid UTF-8 (byte 0x{raw[bad.start]:02x} at column {bad.start + 1})"
             ) from None
-        raise _LineError(f"invalid JSON: {exc}") from None
+        # orjson's own "line 1 column N" would contradict the file:line in front of it
+        raise _LineError(f"invalid JSON at column {exc.pos + 1}: {exc.msg}") from None
     if not isinstance(obj, dict):
         raise _LineError(f"expected a JSON object, got {_kind(obj)}")
 
@@ -151,9 +153,9 @@ def parse_line(raw: bytes, position: int, defaults: JobDefaults) -> JobItem:
         method = obj.get("method", "POST")
         if method != "POST":
             raise _LineError(f'method must be "POST", got {orjson.dumps(method).decode()}')
-        body = obj.get("body")
-        if body is None:
+        if "body" not in obj:
             raise _LineError('missing "body"')
+        body = obj["body"]
         if not isinstance(body, dict):
             raise _LineError(f'"body" must be an object, got {_kind(body)}')
         custom_id = (
@@ -187,11 +189,24 @@ def parse_line(raw: bytes, position: int, defaults: JobDefaults) -> JobItem:
     )
 
 
+def request_hash(url: str, body: bytes) -> str:
+    """sha256 of the canonical JSON of url and body (sorted keys, no whitespace): the identity
+    of a request whatever the key order or spacing of its line, which `--reuse` matches on."""
+    canonical = orjson.dumps({"url": url, "body": orjson.loads(body)}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
 def _open(path: str) -> Any:
+    """The file for reading; a pipe is refused, because it is read three times (check,
+    duplicates, record) and a pipe can be read only once."""
     if not os.path.exists(path):
         raise JobFileError([Problem(path, 0, "no such file")])
     if os.path.isdir(path):
         raise JobFileError([Problem(path, 0, "is a directory, not a job file")])
+    if not os.path.isfile(path):
+        raise JobFileError(
+            [Problem(path, 0, "is not a regular file (a pipe or a device?): save it to a file")]
+        )
     try:
         return open(path, "rb")
     except OSError as exc:
@@ -212,6 +227,8 @@ def _lines(path: str, digest: Any = None) -> Iterator[tuple[int, bytes | None]]:
                 digest.update(chunk)
             if number == 1 and chunk.startswith(UTF8_BOM):
                 chunk = chunk[len(UTF8_BOM) :]
+            if number == 1 and chunk.startswith(UTF16_BOMS):  # every line would be an error
+                raise JobFileError([Problem(path, 1, "the file is UTF-16: save it as UTF-8")])
             if len(chunk) > MAX_LINE_BYTES and not chunk.endswith(b"\n"):
                 while chunk and not chunk.endswith(b"\n"):  # skip the rest of the long line
                     chunk = handle.readline(MAX_LINE_BYTES)
@@ -225,7 +242,7 @@ def _lines(path: str, digest: Any = None) -> Iterator[tuple[int, bytes | None]]:
 
 
 def _too_long() -> str:
-    return f"line is longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB"
+    return f"line is longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB, the limit for one request"
 
 
 def check_job_file(path: str, defaults: JobDefaults) -> FileSummary:

@@ -1,7 +1,8 @@
 """Logging set-up for the CLI, and the one-line-per-attempt log (`-v`, `--log-json`).
 
 Lines carry the job, custom_id, attempt, status, latency and tokens: never the API key, never
-prompts or answers.
+prompts or answers. Every line is masked on its way out too (`redact.mask`), so a key quoted in a
+message from elsewhere (a server's error, an exception) never reaches a log.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import sys
 from typing import Any
 
 import orjson
+
+from batchrunner.redact import mask
 
 ATTEMPTS = logging.getLogger("batchrunner.attempts")
 EVENTS = logging.getLogger("batchrunner")
@@ -28,15 +31,15 @@ class JsonLines(logging.Formatter):
             data.update(fields)
         else:
             data["message"] = record.getMessage()
-        return orjson.dumps(data).decode()
+        return mask(orjson.dumps(data).decode())
 
 
 class Plain(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            return " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
-        return f"{record.levelname.lower()}: {record.getMessage()}"
+            return mask(" ".join(f"{k}={v}" for k, v in fields.items() if v is not None))
+        return mask(f"{record.levelname.lower()}: {record.getMessage()}")
 
 
 def configure(verbose: int = 0, json_lines: bool = False) -> None:

@@ -7,6 +7,7 @@ import sys
 from tqdm import tqdm
 
 from batchrunner.ledger import AttemptRecord
+from batchrunner.runner.batch import BatchProgress
 
 
 class ProgressBar:
@@ -41,6 +42,32 @@ class ProgressBar:
             refresh=False,
         )
         self._bar.update(finished)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class BatchProgressBar:
+    """Batch mode: items settled in the ledger plus what the live batches report done, never
+    100% while a batch is still finalizing; the postfix shows the batches' states."""
+
+    def __init__(self, total: int, enabled: bool | None = None) -> None:
+        self._bar = tqdm(
+            total=total,
+            unit="item",
+            file=sys.stderr,
+            disable=not enabled if enabled is not None else None,
+            dynamic_ncols=True,
+        )
+
+    def update(self, progress: BatchProgress) -> None:
+        shown = progress.settled + progress.in_flight_done
+        if progress.states:  # a live batch: its items are not in the ledger yet
+            shown = min(shown, progress.total - 1)
+        self._bar.n = max(0, shown)
+        states = ", ".join(f"{name} {n}" for name, n in sorted(progress.states.items()))
+        self._bar.set_postfix_str(f"batches: {states or 'none live'}", refresh=False)
+        self._bar.refresh()
 
     def close(self) -> None:
         self._bar.close()

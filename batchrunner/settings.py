@@ -18,8 +18,13 @@ class RunSettings:
     tpm: float | None = None
     max_attempts: int = 5
     timeout: float = 600.0  # seconds per request, as the openai SDK's default
+    max_retry_wait: float = 60.0  # a longer Retry-After defers the item instead of a worker
     base_url: str | None = None  # None: OPENAI_BASE_URL, else OpenAI itself
     budget: float | None = None  # USD over the job's whole life
+    batch_max_requests: int = 50_000  # per Batch API input file
+    batch_token_limit: int | None = None  # the account's enqueued prompt tokens per model
+    batch_hold_s: float = 300.0  # wait after a batch hit the token cap with nothing to wait for
+    finish: str = "batch"  # what runs the leftovers of an expired batch: batch | concurrent
     prices: dict[str, dict[str, float]] | None = None  # a --prices file's table, kept with the job
 
     def merged(self, overrides: dict[str, Any]) -> RunSettings:

@@ -37,6 +37,7 @@ def job_status(summary: JobSummary, now: datetime | None = None) -> dict[str, An
         "source_file": summary.source_path,
         "total": total,
         "counts": counts,
+        "reused": summary.reused,
         "progress": round(done / total, 4) if total else 1.0,
         "attempts": summary.attempts,
         "input_tokens": summary.input_tokens,
@@ -69,12 +70,11 @@ def job_status(summary: JobSummary, now: datetime | None = None) -> dict[str, An
 
 def format_job(status: dict[str, Any]) -> str:
     """A few human lines for one job."""
-    counts = status["counts"]
     flag = " [simulated]" if status["simulated"] else ""
     lines = [
         f"job {status['id']} {status['name']!r} ({status['mode']}){flag}: {status['state']}, "
         f"{status['progress'] * 100:.1f}% of {status['total']:,} items",
-        "  " + ", ".join(f"{state} {counts[state]:,}" for state in ITEM_STATES if counts[state]),
+        "  " + _counts_line(status),
         f"  tokens: {status['input_tokens']:,} in ({status['cached_tokens']:,} cached), "
         f"{status['output_tokens']:,} out ({status['reasoning_tokens']:,} reasoning); "
         f"{status['attempts']:,} requests sent",
@@ -93,6 +93,14 @@ def format_job(status: dict[str, Any]) -> str:
         kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(status["failures_by_kind"].items()))
         lines.append(f"  failures by kind: {kinds}")
     return "\n".join(lines)
+
+
+def _counts_line(status: dict[str, Any]) -> str:
+    counts = status["counts"]
+    line = ", ".join(f"{state} {counts[state]:,}" for state in ITEM_STATES if counts[state])
+    if status["reused"]:
+        line += f" ({status['reused']:,} reused from earlier jobs, at no cost)"
+    return line
 
 
 def _usd(value: float | None) -> str:

@@ -110,7 +110,7 @@ def test_bad_input_exits_2_and_leaves_the_ledger_byte_for_byte(
     result = invoke("submit", str(bad), "--db", db_url, "--base-url", fake.base_url)
     assert result.exit_code == 2
     assert f'{bad}:2: duplicate custom_id "item-1" (first on line 1)' in result.stderr
-    assert f"{bad}:3: expected a JSON object, got an array" in result.stderr
+    assert f"{bad}:3: expected a JSON object, got an empty array" in result.stderr
     assert {p.name: p.read_bytes() for p in tmp_path.glob("ledger.db*")} == before
     assert fake.total_requests == 0
 

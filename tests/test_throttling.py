@@ -111,3 +111,19 @@ def test_truncated_and_filtered_answers_are_flagged_results_never_retried(
     ]
     assert records[0]["output_tokens"] > 0  # billed, so kept
     assert fake.total_requests == 2
+
+
+def test_a_long_retry_after_defers_the_item_instead_of_holding_a_worker(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    lines = [chat_line(0, "[fake:retry_laterx1] come back later")]
+    lines += [chat_line(i) for i in range(1, 6)]
+    ledger, job = submit(tmp_path, db_url, fake, lines, concurrency=1, max_retry_wait=0.5)
+    report, elapsed = timed_run(ledger, job)
+    assert report.state == "completed" and ledger.summary(job).counts == {"succeeded": 6}
+    ids = {row.custom_id: row.id for row in ledger.iter_items(job)}
+    first, second = ledger.attempts_of(ids["item-0"])
+    assert (first.outcome, first.http_status, second.outcome) == ("retry", 503, "succeeded")
+    assert (second.started_at - first.ended_at).total_seconds() >= 1.4  # the server's 1.5 s
+    others_done = max(ledger.attempts_of(ids[f"item-{i}"])[0].ended_at for i in range(1, 6))
+    assert others_done < second.started_at  # the one worker went on with the others

@@ -52,7 +52,9 @@ ERRORS: dict[str, tuple[int, str, str | None, str]] = {
     ),
     "502": (502, "server_error", None, "Bad gateway."),
     "503": (503, "server_error", None, "The engine is currently overloaded, try again later."),
+    "retry_later": (503, "server_error", None, "Down for maintenance; come back in a while."),
 }
+RETRY_LATER_MS = 1500  # what `[fake:retry_later]` asks the client to wait
 HTML_502 = b"<html><head><title>502 Bad Gateway</title></head><body>cloudflare</body></html>"
 
 
@@ -71,6 +73,8 @@ def error_answer(name: str, retry_after_ms: int = 50) -> ErrorAnswer:
     headers = {}
     if status == 429 and code == "rate_limit_exceeded":
         headers = {"retry-after-ms": str(retry_after_ms), "retry-after": "1"}
+    if name == "retry_later":
+        headers = {"retry-after-ms": str(RETRY_LATER_MS), "retry-after": "2"}
     return ErrorAnswer(status, error_body(message, kind, code), headers)
 
 

@@ -58,6 +58,7 @@ class FakeConfig:
     cached_fraction: float = 0.0
     embedding_dims: int = 16
     api_key: str | None = None  # when set, any other key gets a 401
+    echo_auth: bool = False  # error messages quote the Authorization header, as leaky proxies do
     batch_validating_s: float = 0.05  # how long a batch spends in each state (see batches.py)
     batch_in_progress_s: float = 0.3
     batch_finalizing_s: float = 0.05
@@ -220,6 +221,9 @@ class FakeServer:
         self, request: web.Request, answer: ErrorAnswer, extra: dict[str, str] | None = None
     ) -> web.Response:
         headers = {**(extra or {}), **answer.headers}
+        if self.config.echo_auth and isinstance(answer.body, dict):
+            received = request.headers.get("Authorization", "")
+            answer.body["error"]["message"] += f" (request had Authorization: {received})"
         if isinstance(answer.body, bytes):
             self.status_counts[answer.status] += 1
             return web.Response(

@@ -1,8 +1,9 @@
 """Open the ledger's database: SQLite tuned for one writer and many readers, or PostgreSQL.
 
-SQLite gets WAL mode (readers never block the writer), a busy timeout, and BEGIN IMMEDIATE for
-every write transaction: a deferred transaction that reads and then writes fails at once with
-"database is locked" whatever the timeout, while an immediate one waits its turn.
+SQLite gets WAL mode (readers never block the writer), a busy timeout (30 s, or the URL's
+`?timeout=SECONDS`), and BEGIN IMMEDIATE for every write transaction: a deferred transaction
+that reads and then writes fails at once with "database is locked" whatever the timeout, while
+an immediate one waits its turn.
 
 PostgreSQL (psycopg 3) keeps its default READ COMMITTED transactions and row locks, so it gets
 no BEGIN listener; the READ_ONLY option means nothing there. Its pool is small and checked: a
@@ -12,6 +13,7 @@ restart or an idle timeout must not fail the next query of a long job.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -52,8 +54,9 @@ def open_engine(url: str) -> Engine:
     if parsed.database and parsed.database != ":memory:":
         folder = os.path.dirname(os.path.abspath(parsed.database))
         os.makedirs(folder, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
-    event.listen(engine, "connect", _tune_sqlite)
+    timeout = _busy_timeout(parsed)
+    engine = create_engine(url, connect_args={"timeout": timeout})
+    event.listen(engine, "connect", functools.partial(_tune_sqlite, timeout))
     event.listen(engine, "begin", _begin_sqlite)
     return engine
 
@@ -76,13 +79,21 @@ def _open_postgres(url: URL) -> Engine:
     )
 
 
-def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
+def _busy_timeout(url: URL) -> float:
+    value = url.query.get("timeout", BUSY_TIMEOUT_S)
+    try:
+        return float(value if isinstance(value, (str, float)) else value[0])
+    except ValueError:
+        raise UsageError(f"the ledger URL's timeout must be seconds, got {value!r}") from None
+
+
+def _tune_sqlite(timeout: float, dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable against process kills in WAL mode
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+    cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
     cursor.close()
 
 

@@ -115,6 +115,11 @@ class Item(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     # A pending item is not claimed before this time (a deferred retry); NULL: claim at once.
     not_before: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # The Batch API batch (batches.id) that holds the item while it is running in batch mode.
+    batch_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    # sha256 of the canonical url and body: finds an earlier paid-for answer (--reuse).
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    reused: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Attempt(Base):
@@ -155,3 +160,36 @@ class Run(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class RemoteBatch(Base):
+    """One Batch API batch of a job, recorded before it exists remotely.
+
+    state: packing (items assigned, nothing uploaded) -> uploaded (input file known) ->
+    submitted (remote batch known) -> settled (output reconciled into the items), or abandoned
+    (never created: its items went back to pending). `token` goes into the remote batch's
+    metadata, so a batch created by a process that died before recording it is found again.
+    """
+
+    __tablename__ = "batches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    token: Mapped[str] = mapped_column(String(36), unique=True)
+    state: Mapped[str] = mapped_column(String(20))
+    endpoint: Mapped[str] = mapped_column(String(100))
+    model: Mapped[str] = mapped_column(String(200))
+    request_count: Mapped[int] = mapped_column(Integer)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    remote_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    input_file_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    output_file_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    remote_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: errors.data
+    usage: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: the API's batch usage
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -152,6 +152,7 @@ class JobSummary:
     live_run: bool = False
     run_started_at: datetime | None = None
     finished_in_run: int = 0
+    reused: int = 0  # items that took an earlier job's answer (--reuse): no request, no cost
     failures_by_kind: dict[str, int] = field(default_factory=dict)
     models: dict[str, ModelTotals] = field(default_factory=dict)
 

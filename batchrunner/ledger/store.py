@@ -33,16 +33,18 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, OperationalError
 
 from batchrunner.errors import JobBusyError, LedgerError, UsageError
-from batchrunner.jobfile import JobItem
+from batchrunner.jobfile import JobItem, request_hash
 from batchrunner.ledger import migrate
+from batchrunner.ledger.batches import BatchQueries
 from batchrunner.ledger.engine import READ_ONLY, describe, open_engine
 from batchrunner.ledger.models import (
     FAILED,
     PENDING,
     RUNNING,
+    SUCCEEDED,
     Attempt,
     Item,
     Job,
@@ -55,10 +57,23 @@ from batchrunner.ledger.records import (
     ModelTotals,
     utcnow,
 )
+from batchrunner.redact import mask_answer
 
 __all__ = ["AttemptRecord", "ClaimedItem", "JobSummary", "Ledger", "utcnow"]
 
 INSERT_CHUNK = 2000
+REUSE_PAGE = 5000
+# What SQLite's terse reasons usually mean, and what to do.
+HINTS = {
+    "database is locked": (
+        " (another process held the write lock past the busy timeout; raise it with "
+        "?timeout=SECONDS on the URL)"
+    ),
+    "disk is full": " (free some space on the ledger's disk)",
+    "unable to open database file": " (check that its folder exists and is writable)",
+    "readonly database": " (the file or its folder is read-only)",
+    "File exists": " (a file stands where the ledger's folder should be)",
+}
 PAGE_SIZE = 1000
 STALE_HEARTBEAT = timedelta(seconds=60)
 
@@ -68,13 +83,13 @@ attempts_t = cast(Table, Attempt.__table__)
 runs_t = cast(Table, Run.__table__)
 
 
-class Ledger:
+class Ledger(BatchQueries):
     """The ledger at one database URL; migrated to the latest schema when opened."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = open_engine(url)
         with self._errors("open"):
+            self.engine: Engine = open_engine(url)
             migrate.upgrade(self.engine)
 
     def close(self) -> None:
@@ -82,12 +97,18 @@ class Ledger:
 
     @contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
+        """What the database or the disk refused (locked, full, read-only, not a database, a
+        folder that cannot be created) becomes a LedgerError that names the ledger. Errors that
+        mean a bug (a broken constraint, bad SQL) stay tracebacks."""
         try:
             yield
-        except OperationalError as exc:
-            reason = str(exc.orig) if exc.orig is not None else str(exc)
+        except (DatabaseError, OSError) as exc:
+            if isinstance(exc, DatabaseError) and not _refused(exc):
+                raise
+            reason = str(exc.orig) if isinstance(exc, DatabaseError) else _os_reason(exc)
+            hint = next((h for cause, h in HINTS.items() if cause in reason), "")
             raise LedgerError(
-                f"could not {doing} the ledger at {describe(self.url)}: {reason}. "
+                f"could not {doing} the ledger at {describe(self.url)}: {reason}{hint}. "
                 "Nothing already recorded is lost; fix the cause and resume with "
                 "`batchrunner run`."
             ) from None
@@ -117,8 +138,11 @@ class Ledger:
         options: dict[str, Any],
         simulated: bool,
         items: Iterable[JobItem],
+        reuse: bool = False,
     ) -> int:
-        """Record a job and all its items in one transaction: all of it, or nothing."""
+        """Record a job and all its items in one transaction: all of it, or nothing. With
+        `reuse`, items whose request already succeeded in an earlier job take that answer in
+        the same transaction (see `_reuse_answers`)."""
         now = utcnow()
         with self._write("record the job in") as conn:
             job_id: int = conn.execute(
@@ -148,6 +172,8 @@ class Ledger:
                         "model": item.model,
                         "body": item.body.decode(),
                         "extra": item.extra.decode() if item.extra else None,
+                        "request_hash": request_hash(item.url, item.body),
+                        "reused": False,
                         "state": PENDING,
                         "attempts": 0,
                         "created_at": now,
@@ -161,6 +187,8 @@ class Ledger:
                 conn.execute(statement, chunk)
                 count += len(chunk)
             conn.execute(update(jobs_t).where(jobs_t.c.id == job_id).values(item_count=count))
+            if reuse:
+                _reuse_answers(conn, job_id, simulated, now)
         return job_id
 
     def find_job(self, ref: str | int | None = None) -> int:
@@ -249,6 +277,7 @@ class Ledger:
                     func.count().filter(
                         items_t.c.cost_usd.is_(None), items_t.c.output_tokens.is_not(None)
                     ),
+                    func.count().filter(items_t.c.reused.is_(True)),
                 )
                 .where(items_t.c.job_id == job_id)
                 .group_by(items_t.c.state, items_t.c.model)
@@ -266,6 +295,7 @@ class Ledger:
                     attempts,
                     recent,
                     unpriced,
+                    reused,
                 ) = row
                 summary.counts[state] = summary.counts.get(state, 0) + count
                 totals = summary.models.setdefault(model, ModelTotals())
@@ -280,6 +310,7 @@ class Ledger:
                 summary.reasoning_tokens += reasoning or 0
                 summary.attempts += attempts or 0
                 summary.finished_in_run += recent or 0
+                summary.reused += reused or 0
                 if cost is not None:
                     summary.cost_usd = (summary.cost_usd or 0.0) + cost
             kinds = conn.execute(
@@ -314,9 +345,13 @@ class Ledger:
                         "ago); wait for it to finish or stop it first"
                     )
                 conn.execute(update(runs_t).where(runs_t.c.id == run.id).values(ended_at=now))
-            conn.execute(
+            conn.execute(  # a remote batch's items stay with it (see ledger/batches.py)
                 update(items_t)
-                .where(items_t.c.job_id == job_id, items_t.c.state == RUNNING)
+                .where(
+                    items_t.c.job_id == job_id,
+                    items_t.c.state == RUNNING,
+                    items_t.c.batch_id.is_(None),
+                )
                 .values(state=PENDING, run_id=None, updated_at=now)
             )
             conn.execute(
@@ -397,9 +432,16 @@ class Ledger:
         return cast(datetime | None, earliest)
 
     def record_attempts(self, records: list[AttemptRecord]) -> None:
-        """Write a batch of outcomes in one transaction: the attempt rows and the items."""
+        """Write a batch of outcomes in one transaction: the attempt rows and the items.
+
+        Every outcome passes here, whatever mode produced it, so this is where keys echoed by a
+        server (in an error message or a non-200 body) are masked before they are stored."""
         if not records:
             return
+        for record in records:
+            record.error_message, record.response = mask_answer(
+                record.error_message, record.response, record.http_status
+            )
         attempt_rows = [r.attempt_row() for r in records]
         item_rows = [r.item_row() for r in records]
         item_update = (
@@ -511,3 +553,70 @@ def _run_is_live(run: Any, now: datetime) -> bool:
         except PermissionError:
             return True
     return True
+
+
+def _refused(exc: DatabaseError) -> bool:
+    """The database said no (locked, full, read-only, gone, not a database): not a bug."""
+    return isinstance(exc, OperationalError) or type(exc) is DatabaseError
+
+
+def _os_reason(exc: OSError) -> str:
+    return f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
+
+
+def _reuse_answers(conn: Connection, job_id: int, simulated: bool, now: datetime) -> int:
+    """Give each pending item of the job whose request (`request_hash`) already succeeded in an
+    earlier job that answer: succeeded, `reused`, no attempt, no cost now. One UPDATE ... FROM
+    per page of ids, each answer taken from the earliest such item; a simulated job's answers
+    serve only simulated jobs (they come from the fake server)."""
+    low, high = conn.execute(
+        select(func.min(items_t.c.id), func.max(items_t.c.id)).where(items_t.c.job_id == job_id)
+    ).one()
+    if low is None:
+        return 0
+    mine, earlier, earlier_job = items_t.alias("mine"), items_t.alias("earlier"), jobs_t.alias()
+    answer = items_t.alias("answer")
+    reused = 0
+    for start in range(low, high + 1, REUSE_PAGE):
+        hashes = select(mine.c.request_hash).where(
+            mine.c.job_id == job_id, mine.c.id >= start, mine.c.id < start + REUSE_PAGE
+        )
+        first = (
+            select(earlier.c.request_hash, func.min(earlier.c.id).label("answer_id"))
+            .join(earlier_job, earlier_job.c.id == earlier.c.job_id)
+            .where(
+                earlier.c.request_hash.in_(hashes),
+                earlier.c.state == literal(SUCCEEDED, literal_execute=True),  # see _claimable
+                earlier.c.job_id != job_id,
+                earlier_job.c.simulated == simulated,
+            )
+            .group_by(earlier.c.request_hash)
+            .subquery("first_answer")
+        )
+        result = conn.execute(
+            update(items_t)
+            .where(
+                items_t.c.job_id == job_id,
+                items_t.c.id >= start,
+                items_t.c.id < start + REUSE_PAGE,
+                items_t.c.state == PENDING,
+                items_t.c.request_hash == first.c.request_hash,
+                answer.c.id == first.c.answer_id,
+            )
+            .values(
+                state=SUCCEEDED,
+                reused=True,
+                http_status=answer.c.http_status,
+                finish_reason=answer.c.finish_reason,
+                response=answer.c.response,
+                input_tokens=answer.c.input_tokens,
+                cached_tokens=answer.c.cached_tokens,
+                output_tokens=answer.c.output_tokens,
+                reasoning_tokens=answer.c.reasoning_tokens,
+                cost_usd=0.0,
+                updated_at=now,
+                finished_at=now,
+            )
+        )
+        reused += result.rowcount
+    return reused

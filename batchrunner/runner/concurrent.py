@@ -11,7 +11,7 @@ import random
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import anyio
 from anyio import CancelScope
@@ -147,11 +147,22 @@ class ConcurrentRunner:
                     self._ledger.claim_pending, self._job_id, self._run_id, CLAIM_PAGE
                 )
                 if not page:
-                    return
+                    if not await self._wait_for_deferred():
+                        return
+                    continue
                 for item in page:
                     if self._stopping.is_set():
                         return  # claimed but unsent items go back to pending in end_run
                     await send.send(item)
+
+    async def _wait_for_deferred(self) -> bool:
+        """Sleep until the earliest deferred item may go; False if there is none."""
+        wake = await anyio.to_thread.run_sync(self._ledger.next_not_before, self._job_id)
+        if wake is None:
+            return False
+        with anyio.move_on_after(max(0.01, (wake - utcnow()).total_seconds())):
+            await self._stopping.wait()
+        return not self._stopping.is_set()
 
     async def _work(self, items: MemoryObjectReceiveStream[ClaimedItem]) -> None:
         async with items:
@@ -184,7 +195,10 @@ class ConcurrentRunner:
                 self._log(item, record)
             if verdict.action == STOP:
                 self.stop(f"{verdict.kind}: {verdict.message}")
-            if verdict.action != RETRY:
+            if verdict.action == RETRY and self._defers(verdict):
+                record.item_state = PENDING  # back to the ledger until the server's time
+                record.not_before = utcnow() + timedelta(seconds=verdict.retry_after or 0)
+            if verdict.action != RETRY or record.item_state == PENDING:
                 await self._writer.write(record, durable=True)
                 return
             await self._writer.write(record, durable=False)
@@ -192,6 +206,10 @@ class ConcurrentRunner:
                 await self._stopping.wait()
             if self._stopping.is_set():
                 return
+
+    def _defers(self, verdict: Verdict) -> bool:
+        """A wait longer than `max_retry_wait` is the ledger's to keep, not a worker's."""
+        return (verdict.retry_after or 0.0) > self._settings.max_retry_wait
 
     @property
     def _needs_estimate(self) -> bool:

@@ -1,0 +1,287 @@
+"""The ledger's queries for Batch API mode: remote batches and the items they hold.
+
+An item packed into a batch is `running` with `batch_id` set (and no run_id), so a dead
+process's leftovers are not put back to pending while the batch may still answer for them.
+Every write is fenced on the batch: a line answered for an item that has left the batch changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
+
+from batchrunner.ledger.models import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    Attempt,
+    Item,
+    Job,
+    RemoteBatch,
+)
+from batchrunner.ledger.records import utcnow
+
+batches_t = cast(Table, RemoteBatch.__table__)
+items_t = cast(Table, Item.__table__)
+attempts_t = cast(Table, Attempt.__table__)
+jobs_t = cast(Table, Job.__table__)
+
+PACKING, UPLOADED, SUBMITTED, SETTLED, ABANDONED = (
+    "packing",
+    "uploaded",
+    "submitted",
+    "settled",
+    "abandoned",
+)
+UNSETTLED = (PACKING, UPLOADED, SUBMITTED)
+ASSIGN_CHUNK = 500
+PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SettledLine:
+    """One answered (or returned) line of a batch, ready to write."""
+
+    custom_id: str
+    state: str  # succeeded | failed | pending
+    http_status: int | None
+    response: str | None
+    error_kind: str | None
+    error_code: str | None
+    error_message: str | None
+    input_tokens: int | None
+    cached_tokens: int | None
+    output_tokens: int | None
+    reasoning_tokens: int | None
+    cost_usd: float | None
+    finish_reason: str | None
+
+
+class BatchQueries:
+    """Mixed into `Ledger`, which provides the transactions."""
+
+    def _write(self, doing: str) -> AbstractContextManager[Connection]:
+        raise NotImplementedError
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        raise NotImplementedError
+
+    def open_batch(
+        self,
+        job_id: int,
+        token: str,
+        endpoint: str,
+        model: str,
+        item_ids: Sequence[int],
+        prompt_tokens: int,
+    ) -> tuple[int, int]:
+        """Record a batch before anything is uploaded and hand it its items (those still
+        pending), in one transaction. Returns (batch id, items assigned)."""
+        now = utcnow()
+        with self._write("record a batch in") as conn:
+            batch_id = conn.execute(
+                insert(batches_t).returning(batches_t.c.id),
+                {
+                    "job_id": job_id,
+                    "token": token,
+                    "state": PACKING,
+                    "endpoint": endpoint,
+                    "model": model,
+                    "request_count": 0,
+                    "prompt_tokens": prompt_tokens,
+                    "completed": 0,
+                    "failed": 0,
+                    "created_at": now,
+                },
+            ).scalar_one()
+            assigned = 0
+            for start in range(0, len(item_ids), ASSIGN_CHUNK):
+                chunk = list(item_ids[start : start + ASSIGN_CHUNK])
+                assigned += conn.execute(
+                    update(items_t)
+                    .where(items_t.c.id.in_(chunk), items_t.c.state == PENDING)
+                    .values(state=RUNNING, batch_id=batch_id, run_id=None, updated_at=now)
+                ).rowcount
+            conn.execute(
+                update(batches_t).where(batches_t.c.id == batch_id).values(request_count=assigned)
+            )
+        return int(batch_id), assigned
+
+    def update_batch(self, batch_id: int, **values: Any) -> None:
+        with self._write("update a batch in") as conn:
+            conn.execute(
+                update(batches_t)
+                .where(batches_t.c.id == batch_id)
+                .values(updated_at=utcnow(), **values)
+            )
+
+    def batches_of(self, job_id: int, states: tuple[str, ...] = UNSETTLED) -> list[Any]:
+        with self._read() as conn:
+            return list(
+                conn.execute(
+                    select(batches_t)
+                    .where(batches_t.c.job_id == job_id, batches_t.c.state.in_(states))
+                    .order_by(batches_t.c.id)
+                )
+            )
+
+    def enqueued_tokens(self, job_id: int) -> dict[str, int]:
+        """Prompt tokens held by the job's unsettled batches, per model."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(batches_t.c.model, func.sum(batches_t.c.prompt_tokens))
+                .where(batches_t.c.job_id == job_id, batches_t.c.state.in_(UNSETTLED))
+                .group_by(batches_t.c.model)
+            )
+            return {model: int(tokens or 0) for model, tokens in rows}
+
+    def batch_items(self, batch_id: int) -> Iterator[Any]:
+        """The batch's items in file order (line N of its input file is the Nth), paged."""
+        after = -1
+        while True:
+            with self._read() as conn:
+                rows = conn.execute(
+                    select(
+                        items_t.c.id,
+                        items_t.c.position,
+                        items_t.c.custom_id,
+                        items_t.c.url,
+                        items_t.c.body,
+                    )
+                    .where(items_t.c.batch_id == batch_id, items_t.c.position > after)
+                    .order_by(items_t.c.position)
+                    .limit(PAGE)
+                ).all()
+            if not rows:
+                return
+            yield from rows
+            after = rows[-1].position
+
+    def settle_lines(self, job_id: int, batch_id: int, lines: Sequence[SettledLine]) -> int:
+        """Write answered lines: one attempt row each, and the item's new state. Lines for
+        items no longer in this batch are skipped. Returns how many items changed."""
+        if not lines:
+            return 0
+        now = utcnow()
+        with self._write("record batch results in") as conn:
+            held = {
+                row.custom_id: (row.id, row.attempts)
+                for row in conn.execute(
+                    select(items_t.c.id, items_t.c.custom_id, items_t.c.attempts).where(
+                        items_t.c.job_id == job_id,
+                        items_t.c.batch_id == batch_id,
+                        items_t.c.state == RUNNING,
+                        items_t.c.custom_id.in_([line.custom_id for line in lines]),
+                    )
+                )
+            }
+            attempts, items = [], []
+            for line in lines:
+                found = held.pop(line.custom_id, None)  # a duplicated line counts once
+                if found is None:
+                    continue
+                item_id, previous = found
+                values = _line_values(line)
+                answered = line.state in (SUCCEEDED, FAILED)  # else never run: no attempt
+                if answered:
+                    attempts.append(
+                        {
+                            "item_id": item_id,
+                            "job_id": job_id,
+                            "run_id": None,
+                            "number": previous + 1,
+                            "started_at": now,
+                            "ended_at": now,
+                            "outcome": line.state,
+                            **values,
+                        }
+                    )
+                items.append(
+                    {
+                        "b_id": item_id,
+                        "b_batch": batch_id,
+                        "state": line.state,
+                        "batch_id": batch_id if answered else None,
+                        "attempts": previous + 1 if answered else previous,
+                        "response": line.response,
+                        "finish_reason": line.finish_reason,
+                        "updated_at": now,
+                        "finished_at": None if line.state == PENDING else now,
+                        **values,
+                    }
+                )
+            if attempts:
+                conn.execute(insert(attempts_t), attempts)
+            if items:
+                conn.execute(_fenced_item_update(items[0]), items)
+        return len(items)
+
+    def release_batch(self, batch_id: int, state: str, leftover: str = PENDING) -> int:
+        """Close a batch: its items that got no answer go to `leftover` (pending to be sent
+        again, or cancelled). Returns how many."""
+        now = utcnow()
+        values: dict[str, Any] = {"state": leftover, "batch_id": None, "updated_at": now}
+        if leftover == CANCELLED:
+            values["finished_at"] = now
+        with self._write("close a batch in") as conn:
+            released = conn.execute(
+                update(items_t)
+                .where(items_t.c.batch_id == batch_id, items_t.c.state == RUNNING)
+                .values(**values)
+            ).rowcount
+            conn.execute(
+                update(batches_t)
+                .where(batches_t.c.id == batch_id)
+                .values(state=state, updated_at=now, finished_at=now)
+            )
+        return int(released)
+
+    def update_job_state(self, job_id: int, state: str) -> None:
+        with self._write("update the job in") as conn:
+            conn.execute(update(jobs_t).where(jobs_t.c.id == job_id).values(state=state))
+
+    def cancel_pending(self, job_id: int) -> int:
+        """Cancel the job's items that nothing is working on; finished ones stay."""
+        now = utcnow()
+        with self._write("cancel items in") as conn:
+            return int(
+                conn.execute(
+                    update(items_t)
+                    .where(items_t.c.job_id == job_id, items_t.c.state == PENDING)
+                    .values(state=CANCELLED, updated_at=now, finished_at=now)
+                ).rowcount
+            )
+
+
+def _line_values(line: SettledLine) -> dict[str, Any]:
+    return {
+        "http_status": line.http_status,
+        "error_kind": line.error_kind,
+        "error_code": line.error_code,
+        "error_message": line.error_message,
+        "input_tokens": line.input_tokens,
+        "cached_tokens": line.cached_tokens,
+        "output_tokens": line.output_tokens,
+        "reasoning_tokens": line.reasoning_tokens,
+        "cost_usd": line.cost_usd,
+    }
+
+
+def _fenced_item_update(sample: dict[str, Any]) -> Any:
+    return (
+        update(items_t)
+        .where(items_t.c.id == bindparam("b_id"), items_t.c.batch_id == bindparam("b_batch"))
+        .values({name: bindparam(name) for name in sample if not name.startswith("b_")})
+    )
+
+
+def problems_json(problems: Sequence[Any]) -> str:
+    return json.dumps([{"code": p.code, "message": p.message, "line": p.line} for p in problems])

@@ -1,0 +1,202 @@
+"""Batch API mode end to end: the real openai SDK against the fake Files and Batch API."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchrunner.commands import cancel_job, run_batch_job, submit_job
+from batchrunner.fake import FakeServer
+from batchrunner.jobfile import JobDefaults
+from batchrunner.ledger import Ledger
+from batchrunner.runner.batch import BatchRunner
+from batchrunner.runner.batch_api import BatchApi, RemoteBatch
+from batchrunner.runner.concurrent import RunReport
+from batchrunner.settings import RunSettings
+from tests.conftest import chat_line, write_jsonl
+from tests.test_run import exported, run
+
+POLL_S = 0.05
+FAST = {"batch_hold_s": 0.2}
+
+
+def submit(
+    tmp_path: Path, db_url: str, fake: FakeServer, lines: list[dict[str, Any]], **settings: Any
+) -> tuple[Ledger, int]:
+    path = write_jsonl(tmp_path / f"job{len(list(tmp_path.iterdir()))}.jsonl", lines)
+    options = RunSettings(base_url=fake.base_url, **settings)
+    ledger, submitted = submit_job(
+        db_url, str(path), defaults=JobDefaults(), settings=options, mode="batch", new=True
+    )
+    return ledger, submitted.job_id
+
+
+def wait_for(ledger: Ledger, job: int, **overrides: Any) -> RunReport:
+    started = time.monotonic()
+    report = run_batch_job(ledger, job, {**FAST, **overrides}, wait=True, poll_s=POLL_S)
+    assert time.monotonic() - started < 60
+    return report
+
+
+def comparable(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What must agree between a batch and a concurrent run of the same file."""
+    message = record["response"]["choices"][0]["message"]["content"]
+    return (
+        record["custom_id"],
+        record["status"],
+        message,
+        record["input_tokens"],
+        record["output_tokens"],
+        record["metadata"],
+    )
+
+
+def test_1200_items_become_3_batches_and_export_like_a_concurrent_run(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    lines = [{**chat_line(i), "metadata": {"row": i}} for i in range(1200)]
+    ledger, job = submit(tmp_path, db_url, fake, lines, batch_max_requests=500)
+    assert wait_for(ledger, job).state == "completed"
+    assert fake.batch_api.batches_created == 3
+    assert sorted(b.request_count for b in ledger.batches_of(job, ("settled",))) == [
+        200,
+        500,
+        500,
+    ]
+    in_batches = exported(ledger, job)
+    concurrent_ledger, concurrent_job = submit_concurrent(tmp_path, db_url, fake, lines)
+    in_concurrent = exported(concurrent_ledger, concurrent_job)
+    assert [comparable(r) for r in in_batches] == [comparable(r) for r in in_concurrent]
+    assert set(fake.batch_api.lines_by_id.values()) == {1}
+    for batch_record, concurrent_record in zip(in_batches, in_concurrent, strict=True):
+        assert batch_record["cost_usd"] == pytest.approx(concurrent_record["cost_usd"] / 2)
+
+
+def submit_concurrent(
+    tmp_path: Path, db_url: str, fake: FakeServer, lines: list[dict[str, Any]]
+) -> tuple[Ledger, int]:
+    path = write_jsonl(tmp_path / "concurrent.jsonl", lines)
+    options = RunSettings(base_url=fake.base_url)
+    ledger, submitted = submit_job(
+        db_url, str(path), defaults=JobDefaults(), settings=options, new=True
+    )
+    assert run(ledger, submitted.job_id).state == "completed"
+    return ledger, submitted.job_id
+
+
+def test_an_expired_batch_is_resubmitted_and_nothing_is_answered_twice(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    fake.config.batch_expire_after = 50  # every batch answers 50 lines, then expires
+    ledger, job = submit(tmp_path, db_url, fake, [chat_line(i) for i in range(100)])
+    assert wait_for(ledger, job).state == "completed"
+    assert ledger.summary(job).counts == {"succeeded": 100}
+    assert fake.batch_api.batches_created == 2
+    assert set(fake.batch_api.lines_by_id.values()) == {1}
+    statuses = [b.remote_status for b in ledger.batches_of(job, ("settled",))]
+    assert statuses == ["expired", "completed"]
+
+
+def test_expired_leftovers_can_be_finished_concurrently(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    fake.config.batch_expire_after = 30
+    ledger, job = submit(tmp_path, db_url, fake, [chat_line(i) for i in range(60)])
+    assert wait_for(ledger, job, finish="concurrent").state == "completed"
+    assert fake.batch_api.batches_created == 1
+    assert fake.total_requests == 30  # the other 30 were answered by the batch
+    records = exported(ledger, job)
+    assert {r["status"] for r in records} == {"succeeded"}
+
+
+def test_a_validation_failure_lands_on_the_right_items(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    lines = [chat_line(i) for i in range(10)]
+    lines[3] = chat_line(3, "[fake:batch_invalid]")
+    ledger, job = submit(tmp_path, db_url, fake, lines)
+    assert wait_for(ledger, job).state == "completed"
+    records = {r["custom_id"]: r for r in exported(ledger, job)}
+    bad = records.pop("item-3")
+    assert bad["status"] == "failed" and "rejected on purpose" in bad["error"]["message"]
+    assert {r["status"] for r in records.values()} == {"succeeded"}
+    assert fake.batch_api.batches_created == 2  # the rest went again, without the bad line
+
+
+def test_a_failed_line_fails_its_item_with_the_apis_error(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    lines = [chat_line(0), chat_line(1, "[fake:context_length]")]
+    ledger, job = submit(tmp_path, db_url, fake, lines)
+    assert wait_for(ledger, job).state == "completed"
+    failed = exported(ledger, job)[1]
+    assert failed["status"] == "failed" and failed["error"]["code"] == "context_length_exceeded"
+
+
+def test_cancel_keeps_what_finished(tmp_path: Path, db_url: str, fake: FakeServer) -> None:
+    fake.config.batch_in_progress_s = 1.0
+    ledger, job = submit(tmp_path, db_url, fake, [chat_line(i) for i in range(100)])
+    assert run_batch_job(ledger, job, FAST, wait=False).state == "submitted"
+    time.sleep(0.5)  # about half done
+    cancel_job(ledger, job)
+    assert wait_for(ledger, job).state == "completed"
+    counts = ledger.summary(job).counts
+    assert counts.get("succeeded", 0) > 0 and counts.get("cancelled", 0) > 0
+    assert counts["succeeded"] + counts["cancelled"] == 100
+    assert fake.batch_api.batches_created == 1
+
+
+def test_the_token_cap_holds_batches_until_earlier_ones_finish(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    fake.config.batch_token_limit = 1000  # the account's cap; about 11 tokens an item
+    lines = [chat_line(i) for i in range(300)]
+    ledger, job = submit(
+        tmp_path, db_url, fake, lines, batch_max_requests=60, batch_token_limit=1000
+    )
+    assert wait_for(ledger, job).state == "completed"
+    assert ledger.summary(job).counts == {"succeeded": 300}
+    assert fake.batch_api.batches_created == 5  # one at a time, never refused
+
+
+def test_a_refused_batch_over_the_token_cap_waits_and_goes_again(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    fake.config.batch_token_limit = 1000  # unknown to batchrunner
+    lines = [chat_line(i) for i in range(120)]
+    ledger, job = submit(tmp_path, db_url, fake, lines, batch_max_requests=60)
+    assert wait_for(ledger, job).state == "completed"
+    assert ledger.summary(job).counts == {"succeeded": 120}
+    refused = [b for b in ledger.batches_of(job, ("settled",)) if b.remote_status == "failed"]
+    assert refused and all("token_limit_exceeded" in (b.errors or "") for b in refused)
+    assert set(fake.batch_api.lines_by_id.values()) == {1}
+
+
+class DiesAfterCreate(BatchApi):
+    """The process is killed right after the API created the batch, before the ledger knew."""
+
+    def create(self, input_file_id: str, endpoint: str, metadata: dict[str, str]) -> RemoteBatch:
+        super().create(input_file_id, endpoint, metadata)
+        raise SystemExit("killed")
+
+
+class DiesBeforeCreate(BatchApi):
+    def create(self, input_file_id: str, endpoint: str, metadata: dict[str, str]) -> RemoteBatch:
+        raise SystemExit("killed")
+
+
+@pytest.mark.parametrize("crash", [DiesAfterCreate, DiesBeforeCreate])
+def test_a_kill_around_create_never_makes_a_duplicate_batch(
+    tmp_path: Path, db_url: str, fake: FakeServer, crash: type[BatchApi]
+) -> None:
+    ledger, job = submit(tmp_path, db_url, fake, [chat_line(i) for i in range(20)])
+    settings = RunSettings(base_url=fake.base_url)
+    with pytest.raises(SystemExit):
+        BatchRunner(ledger, job, settings, crash(fake.base_url, "sk-x")).run(wait=False)
+    assert [b.state for b in ledger.batches_of(job)] == ["uploaded"]
+    assert wait_for(Ledger(db_url), job).state == "completed"
+    assert fake.batch_api.batches_created == 1
+    assert set(fake.batch_api.lines_by_id.values()) == {1}
