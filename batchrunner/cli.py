@@ -203,6 +203,39 @@ def run(job: str | None, wait: bool, poll_interval: float, db: str, **run: Any) 
 
 
 @cli.command()
+@click.option("--job", "jobs", multiple=True, help="Job id or name (repeatable).")
+@click.option("--all", "all_jobs", is_flag=True, help="Every concurrent job with work left.")
+@click.option(
+    "--lease",
+    "lease_s",
+    type=click.FloatRange(min=1),
+    help="Seconds of silence after which a worker's items go to the others [60].",
+)
+@run_options
+@common
+def worker(
+    jobs: tuple[str, ...], all_jobs: bool, lease_s: float | None, db: str, **run: Any
+) -> None:
+    """Work on jobs beside other workers (any machine, one shared PostgreSQL ledger): claim
+    items, send them, and leave when no work is left."""
+    if bool(jobs) == all_jobs:
+        raise click.UsageError("give --job JOB (one or more) or --all")
+    ledger = Ledger(db)
+    job_ids = None if all_jobs else [ledger.find_job(job) for job in jobs]
+    overrides = _overrides(**run, lease_s=lease_s)
+    reports = anyio.run(
+        functools.partial(commands.run_worker, ledger, job_ids, overrides, handle_signals=True)
+    )
+    for report in reports:
+        say(format_job(job_status(ledger.summary(report.job_id))))
+    stopped = [r for r in reports if r.stop_reason]
+    if stopped:
+        say(f"stopped early ({stopped[0].stop_reason})")
+        sys.exit(3)
+    sys.exit(max((commands.exit_code(ledger, r) for r in reports), default=0))
+
+
+@cli.command()
 @click.argument("job", required=False)
 @common
 def cancel(job: str | None, db: str) -> None:
@@ -304,7 +337,9 @@ def status(job: str | None, json_: bool, db: str) -> None:
     """Show JOB (default: all recent jobs) with counts, tokens, cost, progress and rate."""
     ledger = Ledger(db)
     ids = [ledger.find_job(job)] if job else ledger.job_ids()
-    statuses = [job_status(ledger.summary(job_id)) for job_id in ids]
+    statuses = [
+        job_status(ledger.summary(job_id), workers=ledger.runs_of(job_id)) for job_id in ids
+    ]
     if json_:
         click.echo(orjson.dumps({"jobs": statuses}, option=orjson.OPT_INDENT_2).decode())
     elif not statuses:

@@ -119,16 +119,52 @@ async def run_job(
     on_flush: Callable[[list[AttemptRecord]], None] | None = None,
     handle_signals: bool = False,
     fake_config: FakeConfig | None = None,
+    shared: bool = False,
 ) -> RunReport:
-    """Run (or resume) a job's unfinished items to the end, or until it is stopped."""
+    """Run (or resume) a job's unfinished items to the end, or until it is stopped; `shared`
+    works on it beside other workers instead of alone."""
     settings = job_settings(ledger, job_id, overrides or {})
     _, simulated = ledger.job_options(job_id)
     if simulated:
         async with simulated_endpoint(fake_config) as base_url:
             settings = settings.merged({"base_url": base_url})
-            return await _run(ledger, job_id, settings, SIMULATED_KEY, on_flush, handle_signals)
+            return await _run(
+                ledger, job_id, settings, SIMULATED_KEY, on_flush, handle_signals, shared
+            )
     key = api_key_for(settings)
-    return await _run(ledger, job_id, settings, key, on_flush, handle_signals)
+    return await _run(ledger, job_id, settings, key, on_flush, handle_signals, shared)
+
+
+async def run_worker(
+    ledger: Ledger,
+    job_ids: list[int] | None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    handle_signals: bool = False,
+) -> list[RunReport]:
+    """Work on the given jobs (None: every concurrent job with work left) beside any other
+    workers, until none has work left or this worker is stopped."""
+    reports: list[RunReport] = []
+    while True:
+        chosen = job_ids if job_ids is not None else ledger.job_ids(limit=1000)
+        waiting = [job for job in chosen if _has_work(ledger, job)]
+        if not waiting:
+            return reports
+        for job in waiting:
+            report = await run_job(
+                ledger, job, overrides, handle_signals=handle_signals, shared=True
+            )
+            reports.append(report)
+            if report.stop_reason:  # stopped (Ctrl-C, quota, budget), not out of work
+                return reports
+        if all(r.state != "completed" for r in reports[-len(waiting) :]):
+            return reports  # only deferred or stuck work left: `run` or a later worker
+
+
+def _has_work(ledger: Ledger, job_id: int) -> bool:
+    summary = ledger.summary(job_id)
+    unfinished = summary.counts.get("pending", 0) + summary.counts.get("running", 0)
+    return summary.mode == "concurrent" and unfinished > 0
 
 
 async def _run(
@@ -138,12 +174,13 @@ async def _run(
     api_key: str | None,
     on_flush: Callable[[list[AttemptRecord]], None] | None,
     handle_signals: bool,
+    shared: bool = False,
 ) -> RunReport:
     transport = HttpTransport(
         settings.resolved_base_url(), api_key, settings.timeout, settings.concurrency
     )
     async with transport:
-        runner = ConcurrentRunner(ledger, job_id, settings, transport, on_flush)
+        runner = ConcurrentRunner(ledger, job_id, settings, transport, on_flush, shared=shared)
         return await runner.run(handle_signals=handle_signals)
 
 

@@ -18,6 +18,7 @@ class RunSettings:
     tpm: float | None = None
     max_attempts: int = 5
     timeout: float = 600.0  # seconds per request, as the openai SDK's default
+    lease_s: float = 60.0  # a worker silent this long is dead: its items go to the others
     max_retry_wait: float = 60.0  # a longer Retry-After defers the item instead of a worker
     base_url: str | None = None  # None: OPENAI_BASE_URL, else OpenAI itself
     budget: float | None = None  # USD over the job's whole life

@@ -14,7 +14,11 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat(timespec="seconds") + "Z" if moment else None
 
 
-def job_status(summary: JobSummary, now: datetime | None = None) -> dict[str, Any]:
+def job_status(
+    summary: JobSummary,
+    now: datetime | None = None,
+    workers: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The `status --json` record of one job."""
     now = now or utcnow()
     counts = {state: summary.counts.get(state, 0) for state in ITEM_STATES}
@@ -65,6 +69,14 @@ def job_status(summary: JobSummary, now: datetime | None = None) -> dict[str, An
         "started_at": _iso(summary.started_at),
         "finished_at": _iso(summary.finished_at),
         "options": summary.options,
+        "workers": [
+            {
+                **worker,
+                "started_at": _iso(worker["started_at"]),
+                "heartbeat_at": _iso(worker["heartbeat_at"]),
+            }
+            for worker in workers or []
+        ],
     }
 
 
@@ -89,6 +101,12 @@ def format_job(status: dict[str, Any]) -> str:
     if status["rate_per_s"] is not None:
         eta = f", ETA {_duration(status['eta_s'])}" if status["eta_s"] is not None else ""
         lines.append(f"  rate: {status['rate_per_s']:.1f} items/s{eta}")
+    for worker in status["workers"]:
+        lines.append(
+            f"  worker {worker['hostname']}:{worker['pid']}: "
+            f"{worker['requests_last_minute']:,} requests in the last minute, "
+            f"last heartbeat {worker['heartbeat_at']}"
+        )
     if status["failures_by_kind"]:
         kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(status["failures_by_kind"].items()))
         lines.append(f"  failures by kind: {kinds}")

@@ -119,7 +119,7 @@ def test_a_long_retry_after_defers_the_item_instead_of_holding_a_worker(
     lines = [chat_line(0, "[fake:retry_laterx1] come back later")]
     lines += [chat_line(i) for i in range(1, 6)]
     ledger, job = submit(tmp_path, db_url, fake, lines, concurrency=1, max_retry_wait=0.5)
-    report, elapsed = timed_run(ledger, job)
+    report = run(ledger, job)
     assert report.state == "completed" and ledger.summary(job).counts == {"succeeded": 6}
     ids = {row.custom_id: row.id for row in ledger.iter_items(job)}
     first, second = ledger.attempts_of(ids["item-0"])

@@ -28,6 +28,7 @@ from batchrunner.ledger.models import (
     RemoteBatch,
 )
 from batchrunner.ledger.records import utcnow
+from batchrunner.redact import mask, mask_answer
 
 batches_t = cast(Table, RemoteBatch.__table__)
 items_t = cast(Table, Item.__table__)
@@ -190,6 +191,9 @@ class BatchQueries:
                     continue
                 item_id, previous = found
                 values = _line_values(line)
+                values["error_message"], response = mask_answer(
+                    line.error_message, line.response, line.http_status
+                )
                 answered = line.state in (SUCCEEDED, FAILED)  # else never run: no attempt
                 if answered:
                     attempts.append(
@@ -211,7 +215,7 @@ class BatchQueries:
                         "state": line.state,
                         "batch_id": batch_id if answered else None,
                         "attempts": previous + 1 if answered else previous,
-                        "response": line.response,
+                        "response": response,
                         "finish_reason": line.finish_reason,
                         "updated_at": now,
                         "finished_at": None if line.state == PENDING else now,
@@ -284,4 +288,7 @@ def _fenced_item_update(sample: dict[str, Any]) -> Any:
 
 
 def problems_json(problems: Sequence[Any]) -> str:
-    return json.dumps([{"code": p.code, "message": p.message, "line": p.line} for p in problems])
+    """A failed batch's errors as stored: messages masked like every answer's."""
+    return json.dumps(
+        [{"code": p.code, "message": mask(p.message or ""), "line": p.line} for p in problems]
+    )

@@ -79,6 +79,12 @@ class Item(Base):
             postgresql_where=text("state = 'running'"),
         ),
         Index(
+            "ix_items_request_hash",
+            "request_hash",
+            sqlite_where=text("state = 'succeeded'"),
+            postgresql_where=text("state = 'succeeded'"),
+        ),
+        Index(
             "ix_items_deferred",
             "job_id",
             "not_before",
@@ -118,7 +124,7 @@ class Item(Base):
     # The Batch API batch (batches.id) that holds the item while it is running in batch mode.
     batch_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     # sha256 of the canonical url and body: finds an earlier paid-for answer (--reuse).
-    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reused: Mapped[bool] = mapped_column(Boolean, default=False)
 
 

@@ -11,12 +11,9 @@ locks the rows it picks (FOR UPDATE SKIP LOCKED) and start_run locks the job's r
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -35,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-from batchrunner.errors import JobBusyError, LedgerError, UsageError
+from batchrunner.errors import LedgerError, UsageError
 from batchrunner.jobfile import JobItem, request_hash
 from batchrunner.ledger import migrate
 from batchrunner.ledger.batches import BatchQueries
@@ -57,6 +54,7 @@ from batchrunner.ledger.records import (
     ModelTotals,
     utcnow,
 )
+from batchrunner.ledger.runs import RunQueries, run_is_live
 from batchrunner.redact import mask_answer
 
 __all__ = ["AttemptRecord", "ClaimedItem", "JobSummary", "Ledger", "utcnow"]
@@ -75,7 +73,6 @@ HINTS = {
     "File exists": " (a file stands where the ledger's folder should be)",
 }
 PAGE_SIZE = 1000
-STALE_HEARTBEAT = timedelta(seconds=60)
 
 jobs_t = cast(Table, Job.__table__)
 items_t = cast(Table, Item.__table__)
@@ -83,7 +80,7 @@ attempts_t = cast(Table, Attempt.__table__)
 runs_t = cast(Table, Run.__table__)
 
 
-class Ledger(BatchQueries):
+class Ledger(BatchQueries, RunQueries):
     """The ledger at one database URL; migrated to the latest schema when opened."""
 
     def __init__(self, url: str) -> None:
@@ -261,7 +258,7 @@ class Ledger(BatchQueries):
             ).first()
             since = run.started_at if run is not None else job.created_at
             summary.run_started_at = run.started_at if run is not None else None
-            summary.live_run = run is not None and _run_is_live(run, utcnow())
+            summary.live_run = run is not None and run_is_live(run, utcnow())
             rows = conn.execute(
                 select(
                     items_t.c.state,
@@ -324,93 +321,6 @@ class Ledger(BatchQueries):
         return summary
 
     # -- runs ---------------------------------------------------------------------------------
-
-    def start_run(self, job_id: int, max_attempts: int) -> str:
-        """Register this process as the job's one live run, put the items a dead run left
-        half-done back to pending, and fail those that already used every attempt (their last
-        error stays). Refuse if another live run has the job."""
-        now = utcnow()
-        run_id = str(uuid.uuid4())
-        with self._write("start a run in") as conn:
-            # PostgreSQL: two processes starting the job at once queue up here, so the second
-            # sees the first one's run (SQLite's BEGIN IMMEDIATE already serialises them).
-            conn.execute(select(jobs_t.c.id).where(jobs_t.c.id == job_id).with_for_update())
-            for run in conn.execute(
-                select(runs_t).where(runs_t.c.job_id == job_id, runs_t.c.ended_at.is_(None))
-            ):
-                if _run_is_live(run, now):
-                    raise JobBusyError(
-                        f"job {job_id} is already running in process {run.pid} on "
-                        f"{run.hostname} (last heartbeat {(now - run.heartbeat_at).seconds}s "
-                        "ago); wait for it to finish or stop it first"
-                    )
-                conn.execute(update(runs_t).where(runs_t.c.id == run.id).values(ended_at=now))
-            conn.execute(  # a remote batch's items stay with it (see ledger/batches.py)
-                update(items_t)
-                .where(
-                    items_t.c.job_id == job_id,
-                    items_t.c.state == RUNNING,
-                    items_t.c.batch_id.is_(None),
-                )
-                .values(state=PENDING, run_id=None, updated_at=now)
-            )
-            conn.execute(
-                update(items_t)
-                .where(
-                    items_t.c.job_id == job_id,
-                    items_t.c.state == PENDING,
-                    items_t.c.attempts >= max_attempts,
-                )
-                .values(state=FAILED, updated_at=now, finished_at=now)
-            )
-            conn.execute(
-                insert(runs_t),
-                {
-                    "id": run_id,
-                    "job_id": job_id,
-                    "hostname": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "started_at": now,
-                    "heartbeat_at": now,
-                },
-            )
-            conn.execute(
-                update(jobs_t)
-                .where(jobs_t.c.id == job_id)
-                .values(state=RUNNING, started_at=func.coalesce(jobs_t.c.started_at, now))
-            )
-        return run_id
-
-    def heartbeat(self, run_id: str) -> None:
-        with self._write("update the heartbeat in") as conn:
-            conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(heartbeat_at=utcnow()))
-
-    def end_run(self, job_id: int, run_id: str) -> str:
-        """Release what this run still holds and settle the job's state; return that state."""
-        now = utcnow()
-        with self._write("end the run in") as conn:
-            conn.execute(
-                update(items_t)
-                .where(
-                    items_t.c.job_id == job_id,
-                    items_t.c.state == RUNNING,
-                    items_t.c.run_id == run_id,
-                )
-                .values(state=PENDING, run_id=None, updated_at=now)
-            )
-            conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(ended_at=now))
-            unfinished = conn.execute(
-                select(func.count())
-                .select_from(items_t)
-                .where(items_t.c.job_id == job_id, items_t.c.state.in_((PENDING, RUNNING)))
-            ).scalar_one()
-            state = "stopped" if unfinished else "completed"
-            conn.execute(
-                update(jobs_t)
-                .where(jobs_t.c.id == job_id)
-                .values(state=state, finished_at=None if unfinished else now)
-            )
-        return state
 
     # -- items --------------------------------------------------------------------------------
 
@@ -539,20 +449,6 @@ def next_not_before_query(job_id: int, now: datetime) -> Executable:
         items_t.c.state == literal(PENDING, literal_execute=True),
         items_t.c.not_before > now,
     )
-
-
-def _run_is_live(run: Any, now: datetime) -> bool:
-    """A run is live while its heartbeat is fresh and, on this host, its process exists."""
-    if run.ended_at is not None or now - run.heartbeat_at > STALE_HEARTBEAT:
-        return False
-    if run.hostname == socket.gethostname() and run.pid != os.getpid():
-        try:
-            os.kill(run.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-    return True
 
 
 def _refused(exc: DatabaseError) -> bool:

@@ -6,9 +6,11 @@ Data flow: ledger (pending) -> feed -> workers -> transport -> verdict -> writer
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +26,7 @@ from batchrunner.ledger.store import utcnow
 from batchrunner.logs import ATTEMPTS, EVENTS, log_attempt
 from batchrunner.pricing import price_item, price_table_from
 from batchrunner.runner.budget import Budget, Reservation
-from batchrunner.runner.limits import Throttle
+from batchrunner.runner.limits import ServerLimits, Throttle
 from batchrunner.runner.retry import (
     FAIL,
     RETRY,
@@ -66,8 +68,11 @@ class ConcurrentRunner:
         transport: HttpTransport,
         on_flush: Callable[[list[AttemptRecord]], None] | None = None,
         seed: int | None = None,
+        shared: bool = False,
     ) -> None:
         self._ledger = ledger
+        self._shared = shared  # a worker: other processes work on the same job
+        self._claim_page = min(CLAIM_PAGE, 2 * settings.concurrency) if shared else CLAIM_PAGE
         self._job_id = job_id
         self._settings = settings
         self._transport = transport
@@ -90,7 +95,13 @@ class ConcurrentRunner:
     async def run(self, handle_signals: bool = False) -> RunReport:
         settings = self._settings
         self._run_id = await anyio.to_thread.run_sync(
-            self._ledger.start_run, self._job_id, settings.max_attempts
+            functools.partial(
+                self._ledger.start_run,
+                self._job_id,
+                settings.max_attempts,
+                shared=self._shared,
+                lease_s=settings.lease_s,
+            )
         )
         if settings.budget is not None:
             spent = (await anyio.to_thread.run_sync(self._ledger.summary, self._job_id)).cost_usd
@@ -115,12 +126,23 @@ class ConcurrentRunner:
         except BaseExceptionGroup as group:
             raise _first_deliberate(group) from None
         finally:
+            failing = sys.exc_info()[1] is not None
             await self._writer.flush_remaining()
             with anyio.CancelScope(shield=True):
-                state = await anyio.to_thread.run_sync(
-                    self._ledger.end_run, self._job_id, self._run_id
-                )
+                state = await self._end_run(keep_first_error=failing)
         return RunReport(self._job_id, state, self._stop_reason if state != "completed" else None)
+
+    async def _end_run(self, keep_first_error: bool) -> str:
+        """Release this run's items. When the run is already failing (the ledger refused a
+        write, say), a second refusal here must not hide the first one."""
+        try:
+            return await anyio.to_thread.run_sync(
+                self._ledger.end_run, self._job_id, self._run_id, self._settings.lease_s
+            )
+        except BatchrunnerError:
+            if keep_first_error:
+                return "stopped"
+            raise
 
     async def _watch_signals(self, scope: CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -136,18 +158,34 @@ class ConcurrentRunner:
                     scope.cancel()
 
     async def _heartbeat(self) -> None:
+        """Say this run is alive; a worker also takes back the items of dead workers and
+        re-splits the job's limits among the live ones."""
         while True:
-            await anyio.sleep(HEARTBEAT_S)
+            await anyio.sleep(min(HEARTBEAT_S, self._settings.lease_s / 4))
             await anyio.to_thread.run_sync(self._ledger.heartbeat, self._run_id)
+            if self._shared:
+                await self._share_the_job()
+
+    async def _share_the_job(self) -> None:
+        lease = self._settings.lease_s
+        live = await anyio.to_thread.run_sync(self._ledger.reclaim, self._job_id, lease)
+        self._throttle.share_with(max(1, live))
+        options, _ = await anyio.to_thread.run_sync(self._ledger.job_options, self._job_id)
+        told = ServerLimits(options.get("server_rpm"), None, None, options.get("server_tpm"))
+        self._throttle.observe(told)
+        mine = self._throttle.learned
+        if (mine.limit_requests, mine.limit_tokens) != (told.limit_requests, told.limit_tokens):
+            learned = {"server_rpm": mine.limit_requests, "server_tpm": mine.limit_tokens}
+            await anyio.to_thread.run_sync(self._ledger.update_job_options, self._job_id, learned)
 
     async def _feed(self, send: MemoryObjectSendStream[ClaimedItem]) -> None:
         async with send:
             while not self._stopping.is_set():
                 page = await anyio.to_thread.run_sync(
-                    self._ledger.claim_pending, self._job_id, self._run_id, CLAIM_PAGE
+                    self._ledger.claim_pending, self._job_id, self._run_id, self._claim_page
                 )
                 if not page:
-                    if not await self._wait_for_deferred():
+                    if not await self._wait_for_deferred() and not await self._wait_for_others():
                         return
                     continue
                 for item in page:
@@ -162,6 +200,21 @@ class ConcurrentRunner:
             return False
         with anyio.move_on_after(max(0.01, (wake - utcnow()).total_seconds())):
             await self._stopping.wait()
+        return not self._stopping.is_set()
+
+    async def _wait_for_others(self) -> bool:
+        """A worker with nothing to claim stays while other workers hold items (if one of them
+        dies, its items come back to pending once its lease is over); False when none do."""
+        if not self._shared:
+            return False
+        held = await anyio.to_thread.run_sync(
+            self._ledger.held_by_others, self._job_id, self._run_id
+        )
+        if not held:
+            return False
+        with anyio.move_on_after(self._settings.lease_s / 4):
+            await self._stopping.wait()
+        await self._share_the_job()
         return not self._stopping.is_set()
 
     async def _work(self, items: MemoryObjectReceiveStream[ClaimedItem]) -> None:

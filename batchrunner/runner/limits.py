@@ -99,13 +99,14 @@ class _Rate:
         self.configured = configured
         self.learned: float | None = None
         self.factor = 1.0
+        self.share = 1  # workers splitting the limit (each takes 1/share of it)
         self.limiter: AsyncLimiter | None = None
         self._rebuild()
 
     @property
     def per_minute(self) -> float | None:
         known = [x for x in (self.configured, self.learned) if x]
-        return min(known) * self.factor if known else None
+        return min(known) * self.factor / self.share if known else None
 
     def _rebuild(self) -> None:
         per_minute = self.per_minute
@@ -126,6 +127,11 @@ class _Rate:
             self._rebuild()
             return True
         return False
+
+    def set_share(self, share: int) -> None:
+        if share != self.share:
+            self.share = max(1, share)
+            self._rebuild()
 
     def set_factor(self, factor: float) -> None:
         if factor != self.factor:
@@ -211,6 +217,20 @@ class Throttle:
         if limits.remaining_tokens is not None and limits.remaining_tokens <= 0:
             refill = 60.0 * EMPTY_REFILL_SHARE  # a slice of the bucket, not all of it
             self._pause(min(limits.reset_tokens or refill, refill), ramp=False)
+
+    def share_with(self, runs: int) -> None:
+        """Take 1/runs of every limit: the job's live workers split it between them."""
+        self._requests.set_share(runs)
+        self._tokens.set_share(runs)
+
+    @property
+    def learned(self) -> ServerLimits:
+        """The limits the server reported, to pass on to the job's other workers."""
+        requests, tokens = self._requests.learned, self._tokens.learned
+        return ServerLimits(
+            limit_requests=int(requests) if requests else None,
+            limit_tokens=int(tokens) if tokens else None,
+        )
 
     def rate_limited(self, wait: float | None) -> None:
         """A 429: every worker waits until the server's time, then the rate ramps back up."""

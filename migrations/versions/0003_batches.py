@@ -17,6 +17,8 @@ down_revision: str | None = "0002"
 branch_labels: str | None = None
 depends_on: str | None = None
 
+SUCCEEDED = "state = 'succeeded'"  # written out: a migration must not change with the models
+
 
 def upgrade() -> None:
     op.create_table(
@@ -51,7 +53,13 @@ def upgrade() -> None:
         "items", sa.Column("reused", sa.Boolean(), nullable=False, server_default=sa.false())
     )
     op.create_index("ix_items_batch_id", "items", ["batch_id"])
-    op.create_index("ix_items_request_hash", "items", ["request_hash"])
+    op.create_index(  # reuse looks only for answers that succeeded
+        "ix_items_request_hash",
+        "items",
+        ["request_hash"],
+        sqlite_where=sa.text(SUCCEEDED),
+        postgresql_where=sa.text(SUCCEEDED),
+    )
 
 
 def downgrade() -> None:

@@ -1,0 +1,234 @@
+"""Who works on a job: runs (one process each), their heartbeats, and taking work back from
+the dead.
+
+A run's id is the claim token of every item it holds: results are written only where the item
+still carries it, so a late answer from a run that lost its items changes nothing. A run is
+dead once its heartbeat is older than the lease (or, on this host, its process is gone); any
+live run of the job then puts the dead run's items back to pending.
+
+`run` takes a job alone (a second one is refused); workers (`shared`) take it together, each
+claiming its own items, on PostgreSQL with FOR UPDATE SKIP LOCKED.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from contextlib import AbstractContextManager
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, func, insert, select, update
+
+from batchrunner.errors import JobBusyError
+from batchrunner.ledger.models import FAILED, PENDING, RUNNING, Attempt, Item, Job, Run
+from batchrunner.ledger.records import utcnow
+
+DEFAULT_LEASE_S = 60.0
+
+jobs_t = cast(Table, Job.__table__)
+items_t = cast(Table, Item.__table__)
+runs_t = cast(Table, Run.__table__)
+attempts_t = cast(Table, Attempt.__table__)
+
+
+def run_is_live(run: Any, now: datetime, lease_s: float = DEFAULT_LEASE_S) -> bool:
+    """A run is live while its heartbeat is fresh and, on this host, its process exists."""
+    if run.ended_at is not None or now - run.heartbeat_at > timedelta(seconds=lease_s):
+        return False
+    if run.hostname == socket.gethostname() and run.pid != os.getpid():
+        try:
+            os.kill(run.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    return True
+
+
+class RunQueries:
+    """Mixed into `Ledger`, which provides the transactions."""
+
+    def _write(self, doing: str) -> AbstractContextManager[Connection]:
+        raise NotImplementedError
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        raise NotImplementedError
+
+    def start_run(
+        self,
+        job_id: int,
+        max_attempts: int,
+        *,
+        shared: bool = False,
+        lease_s: float = DEFAULT_LEASE_S,
+    ) -> str:
+        """Register this process as a run of the job, take back what dead runs held, and fail
+        the items that already used every attempt (their last error stays). Alone (`run`),
+        refuse while another run is live; shared (`worker`), join the live ones."""
+        now = utcnow()
+        run_id = str(uuid.uuid4())
+        with self._write("start a run in") as conn:
+            # PostgreSQL: two processes starting the job at once queue up here, so the second
+            # sees the first one's run (SQLite's BEGIN IMMEDIATE already serialises them).
+            conn.execute(select(jobs_t.c.id).where(jobs_t.c.id == job_id).with_for_update())
+            live = _end_dead_runs(conn, job_id, now, lease_s)
+            if live and not shared:
+                run = live[0]
+                raise JobBusyError(
+                    f"job {job_id} is already running in process {run.pid} on "
+                    f"{run.hostname} (last heartbeat {(now - run.heartbeat_at).seconds}s "
+                    "ago); wait for it to finish or stop it first"
+                )
+            _release_items_of_ended_runs(conn, job_id, now)
+            conn.execute(
+                update(items_t)
+                .where(
+                    items_t.c.job_id == job_id,
+                    items_t.c.state == PENDING,
+                    items_t.c.attempts >= max_attempts,
+                )
+                .values(state=FAILED, updated_at=now, finished_at=now)
+            )
+            conn.execute(
+                insert(runs_t),
+                {
+                    "id": run_id,
+                    "job_id": job_id,
+                    "hostname": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "started_at": now,
+                    "heartbeat_at": now,
+                },
+            )
+            conn.execute(
+                update(jobs_t)
+                .where(jobs_t.c.id == job_id)
+                .values(state=RUNNING, started_at=func.coalesce(jobs_t.c.started_at, now))
+            )
+        return run_id
+
+    def heartbeat(self, run_id: str) -> None:
+        with self._write("update the heartbeat in") as conn:
+            conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(heartbeat_at=utcnow()))
+
+    def reclaim(self, job_id: int, lease_s: float = DEFAULT_LEASE_S) -> int:
+        """Put the items of the job's dead runs back to pending; return how many live runs
+        the job has (this one included), to share its rate limits among them."""
+        now = utcnow()
+        with self._write("take back the work of dead runs in") as conn:
+            live = _end_dead_runs(conn, job_id, now, lease_s)
+            _release_items_of_ended_runs(conn, job_id, now)
+        return len(live)
+
+    def end_run(self, job_id: int, run_id: str, lease_s: float = DEFAULT_LEASE_S) -> str:
+        """Release what this run still holds and settle the job's state; return that state
+        ("completed", or "stopped" with work left; "running" while other runs go on)."""
+        now = utcnow()
+        with self._write("end the run in") as conn:
+            conn.execute(
+                update(items_t)
+                .where(
+                    items_t.c.job_id == job_id,
+                    items_t.c.state == RUNNING,
+                    items_t.c.run_id == run_id,
+                )
+                .values(state=PENDING, run_id=None, updated_at=now)
+            )
+            conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(ended_at=now))
+            unfinished = conn.execute(
+                select(func.count())
+                .select_from(items_t)
+                .where(items_t.c.job_id == job_id, items_t.c.state.in_((PENDING, RUNNING)))
+            ).scalar_one()
+            others = _end_dead_runs(conn, job_id, now, lease_s)
+            state = "stopped" if unfinished else "completed"
+            job_state = "running" if unfinished and others else state
+            conn.execute(
+                update(jobs_t)
+                .where(jobs_t.c.id == job_id)
+                .values(state=job_state, finished_at=None if unfinished else now)
+            )
+        return state
+
+    def held_by_others(self, job_id: int, run_id: str) -> int:
+        """Items other runs are working on: a worker with nothing to claim waits for these
+        (their run may die, and they come back to pending) before it leaves."""
+        with self._read() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(items_t)
+                    .where(
+                        items_t.c.job_id == job_id,
+                        items_t.c.state == RUNNING,
+                        items_t.c.batch_id.is_(None),
+                        items_t.c.run_id != run_id,
+                    )
+                ).scalar_one()
+            )
+
+    def runs_of(self, job_id: int, lease_s: float = DEFAULT_LEASE_S) -> list[dict[str, Any]]:
+        """The job's live runs (workers) with their last heartbeat and their requests in the
+        last minute, for `status`."""
+        now = utcnow()
+        with self._read() as conn:
+            runs = [
+                run
+                for run in conn.execute(
+                    select(runs_t).where(runs_t.c.job_id == job_id, runs_t.c.ended_at.is_(None))
+                )
+                if run_is_live(run, now, lease_s)
+            ]
+            recent: dict[str, int] = dict(
+                conn.execute(
+                    select(attempts_t.c.run_id, func.count())
+                    .where(
+                        attempts_t.c.job_id == job_id,
+                        attempts_t.c.ended_at >= now - timedelta(seconds=60),
+                        attempts_t.c.run_id.in_([run.id for run in runs]),
+                    )
+                    .group_by(attempts_t.c.run_id)
+                ).all()
+            )
+        return [
+            {
+                "id": run.id,
+                "hostname": run.hostname,
+                "pid": run.pid,
+                "started_at": run.started_at,
+                "heartbeat_at": run.heartbeat_at,
+                "requests_last_minute": int(recent.get(run.id, 0)),
+            }
+            for run in runs
+        ]
+
+
+def _end_dead_runs(conn: Connection, job_id: int, now: datetime, lease_s: float) -> list[Any]:
+    """Mark the job's dead runs ended; return the live ones."""
+    live = []
+    for run in conn.execute(
+        select(runs_t).where(runs_t.c.job_id == job_id, runs_t.c.ended_at.is_(None))
+    ):
+        if run_is_live(run, now, lease_s):
+            live.append(run)
+        else:
+            conn.execute(update(runs_t).where(runs_t.c.id == run.id).values(ended_at=now))
+    return live
+
+
+def _release_items_of_ended_runs(conn: Connection, job_id: int, now: datetime) -> None:
+    """Items held by runs that ended (or by none) go back to pending; a remote batch's items
+    stay with their batch (see ledger/batches.py)."""
+    ended = select(runs_t.c.id).where(runs_t.c.job_id == job_id, runs_t.c.ended_at.is_not(None))
+    conn.execute(
+        update(items_t)
+        .where(
+            items_t.c.job_id == job_id,
+            items_t.c.state == RUNNING,
+            items_t.c.batch_id.is_(None),
+            (items_t.c.run_id.is_(None) | items_t.c.run_id.in_(ended)),
+        )
+        .values(state=PENDING, run_id=None, updated_at=now)
+    )
