@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import random
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -75,6 +76,8 @@ class FakeServer:
         self.requests_by_id: Counter[str] = Counter()
         self.status_counts: Counter[int] = Counter()
         self.total_requests = 0
+        self.first_request_at: float | None = None  # monotonic, to measure request rates
+        self.last_request_at: float | None = None
         self.base_url = ""
         self._random = random.Random(self.config.seed)
         self._buckets: dict[str, Bucket] = {}
@@ -85,6 +88,7 @@ class FakeServer:
         self.requests_by_id.clear()
         self.status_counts.clear()
         self.total_requests = 0
+        self.first_request_at = self.last_request_at = None
 
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -193,6 +197,9 @@ class FakeServer:
         request_id = unquote(header) if header else "sha1:" + hashlib.sha1(raw).hexdigest()
         self.requests_by_id[request_id] += 1
         self.total_requests += 1
+        self.last_request_at = time.monotonic()
+        if self.first_request_at is None:
+            self.first_request_at = self.last_request_at
         return request_id
 
     def _take_limits(self, model: str, tokens: int) -> dict[str, str] | ErrorAnswer:

@@ -106,6 +106,8 @@ class ConcurrentRunner:
         if settings.budget is not None:
             spent = (await anyio.to_thread.run_sync(self._ledger.summary, self._job_id)).cost_usd
             self._budget = Budget(settings.budget, spent or 0.0, self._prices)
+        if self._shared:
+            await self._join()
         try:
             async with anyio.create_task_group() as background:
                 if handle_signals:
@@ -161,10 +163,22 @@ class ConcurrentRunner:
         """Say this run is alive; a worker also takes back the items of dead workers and
         re-splits the job's limits among the live ones."""
         while True:
-            await anyio.sleep(min(HEARTBEAT_S, self._settings.lease_s / 4))
+            await anyio.sleep(self._heartbeat_s)
             await anyio.to_thread.run_sync(self._ledger.heartbeat, self._run_id)
             if self._shared:
                 await self._share_the_job()
+
+    async def _join(self) -> None:
+        """A joining worker waits one heartbeat, so the workers already running see it and
+        shrink their share of the limits before it sends at its own."""
+        await self._share_the_job()
+        if self._throttle.requests_per_minute or self._throttle.tokens_per_minute:
+            await anyio.sleep(self._heartbeat_s)
+            await self._share_the_job()
+
+    @property
+    def _heartbeat_s(self) -> float:
+        return min(HEARTBEAT_S, self._settings.lease_s / 4)
 
     async def _share_the_job(self) -> None:
         lease = self._settings.lease_s

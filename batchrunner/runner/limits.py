@@ -7,7 +7,7 @@ names, then the rate ramps back up from half over `RAMP_S`.
 
 Built on aiolimiter, around its sharp edges:
 - its bucket starts empty, so `AsyncLimiter(rpm, 60)` would let a whole minute's requests
-  through in the first second: each limit is a per-second rate with one second of burst;
+  through in the first second: each limit is a per-second rate with a quarter second of burst;
 - it cannot change its rate: a new limiter replaces the old one when a limit changes;
 - it serves small waiters first, which would starve large requests: acquisitions queue through
   one FIFO lock, so at most one task waits inside a limiter at a time;
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import anyio
 from aiolimiter import AsyncLimiter
 
+BURST_S = 0.25  # a bucket holds this much of a second: small bursts, even when rebuilt
 PAUSE_CAP_S = 60.0  # longer waits defer the item instead of pausing every worker
 DEFAULT_PAUSE_S = 1.0  # a 429 that names no time
 RAMP_S = 10.0
@@ -114,7 +115,7 @@ class _Rate:
             self.limiter = None
             return
         per_second = per_minute / 60.0
-        capacity = max(1.0, per_second)
+        capacity = max(1.0, per_second * BURST_S)
         self.limiter = AsyncLimiter(capacity, capacity / per_second)
 
     def learn(self, limit: int) -> bool:
@@ -196,10 +197,11 @@ class Throttle:
 
     def settle(self, estimated: int, actual: int | None) -> None:
         """Carry the difference between a request's estimated and actual tokens forward."""
-        if actual is not None and self._tokens.limiter is not None:
+        per_minute = self._tokens.per_minute
+        if actual is not None and per_minute:
             self._token_credit += estimated - actual
-            bucket = self._tokens.limiter.max_rate
-            self._token_credit = max(-bucket, min(bucket, self._token_credit))
+            second = per_minute / 60.0  # never carry more than a second of the limit
+            self._token_credit = max(-second, min(second, self._token_credit))
 
     def observe(self, limits: ServerLimits) -> None:
         """Learn from an answer's headers: tighter limits, and a short pause when the server
