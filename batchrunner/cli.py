@@ -23,10 +23,11 @@ from batchrunner.estimate import (
     estimate_line,
     format_estimate,
 )
-from batchrunner.export import FORMATS, write_errors, write_results
+from batchrunner.export import FORMATS, write_errors, write_results, write_usage
 from batchrunner.fake import FakeConfig, serve_forever
 from batchrunner.jobfile import ENDPOINTS, JobDefaults, check_job_file, normalize_endpoint
 from batchrunner.ledger import Ledger, database_url, describe
+from batchrunner.ledger.batches import BATCH_STATES
 from batchrunner.logs import configure
 from batchrunner.pricing import load_price_file, price_table_as_dict
 from batchrunner.progress import BatchProgressBar, ProgressBar
@@ -338,7 +339,12 @@ def status(job: str | None, json_: bool, db: str) -> None:
     ledger = Ledger(db)
     ids = [ledger.find_job(job)] if job else ledger.job_ids()
     statuses = [
-        job_status(ledger.summary(job_id), workers=ledger.runs_of(job_id)) for job_id in ids
+        job_status(
+            ledger.summary(job_id),
+            workers=ledger.runs_of(job_id),
+            batches=ledger.batches_of(job_id, BATCH_STATES),
+        )
+        for job_id in ids
     ]
     if json_:
         click.echo(orjson.dumps({"jobs": statuses}, option=orjson.OPT_INDENT_2).decode())
@@ -398,6 +404,21 @@ def export_errors(job: str | None, output: str | None, db: str) -> None:
         count = write_errors(ledger, job_id, out)
     if output:
         say(f"wrote {count:,} failed items of job {job_id} to {output}")
+
+
+@export.command("usage")
+@click.option("--job", help="Job id or name (default: the latest job).")
+@click.option("-o", "--output", help="Output file (default: stdout).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True)
+@common
+def export_usage(job: str | None, output: str | None, fmt: str, db: str) -> None:
+    """Per item: custom_id, model, mode, tokens and cost."""
+    ledger = Ledger(db)
+    job_id = ledger.find_job(job)
+    with _output(output) as out:
+        count = write_usage(ledger, job_id, out, fmt)
+    if output:
+        say(f"wrote the usage of {count:,} items of job {job_id} to {output}")
 
 
 @cli.command("fake-server")

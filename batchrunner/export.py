@@ -15,6 +15,7 @@ from typing import IO, Any
 
 import orjson
 
+from batchrunner.jobfile import batch_line
 from batchrunner.ledger import Ledger
 from batchrunner.ledger.models import FAILED
 
@@ -148,12 +149,20 @@ def write_results(ledger: Ledger, job_id: int, out: IO[bytes], fmt: str = "jsonl
 
 
 def _write_csv(rows: Iterator[Any], out: IO[bytes], simulated: bool) -> int:
+    records = (dict(zip(CSV_COLUMNS, _csv_row(row, simulated), strict=True)) for row in rows)
+    return _write_csv_records(records, CSV_COLUMNS, out)
+
+
+def _write_csv_records(
+    records: Iterator[dict[str, Any]], columns: tuple[str, ...], out: IO[bytes]
+) -> int:
+    """A header, then one row per record, streamed."""
     text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
     writer = csv.writer(text)
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(columns)
     count = 0
-    for row in rows:
-        writer.writerow(_csv_row(row, simulated))
+    for record in records:
+        writer.writerow(record[column] for column in columns)
         count += 1
     text.flush()
     text.detach()
@@ -164,14 +173,53 @@ def write_errors(ledger: Ledger, job_id: int, out: IO[bytes]) -> int:
     """The failed items as Batch API lines, with their extra keys: a job file to run again."""
     count = 0
     for row in ledger.iter_items(job_id, states=(FAILED,)):
-        line: dict[str, Any] = {
-            "custom_id": row.custom_id,
-            "method": "POST",
-            "url": row.url,
-            "body": orjson.Fragment(row.body),
-        }
-        if row.extra:
-            line.update(orjson.loads(row.extra))
-        out.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+        out.write(batch_line(row.custom_id, row.url, row.body, row.extra))
         count += 1
     return count
+
+
+USAGE_COLUMNS = (
+    "custom_id",
+    "model",
+    "mode",
+    "status",
+    "attempts",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "reused",
+)
+
+
+def write_usage(ledger: Ledger, job_id: int, out: IO[bytes], fmt: str = "jsonl") -> int:
+    """Per item: model, mode, tokens and cost, for accounting and charge-back."""
+    mode = ledger.summary(job_id).mode
+    records = (
+        dict(zip(USAGE_COLUMNS, _usage_row(row, mode), strict=True))
+        for row in ledger.iter_items(job_id)
+    )
+    if fmt == "csv":
+        return _write_csv_records(records, USAGE_COLUMNS, out)
+    count = 0
+    for record in records:
+        out.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        count += 1
+    return count
+
+
+def _usage_row(row: Any, mode: str) -> tuple[Any, ...]:
+    return (
+        row.custom_id,
+        row.model,
+        mode,
+        row.state,
+        row.attempts,
+        row.input_tokens,
+        row.cached_tokens,
+        row.output_tokens,
+        row.reasoning_tokens,
+        row.cost_usd,
+        bool(row.reused),
+    )

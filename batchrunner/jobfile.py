@@ -328,3 +328,17 @@ def read_job_items(path: str, defaults: JobDefaults) -> Iterator[JobItem]:
             yield parse_line(raw, number, defaults)
         except _LineError as exc:  # the file changed since it was checked
             raise JobFileError([Problem(path, number, str(exc))]) from None
+
+
+def batch_line(custom_id: str, url: str, body: str, extra: str | None = None) -> bytes:
+    """One Batch API line (what a job file holds and what a batch input file needs), with the
+    stored body and extra keys spliced in as the JSON they were."""
+    line: dict[str, Any] = {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": url,
+        "body": orjson.Fragment(body),
+    }
+    if extra:
+        line.update(orjson.loads(extra))
+    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from batchrunner.ledger import JobSummary
 from batchrunner.ledger.models import FINISHED_STATES, ITEM_STATES
 from batchrunner.ledger.store import utcnow
@@ -18,6 +20,7 @@ def job_status(
     summary: JobSummary,
     now: datetime | None = None,
     workers: list[dict[str, Any]] | None = None,
+    batches: list[Any] | None = None,
 ) -> dict[str, Any]:
     """The `status --json` record of one job."""
     now = now or utcnow()
@@ -69,6 +72,7 @@ def job_status(
         "started_at": _iso(summary.started_at),
         "finished_at": _iso(summary.finished_at),
         "options": summary.options,
+        "batches": [_batch(b) for b in batches or []],
         "workers": [
             {
                 **worker,
@@ -101,6 +105,8 @@ def format_job(status: dict[str, Any]) -> str:
     if status["rate_per_s"] is not None:
         eta = f", ETA {_duration(status['eta_s'])}" if status["eta_s"] is not None else ""
         lines.append(f"  rate: {status['rate_per_s']:.1f} items/s{eta}")
+    if status["batches"]:
+        lines.append("  " + _batches_line(status["batches"]))
     for worker in status["workers"]:
         lines.append(
             f"  worker {worker['hostname']}:{worker['pid']}: "
@@ -118,6 +124,37 @@ def _counts_line(status: dict[str, Any]) -> str:
     line = ", ".join(f"{state} {counts[state]:,}" for state in ITEM_STATES if counts[state])
     if status["reused"]:
         line += f" ({status['reused']:,} reused from earlier jobs, at no cost)"
+    return line
+
+
+def _batch(row: Any) -> dict[str, Any]:
+    """One Batch API batch as `status --json` shows it; `usage` is what the API reported."""
+    return {
+        "id": row.id,
+        "remote_id": row.remote_id,
+        "state": row.state,
+        "remote_status": row.remote_status,
+        "model": row.model,
+        "requests": row.request_count,
+        "completed": row.completed,
+        "failed": row.failed,
+        "usage": orjson.loads(row.usage) if row.usage else None,
+    }
+
+
+def _batches_line(batches: list[dict[str, Any]]) -> str:
+    """Batches by remote status, and the API's own token count beside the items' sums."""
+    by_status: dict[str, int] = {}
+    for batch in batches:
+        name = batch["remote_status"] or batch["state"]
+        by_status[name] = by_status.get(name, 0) + 1
+    states = ", ".join(f"{name} {n}" for name, n in sorted(by_status.items()))
+    line = f"batches: {len(batches)} ({states})"
+    reported = [b["usage"] for b in batches if b["usage"]]
+    if reported:
+        given = sum(u.get("input_tokens", 0) for u in reported)
+        made = sum(u.get("output_tokens", 0) for u in reported)
+        line += f"; the API reports {given:,} in / {made:,} out"
     return line
 
 

@@ -17,6 +17,7 @@ from batchrunner.runner.batch_api import BatchApi, RemoteBatch
 from batchrunner.runner.concurrent import RunReport
 from batchrunner.settings import RunSettings
 from tests.conftest import chat_line, write_jsonl
+from tests.test_cli import invoke, status_json
 from tests.test_run import exported, run
 
 POLL_S = 0.05
@@ -66,6 +67,9 @@ def test_1200_items_become_3_batches_and_export_like_a_concurrent_run(
         500,
         500,
     ]
+    (status,) = [s for s in status_json(db_url)["jobs"] if s["id"] == job]
+    assert [b["remote_status"] for b in status["batches"]] == ["completed"] * 3
+    assert "batches: 3 (completed 3)" in invoke("status", str(job), "--db", db_url).stdout
     in_batches = exported(ledger, job)
     concurrent_ledger, concurrent_job = submit_concurrent(tmp_path, db_url, fake, lines)
     in_concurrent = exported(concurrent_ledger, concurrent_job)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import random
 from pathlib import Path
@@ -136,3 +138,25 @@ def test_a_stopped_budget_resumes_with_a_higher_one(
     assert final.exit_code == 0
     (status,) = status_json(db_url)["jobs"]
     assert status["counts"]["succeeded"] == 100 and status["cost_usd"] <= 1
+
+
+def test_usage_export_lists_model_mode_tokens_and_cost_per_item(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    lines = [chat_line(0), chat_line(1, model="gpt-4.1-mini"), chat_line(2, "[fake:400]")]
+    job = write_jsonl(tmp_path / "u.jsonl", lines)
+    assert invoke("submit", str(job), "--db", db_url, "--base-url", fake.base_url).exit_code == 1
+    rows = list(csv.DictReader(io.StringIO(invoke("export", "usage", "--db", db_url).stdout)))
+    assert [(r["custom_id"], r["model"], r["mode"], r["status"]) for r in rows] == [
+        ("item-0", "gpt-4o-mini", "concurrent", "succeeded"),
+        ("item-1", "gpt-4.1-mini", "concurrent", "succeeded"),
+        ("item-2", "gpt-4o-mini", "concurrent", "failed"),
+    ]
+    assert rows[2]["cost_usd"] == "" and int(rows[0]["input_tokens"]) > 0
+    as_json = [
+        json.loads(x)
+        for x in invoke("export", "usage", "--format", "jsonl", "--db", db_url).stdout.splitlines()
+    ]
+    status = status_json(db_url)["jobs"][0]
+    assert sum(r["cost_usd"] or 0 for r in as_json) == pytest.approx(status["cost_usd"])
+    assert status["models"]["gpt-4.1-mini"]["items"] == 1

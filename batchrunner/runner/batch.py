@@ -24,6 +24,7 @@ from typing import Any
 import openai
 import orjson
 
+from batchrunner.jobfile import batch_line
 from batchrunner.ledger import Ledger
 from batchrunner.ledger.batches import (
     ABANDONED,
@@ -354,9 +355,3 @@ def _refused(custom_id: str, problem: BatchProblem) -> SettledLine:
         cost_usd=None,
         finish_reason=None,
     )
-
-
-def batch_line(custom_id: str, url: str, body: str) -> bytes:
-    """One Batch API input line; the body is spliced in as the JSON it was stored as."""
-    line = {"custom_id": custom_id, "method": "POST", "url": url, "body": orjson.Fragment(body)}
-    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
