@@ -1,0 +1,122 @@
+"""Latency-bound throughput: 5,000 requests at concurrency 500 against batchrunner's fake server
+answering after 200 ms (its own process and core). Ideal rate = concurrency / latency = 2,500/s.
+
+batchrunner end to end (submit + run, temp SQLite ledger) against the ideal (target >= 90%),
+and against a bare aiohttp + orjson loop on the same server in the same run (what the server
+and the machine allow at all).
+
+    python bench/latency.py [--requests 5000] [--concurrency 500] [--latency-ms 200] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from common import (
+    ServerProcess,
+    bare_aiohttp,
+    batchrunner_e2e,
+    bounded,
+    cpu_shares,
+    median,
+    print_header,
+    print_table,
+    sqlite_url,
+    temp_dir,
+    verdict,
+    warm_imports,
+    write_job_file,
+)
+
+TARGET_SHARE_OF_IDEAL = 0.9
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=5_000)
+    parser.add_argument("--concurrency", type=int, default=500)
+    parser.add_argument("--latency-ms", type=float, default=200.0)
+    parser.add_argument(
+        "--jitter-ms", type=float, default=0.0, help="extra random latency, 0 to this (mean/2)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats; median")
+    parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per measurement")
+    parser.add_argument("--quick", action="store_true", help="one round of 2,000 requests")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.requests, args.rounds = min(args.requests, 2_000), 1
+        args.time_limit = min(args.time_limit, 30.0)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ.pop("OPENAI_API_KEY", None)
+    print_header("latency")
+    warm_imports()
+    ideal = args.concurrency / ((args.latency_ms + args.jitter_ms / 2) / 1000)
+    bare: list[float] = []
+    total: list[float] = []
+    run: list[float] = []
+    config = {"latency_ms": args.latency_ms, "latency_jitter_ms": args.jitter_ms, "seed": 1}
+    with ServerProcess("fake", config) as server, temp_dir() as folder:
+        print(
+            f"   fake server ({args.latency_ms:.0f} ms + 0-{args.jitter_ms:.0f} ms) at "
+            f"{server.base_url}{server.placement}"
+        )
+        job = write_job_file(folder / "job.jsonl", args.requests)
+        for round_number in range(args.rounds):
+            with cpu_shares(server.pid) as a_cpu:
+                a = bounded(bare_aiohttp(server.base_url, args.requests, args.concurrency), 120)
+            if a.statuses != {200: args.requests}:
+                raise SystemExit(f"bare aiohttp got {dict(a.statuses)}")
+            db = sqlite_url(folder / f"ledger-{round_number}.db")
+            with cpu_shares(server.pid) as c_cpu:
+                e2e = batchrunner_e2e(
+                    server.base_url, job, db, args.time_limit, concurrency=args.concurrency
+                )
+            if e2e.counts != {"succeeded": args.requests}:
+                raise SystemExit(f"batchrunner did not finish cleanly: {e2e}")
+            bare.append(a.rate)
+            total.append(args.requests / e2e.total_s)
+            run.append(args.requests / e2e.run_s)
+            print(
+                f"   round {round_number + 1}: bare {a.rate:,.0f}/s, batchrunner e2e "
+                f"{total[-1]:,.0f}/s (ingest {e2e.ingest_s:.2f} s + run {e2e.run_s:.2f} s); CPU "
+                f"bare: client {a_cpu['client']:.0%} server {a_cpu['server']:.0%}, batchrunner: "
+                f"client {c_cpu['client']:.0%} server {c_cpu['server']:.0%}; "
+                f"{e2e.attempts / max(e2e.commits, 1):.0f} results per ledger commit",
+                flush=True,
+            )
+    print()
+    print(
+        f"{args.requests:,} requests, concurrency {args.concurrency}, latency "
+        f"{args.latency_ms:.0f} ms (+ 0-{args.jitter_ms:.0f} ms): ideal {ideal:,.0f} items/s "
+        f"(median of {args.rounds} round(s))"
+    )
+    rows = [
+        ["a: aiohttp+orjson", median(bare), median(bare) / ideal, None],
+        [
+            "c: batchrunner e2e (submit + run)",
+            median(total),
+            median(total) / ideal,
+            median(total) / median(bare),
+        ],
+        [
+            "c: batchrunner run phase only",
+            median(run),
+            median(run) / ideal,
+            median(run) / median(bare),
+        ],
+    ]
+    print_table(["client", "items/s", "of ideal", "vs a"], rows)
+    share = median(total) / ideal
+    print(
+        f"batchrunner e2e at {share:.0%} of ideal, target >= {TARGET_SHARE_OF_IDEAL:.0%}: "
+        f"{verdict(share >= TARGET_SHARE_OF_IDEAL)}"
+    )
+
+
+if __name__ == "__main__":
+    main()
