@@ -1,4 +1,8 @@
-"""The command line: parse options, call the library, print. The only module that prints."""
+"""The command line: parse options, call the library, print. The only module that prints.
+
+The heavy parts (the openai SDK, the price tables, the encodings, the fake server) are imported
+inside the commands that use them, so that `status` and `export` start quickly.
+"""
 
 from __future__ import annotations
 
@@ -14,25 +18,15 @@ import anyio
 import click
 import orjson
 
-from batchrunner import commands
 from batchrunner.errors import BatchrunnerError
-from batchrunner.estimate import (
-    DEFAULT_OUTPUT,
-    estimate_as_json,
-    estimate_job_file,
-    estimate_line,
-    format_estimate,
-)
 from batchrunner.export import FORMATS, write_errors, write_results, write_usage
-from batchrunner.fake import FakeConfig, serve_forever
 from batchrunner.jobfile import ENDPOINTS, JobDefaults, check_job_file, normalize_endpoint
 from batchrunner.ledger import Ledger, database_url, describe
 from batchrunner.ledger.batches import BATCH_STATES
 from batchrunner.logs import configure
-from batchrunner.pricing import load_price_file, price_table_as_dict
 from batchrunner.progress import BatchProgressBar, ProgressBar
 from batchrunner.redact import install_excepthook, mask
-from batchrunner.settings import RunSettings
+from batchrunner.settings import DEFAULT_OUTPUT, RunSettings
 from batchrunner.status import format_job, job_status
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -100,6 +94,8 @@ def run_options(func: F) -> F:
 def _overrides(**values: Any) -> dict[str, Any]:
     """Run options as settings; a --prices file is read now and kept with the job."""
     if values.get("prices") is not None:
+        from batchrunner.pricing import load_price_file, price_table_as_dict
+
         values["prices"] = price_table_as_dict(load_price_file(values["prices"]))
     return {k: v for k, v in values.items() if v is not None}
 
@@ -157,6 +153,8 @@ def submit(
     **run: Any,
 ) -> None:
     """Validate FILE, record every request in the ledger, and run the job."""
+    from batchrunner import commands
+
     settings = RunSettings().merged(_overrides(**run))
     if not simulate and not detach:
         commands.api_key_for(settings)
@@ -183,6 +181,8 @@ def submit(
         say(f"--redact masked {submitted.redacted:,} card numbers and keys in the prompts")
     if reuse:
         say(f"--reuse: {submitted.reused:,} answered by earlier jobs (no request, no cost)")
+    from batchrunner.estimate import estimate_line
+
     say(estimate_line(submitted.estimate, mode))
     if detach:
         say(f"run it with: batchrunner run {submitted.job_id}")
@@ -198,6 +198,7 @@ def submit(
 def run(job: str | None, wait: bool, poll_interval: float, db: str, **run: Any) -> None:
     """Run or resume JOB's unfinished items (default: the latest job); in batch mode, submit
     what is pending and settle the batches that ended (all of it, with --wait)."""
+
     ledger = Ledger(db)
     job_id = ledger.find_job(job)
     sys.exit(_run_with_progress(ledger, job_id, _overrides(**run), wait, poll_interval))
@@ -219,6 +220,8 @@ def worker(
 ) -> None:
     """Work on jobs beside other workers (any machine, one shared PostgreSQL ledger): claim
     items, send them, and leave when no work is left."""
+    from batchrunner import commands
+
     if bool(jobs) == all_jobs:
         raise click.UsageError("give --job JOB (one or more) or --all")
     ledger = Ledger(db)
@@ -241,6 +244,8 @@ def worker(
 @common
 def cancel(job: str | None, db: str) -> None:
     """Cancel JOB: its remote batches and its pending items; what finished stays."""
+    from batchrunner import commands
+
     ledger = Ledger(db)
     job_id = ledger.find_job(job)
     count = commands.cancel_job(ledger, job_id)
@@ -250,6 +255,8 @@ def cancel(job: str | None, db: str) -> None:
 def _run_with_progress(
     ledger: Ledger, job_id: int, overrides: dict[str, Any], wait: bool, poll_s: float
 ) -> int:
+    from batchrunner import commands
+
     if ledger.summary(job_id).mode == "batch":
         return _run_batches_with_progress(ledger, job_id, overrides, wait, poll_s)
     before = job_status(ledger.summary(job_id))
@@ -297,6 +304,9 @@ def estimate(
     json_: bool,
 ) -> None:
     """Tokens and cost of FILE in both modes, counted offline before anything is sent."""
+    from batchrunner.estimate import estimate_as_json, estimate_job_file, format_estimate
+    from batchrunner.pricing import load_price_file
+
     try:
         defaults = JobDefaults(endpoint=normalize_endpoint(endpoint), model=model)
         check_job_file(file, defaults)
@@ -314,6 +324,8 @@ def estimate(
 def _run_batches_with_progress(
     ledger: Ledger, job_id: int, overrides: dict[str, Any], wait: bool, poll_s: float
 ) -> int:
+    from batchrunner import commands
+
     bar = BatchProgressBar(ledger.summary(job_id).item_count)
     try:
         report = commands.run_batch_job(
@@ -433,6 +445,8 @@ def export_usage(job: str | None, output: str | None, fmt: str, db: str) -> None
 @click.option("--seed", type=int)
 def fake_server(host: str, port: int, **knobs: Any) -> None:
     """Serve the fake OpenAI-compatible API, to rehearse a pipeline without a key."""
+    from batchrunner.fake import FakeConfig, serve_forever
+
     config = FakeConfig(**knobs)
     say(f"fake OpenAI-compatible server on http://{host}:{port}/v1 (Ctrl-C to stop)")
     serve_forever(host, port, config)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from batchrunner.ledger import AttemptRecord
-from batchrunner.runner.batch import BatchProgress
+
+if TYPE_CHECKING:
+    from batchrunner.runner.batch import BatchProgress
 
 
 class ProgressBar:

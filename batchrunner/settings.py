@@ -9,6 +9,7 @@ from typing import Any
 from yarl import URL
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_OUTPUT = 256  # output tokens assumed for a chat/responses request that sets no cap
 
 
 @dataclass(frozen=True)

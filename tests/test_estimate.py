@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,12 +15,13 @@ import pytest
 from batchrunner.errors import JobFileError
 from batchrunner.estimate import (
     DEFAULT_OUTPUT,
+    EstimateBuilder,
     estimate_as_json,
     estimate_items,
     estimate_job_file,
     format_estimate,
 )
-from batchrunner.jobfile import CHAT, JobItem
+from batchrunner.jobfile import CHAT, JobDefaults, JobItem, read_job_items
 from batchrunner.pricing import load_price_file
 from tests.conftest import write_jsonl
 
@@ -135,3 +137,28 @@ def test_memory_stays_flat_with_the_number_of_items() -> None:
     estimate_items(_items(2_000), when=WHEN)  # warm the encoder and the price caches
     small, large = _peak_bytes(2_000), _peak_bytes(20_000)
     assert large < small + 1_000_000, (small, large)
+
+
+def test_submit_s_sampled_estimate_is_close_to_counting_every_request(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    words = ["alpha", "beta", "gamma", "delta", "epsilon"]
+    lines = []
+    for i in range(6000):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 120)))
+        body: dict[str, object] = {"model": rng.choice(["gpt-4o-mini", "gpt-4.1-mini"])}
+        body["messages"] = [{"role": "user", "content": text}]
+        if rng.random() < 0.5:
+            body["max_tokens"] = rng.randint(10, 300)
+        lines.append(json.dumps({"custom_id": f"r{i}", **body}))
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    exact = estimate_job_file(str(path))
+    builder = EstimateBuilder(path=str(path))
+    passed = list(builder.passing(read_job_items(str(path), JobDefaults()), exact_first=500))
+    sampled = builder.estimate
+    assert len(passed) == 6000 and sampled.sampled and not exact.sampled
+    assert sampled.requests == exact.requests == 6000
+    for model in exact.models:
+        assert sampled.models[model].requests == exact.models[model].requests
+    assert sampled.input_tokens == pytest.approx(exact.input_tokens, rel=0.05)
+    assert sampled.cost_concurrent == pytest.approx(exact.cost_concurrent, rel=0.05)
