@@ -350,6 +350,8 @@ def status(job: str | None, json_: bool, db: str) -> None:
     """Show JOB (default: all recent jobs) with counts, tokens, cost, progress and rate."""
     ledger = Ledger(db)
     ids = [ledger.find_job(job)] if job else ledger.job_ids()
+    for job_id in ids:
+        _refresh_batches(ledger, job_id)
     statuses = [
         job_status(
             ledger.summary(job_id),
@@ -364,6 +366,18 @@ def status(job: str | None, json_: bool, db: str) -> None:
         say(f"no jobs in {describe(db)}")
     else:
         click.echo("\n".join(format_job(s) for s in statuses))
+
+
+def _refresh_batches(ledger: Ledger, job_id: int) -> None:
+    """A batch job's live batches as the API sees them now; the recorded state if it can't."""
+    if ledger.summary(job_id).mode != "batch":
+        return
+    from batchrunner import commands
+
+    try:
+        commands.refresh_batches(ledger, job_id)
+    except Exception as exc:
+        say(f"warning: could not poll the batches of job {job_id}: {mask(str(exc))}")
 
 
 @cli.group()

@@ -16,6 +16,7 @@ from batchrunner.estimate import Estimate, EstimateBuilder
 from batchrunner.fake import FakeConfig, FakeServer, run_in_thread
 from batchrunner.jobfile import FileSummary, JobDefaults, check_job_file, read_job_items
 from batchrunner.ledger import AttemptRecord, Ledger
+from batchrunner.ledger.batches import SUBMITTED
 from batchrunner.pricing import price_table_from
 from batchrunner.redact import Redactor
 from batchrunner.runner.batch import BatchProgress, BatchRunner
@@ -231,6 +232,18 @@ def _run_batches(
 
         return anyio.run(finish)
     return report
+
+
+def refresh_batches(ledger: Ledger, job_id: int) -> bool:
+    """Ask the API how a batch job's submitted batches stand; False when there is nothing to
+    ask (no such batches, or a simulated job whose fake server is gone)."""
+    _, simulated = ledger.job_options(job_id)
+    if simulated or not ledger.batches_of(job_id, (SUBMITTED,)):
+        return False
+    settings = job_settings(ledger, job_id, {})
+    api = BatchApi(settings.resolved_base_url(), api_key_for(settings), settings.timeout)
+    BatchRunner(ledger, job_id, settings, api).refresh()
+    return True
 
 
 def cancel_job(ledger: Ledger, job_id: int) -> int:

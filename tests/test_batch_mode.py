@@ -204,3 +204,33 @@ def test_a_kill_around_create_never_makes_a_duplicate_batch(
     assert wait_for(Ledger(db_url), job).state == "completed"
     assert fake.batch_api.batches_created == 1
     assert set(fake.batch_api.lines_by_id.values()) == {1}
+
+
+def test_the_budget_bounds_the_worst_case_of_the_batches_submitted(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    lines = [chat_line(i, max_tokens=100) for i in range(300)]  # about $0.0015 per 50 at worst
+    ledger, job = submit(tmp_path, db_url, fake, lines, batch_max_requests=50, budget=0.005)
+    report = wait_for(ledger, job)
+    assert report.state == "stopped" and (report.stop_reason or "").startswith("budget:")
+    assert fake.batch_api.batches_created == 3
+    summary = ledger.summary(job)
+    assert summary.counts == {"succeeded": 150, "pending": 150}
+    assert summary.cost_usd is not None and summary.cost_usd <= 0.005
+    assert wait_for(ledger, job, budget=1.0).state == "completed"
+    assert ledger.summary(job).counts == {"succeeded": 300}
+
+
+def test_status_polls_the_remote_batches_without_settling_them(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    ledger, job = submit(tmp_path, db_url, fake, [chat_line(i) for i in range(40)])
+    assert run_batch_job(ledger, job, FAST, wait=False).state == "submitted"
+    assert [b.remote_status for b in ledger.batches_of(job)] == ["validating"]
+    time.sleep(0.6)  # the fake batch has ended by now
+    (status,) = [s for s in status_json(db_url)["jobs"] if s["id"] == job]
+    assert [(b["remote_status"], b["completed"]) for b in status["batches"]] == [
+        ("completed", 40)
+    ]
+    assert status["counts"]["running"] == 40  # only `run` writes results
+    assert wait_for(ledger, job).state == "completed"

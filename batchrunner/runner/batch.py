@@ -47,9 +47,10 @@ from batchrunner.runner.batch_plan import (
     plan_files,
     within_token_cap,
 )
+from batchrunner.runner.budget import Budget
 from batchrunner.runner.concurrent import RunReport
 from batchrunner.settings import RunSettings
-from batchrunner.tokens import prompt_tokens
+from batchrunner.tokens import output_allowance, prompt_tokens
 
 EVENTS = logging.getLogger("batchrunner")
 JOB_KEY = "batchrunner_job"
@@ -93,6 +94,7 @@ class BatchRunner:
         self._stop_reason: str | None = None
         self._cancelled = False
         self._packed_once = False
+        self._over_budget: str | None = None  # why no more batches go out
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -108,6 +110,7 @@ class BatchRunner:
                 changed = self._poll()
                 live = self._ledger.batches_of(self._job_id)
                 repacking = self._settings.finish != "concurrent" and not self._cancelled
+                repacking = repacking and not self._over_budget
                 done = not live and not (repacking and self._pending())
                 if self._stop_reason or not wait or done:
                     break
@@ -117,6 +120,8 @@ class BatchRunner:
             state = self._ledger.end_run(self._job_id, run_id)
             if self._cancelled:
                 self._ledger.update_job_state(self._job_id, CANCELLED)
+        if self._over_budget and state != "completed" and not self._stop_reason:
+            self._stop_reason = self._over_budget
         if self._ledger.batches_of(self._job_id) and not self._stop_reason:
             if not self._cancelled:
                 self._ledger.update_job_state(self._job_id, "running")  # remote batches go on
@@ -145,13 +150,19 @@ class BatchRunner:
             self._send(batch.id, batch.token, batch.endpoint, batch.state, batch.input_file_id)
             if self._stop_reason:
                 return
-        if self._cancelled or (self._packed_once and self._settings.finish == "concurrent"):
-            return  # nothing new for a cancelled job; expired leftovers may go concurrently
+        if self._over_budget or self._cancelled:
+            return  # nothing new for a cancelled job, or past the budget
+        if self._packed_once and self._settings.finish == "concurrent":
+            return  # expired leftovers are finished concurrently, not repacked
         self._packed_once = True
         enqueued = self._ledger.enqueued_tokens(self._job_id)
-        for planned in plan_files(self._candidates(), self._limits):
+        budget = self._batch_budget()
+        for planned in plan_files(self._candidates(budget), self._limits):
             if self._held(planned, enqueued):
                 continue
+            if budget is not None and budget.reserve(planned.worst_usd) is None:
+                self._over_budget = f"budget: {budget.describe()}; the next batch could pass it"
+                return
             token = str(uuid.uuid4())
             batch_id, assigned = self._ledger.open_batch(
                 self._job_id, token, planned.url, planned.model, planned.item_ids, planned.tokens
@@ -170,12 +181,33 @@ class BatchRunner:
             return True
         return not within_token_cap(enqueued.get(planned.model, 0), planned, self._limits)
 
-    def _candidates(self) -> Iterator[Candidate]:
-        counting = self._limits.max_tokens is not None
+    def _candidates(self, budget: Budget | None) -> Iterator[Candidate]:
+        counting = self._limits.max_tokens is not None or budget is not None
         for row in self._ledger.iter_items(self._job_id, states=(PENDING,)):
-            tokens = prompt_tokens(row.url, orjson.loads(row.body)) if counting else 0
+            body = orjson.loads(row.body) if counting else {}
+            tokens = prompt_tokens(row.url, body) if counting else 0
             size = line_size(row.custom_id, row.url, row.body)
-            yield Candidate(row.id, row.url, row.model, size, tokens)
+            worst = 0.0
+            if budget is not None:
+                worst = budget.worst_case(row.model, tokens, output_allowance(body))
+            yield Candidate(row.id, row.url, row.model, size, tokens, worst)
+
+    def _batch_budget(self) -> Budget | None:
+        """The budget as it stands: what was spent, plus the worst case of every batch still
+        out (the budget bounds what the submitted batches could cost)."""
+        limit = self._settings.budget
+        if limit is None:
+            return None
+        spent = self._ledger.summary(self._job_id).cost_usd or 0.0
+        budget = Budget(limit, spent, self._prices, batch=True)
+        for batch in self._ledger.batches_of(self._job_id):
+            for row in self._ledger.batch_items(batch.id):
+                body = orjson.loads(row.body)
+                worst = budget.worst_case(
+                    batch.model, prompt_tokens(row.url, body), output_allowance(body)
+                )
+                budget.hold(worst)
+        return budget
 
     def _send(
         self, batch_id: int, token: str, endpoint: str, state: str, input_file_id: str | None
@@ -223,6 +255,18 @@ class BatchRunner:
             return self._api.upload(path)
 
     # -- polling and reconciling -----------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Bring the recorded state of the submitted batches up to date (for `status`),
+        without settling any: only `run` writes results."""
+        for batch in self._ledger.batches_of(self._job_id, (SUBMITTED,)):
+            remote = self._api.retrieve(batch.remote_id)
+            self._ledger.update_batch(
+                batch.id,
+                remote_status=remote.status,
+                completed=remote.completed,
+                failed=remote.failed,
+            )
 
     def _poll(self) -> bool:
         """Refresh every submitted batch; settle those that ended. True if anything moved."""

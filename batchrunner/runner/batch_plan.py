@@ -31,6 +31,7 @@ class Candidate:
     model: str
     line_bytes: int
     prompt_tokens: int
+    worst_usd: float = 0.0  # its worst-case cost, when a budget bounds the job
 
 
 @dataclass(slots=True)
@@ -40,6 +41,7 @@ class PlannedFile:
     item_ids: list[int] = field(default_factory=list)
     size: int = 0
     tokens: int = 0
+    worst_usd: float = 0.0
 
     def fits(self, candidate: Candidate, limits: PlanLimits) -> bool:
         if not self.item_ids:
@@ -55,6 +57,7 @@ class PlannedFile:
         self.item_ids.append(candidate.item_id)
         self.size += candidate.line_bytes
         self.tokens += candidate.prompt_tokens
+        self.worst_usd += candidate.worst_usd
 
 
 def line_size(custom_id: str, url: str, body: str) -> int:

@@ -68,6 +68,10 @@ class Budget:
         self.reserved_usd += usd
         return Reservation(usd)
 
+    def hold(self, usd: float) -> None:
+        """Count what is already committed elsewhere (a submitted batch), even past the limit."""
+        self.reserved_usd += usd
+
     def settle(self, reservation: Reservation, cost_usd: float | None, billed: bool) -> None:
         """Release a reservation and count what the request really cost.
 
@@ -80,4 +84,5 @@ class Budget:
             self.spent_usd += reservation.usd
 
     def describe(self) -> str:
-        return f"${self.spent_usd:.4f} of ${self.limit_usd:.4f} spent"
+        held = f", ${self.reserved_usd:.4f} held" if self.reserved_usd else ""
+        return f"${self.spent_usd:.4f} of ${self.limit_usd:.4f} spent{held}"
