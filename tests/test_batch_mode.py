@@ -229,8 +229,33 @@ def test_status_polls_the_remote_batches_without_settling_them(
     assert [b.remote_status for b in ledger.batches_of(job)] == ["validating"]
     time.sleep(0.6)  # the fake batch has ended by now
     (status,) = [s for s in status_json(db_url)["jobs"] if s["id"] == job]
-    assert [(b["remote_status"], b["completed"]) for b in status["batches"]] == [
-        ("completed", 40)
-    ]
+    assert [(b["remote_status"], b["completed"]) for b in status["batches"]] == [("completed", 40)]
     assert status["counts"]["running"] == 40  # only `run` writes results
     assert wait_for(ledger, job).state == "completed"
+
+
+def test_a_batch_the_api_refuses_for_good_stops_the_job_instead_of_retrying(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    fake.batch_api.max_lines = 10  # an account or endpoint with a lower limit
+    ledger, job = submit(tmp_path, db_url, fake, [chat_line(i) for i in range(20)])
+    report = wait_for(ledger, job)
+    assert report.state == "stopped" and "refused" in (report.stop_reason or "")
+    assert ledger.summary(job).counts == {"pending": 20}
+    assert wait_for(ledger, job, batch_max_requests=10).state == "completed"
+    assert fake.batch_api.batches_created == 2
+
+
+def test_cancel_after_a_kill_right_after_create_cancels_the_unrecorded_batch(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    fake.config.batch_in_progress_s = 5.0
+    ledger, job = submit(tmp_path, db_url, fake, [chat_line(i) for i in range(20)])
+    settings = RunSettings(base_url=fake.base_url)
+    with pytest.raises(SystemExit):
+        BatchRunner(ledger, job, settings, DiesAfterCreate(fake.base_url, "sk-x")).run(False)
+    cancel_job(ledger, job)
+    (remote,) = fake.batch_api.batches.values()
+    assert remote.cancelled_at is not None  # the batch the ledger had not recorded
+    assert wait_for(ledger, job).state == "completed"
+    assert ledger.summary(job).counts == {"cancelled": 20}

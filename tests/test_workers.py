@@ -73,6 +73,7 @@ def test_four_workers_share_a_job_and_finish_a_killed_ones_items(
     assert len(resent) <= CONCURRENCY  # only what the killed worker had in flight
     assert fake.first_request_at is not None and fake.last_request_at is not None
     rate_per_minute = fake.total_requests / (fake.last_request_at - fake.first_request_at) * 60
-    assert rate_per_minute <= RPM
+    print(f"combined rate {rate_per_minute:.0f}/min")
+    assert rate_per_minute <= RPM, rate_per_minute
     workers_seen = {row.run_id for row in ledger.iter_items(1)}
     assert len(workers_seen) >= 3  # the work really was shared

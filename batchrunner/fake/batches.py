@@ -10,10 +10,24 @@ would answer it, markers included (`[fake:500]` gives a line with status_code 50
 - `batch_expire_after = N` answers the first N lines and expires the rest (`batch_expired`);
 - `batch_token_limit` fails a batch whose prompt tokens, with those of the unfinished batches,
   exceed it (`token_limit_exceeded`), as the real API does after `create` succeeded.
+
+Validation rejects what the real API rejects: a line that is not a JSON object, a url other than
+the batch's endpoint, a duplicate custom_id, a body without a model, and lines naming more than
+one model (those fail the batch while it validates, naming the line where there is one); an input
+file over `max_lines` requests or `max_bytes` bytes is refused by `create` itself (400), and an
+upload over `max_upload_bytes` by the Files API. The limits are class attributes: a test lowers
+them on its server (`server.batch_api.max_lines = 10`). The output and error files list their
+lines in a shuffled order (seeded by `FakeConfig.seed`), as the real API keeps no input order, and
+a batch reports its `usage` (the sum over its answered lines) as the real API does for new
+batches. `create_delay_s` and `upload_delay_s` hold the answer back once the batch or the file
+exists (setting them back to 0 lets held answers go), for tests that kill a client while its
+request is in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 import uuid
 from collections import Counter
@@ -31,6 +45,13 @@ if TYPE_CHECKING:
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
+USAGE_FIELDS = (
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+)
 
 
 @dataclass
@@ -70,10 +91,17 @@ class FakeBatch:
     error_file_id: str | None = None
     counts: dict[str, int] = field(default_factory=lambda: {"completed": 0, "failed": 0})
     stamps: dict[str, int] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=lambda: dict.fromkeys(USAGE_FIELDS, 0))
 
 
 class FakeBatchApi:
     """Routes and state for /v1/files and /v1/batches, attached to a FakeServer."""
+
+    max_lines = 50_000  # requests in one input file; `create` refuses more
+    max_bytes = 200 * 1024 * 1024  # size of an input file; `create` refuses more
+    max_upload_bytes = 512 * 1024 * 1024  # size of any uploaded file (the app also caps bodies)
+    create_delay_s = 0.0  # answer a create this late; the batch exists from the start
+    upload_delay_s = 0.0  # answer an upload this late; the file is stored from the start
 
     def __init__(self, server: FakeServer) -> None:
         self.server = server
@@ -81,6 +109,13 @@ class FakeBatchApi:
         self.batches: dict[str, FakeBatch] = {}
         self.lines_by_id: Counter[str] = Counter()  # batch lines answered, per custom_id
         self.batches_created = 0
+        self.calls: Counter[str] = Counter()  # requests per route ("upload", "create", ...)
+        self.total_calls = 0
+        self._random = random.Random(server.config.seed)  # the order of the output lines
+
+    def _called(self, route: str) -> None:
+        self.calls[route] += 1
+        self.total_calls += 1
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/files", self._upload)
@@ -95,11 +130,16 @@ class FakeBatchApi:
     # -- files ---------------------------------------------------------------------------------
 
     async def _upload(self, request: web.Request) -> web.Response:
+        self._called("upload")
         form = await request.post()
         upload, purpose = form.get("file"), form.get("purpose")
         if not isinstance(upload, web.FileField) or not isinstance(purpose, str):
             return _error(400, "A multipart form with 'file' and 'purpose' is required.")
-        stored = self._store(upload.filename or "upload.jsonl", purpose, upload.file.read())
+        content = upload.file.read()
+        if len(content) > self.max_upload_bytes:
+            return _error(400, "File is too large.")
+        stored = self._store(upload.filename or "upload.jsonl", purpose, content)
+        await self._hold("upload_delay_s")
         return _json(stored.describe())
 
     def _store(self, filename: str, purpose: str, content: bytes) -> StoredFile:
@@ -108,16 +148,19 @@ class FakeBatchApi:
         return stored
 
     async def _file(self, request: web.Request) -> web.Response:
+        self._called("file")
         stored = self.files.get(request.match_info["file_id"])
         return _json(stored.describe()) if stored else _error(404, "No such File object.")
 
     async def _file_content(self, request: web.Request) -> web.Response:
+        self._called("content")
         stored = self.files.get(request.match_info["file_id"])
         if stored is None:
             return _error(404, "No such File object.")
         return web.Response(body=stored.content, content_type="application/octet-stream")
 
     async def _delete_file(self, request: web.Request) -> web.Response:
+        self._called("delete")
         file_id = request.match_info["file_id"]
         deleted = self.files.pop(file_id, None) is not None
         return _json({"id": file_id, "object": "file", "deleted": deleted})
@@ -125,6 +168,7 @@ class FakeBatchApi:
     # -- batches -------------------------------------------------------------------------------
 
     async def _create(self, request: web.Request) -> web.Response:
+        self._called("create")
         config = self.server.config
         if config.force_status is not None:
             forced = forced_answer(config.force_status, config.force_code)
@@ -140,6 +184,9 @@ class FakeBatchApi:
             return _error(400, "Invalid 'input_file_id': no such file.")
         if endpoint not in ENDPOINTS or payload.get("completion_window") != "24h":
             return _error(400, "Invalid 'endpoint' or 'completion_window'.")
+        refusal = self._refusal(stored.content)
+        if refusal is not None:
+            return _error(400, refusal)
         lines, errors = _validate(stored.content, str(endpoint))
         tokens = sum(answers.prompt_of(endpoint, line["body"])[1] for line in lines)
         limit = self.server.config.batch_token_limit
@@ -160,9 +207,33 @@ class FakeBatchApi:
         )
         self.batches[batch.id] = batch
         self.batches_created += 1
+        await self._hold("create_delay_s")
         return _json(self._describe(batch))
 
+    async def _hold(self, knob: str) -> None:
+        """Hold an answer back for the knob's seconds, or until a test sets it back to 0."""
+        until = time.monotonic() + float(getattr(self, knob))
+        while getattr(self, knob) > 0 and time.monotonic() < until:
+            await asyncio.sleep(0.01)
+
+    def _refusal(self, content: bytes) -> str | None:
+        """Why `create` refuses the input file outright (too big, too many lines), if it does."""
+        if len(content) > self.max_bytes:
+            return (
+                f"The batch input file is larger than the {self.max_bytes} maximum for the "
+                f"{_first_model(content)} model. Please try again with a smaller batch."
+            )
+        requests = sum(1 for raw in content.splitlines() if raw.strip())
+        if requests > self.max_lines:
+            return (
+                f"The batch input file has {requests} requests, more than the {self.max_lines} "
+                f"maximum for the {_first_model(content)} model. Please try again with a "
+                "smaller batch."
+            )
+        return None
+
     async def _list(self, request: web.Request) -> web.Response:
+        self._called("list")
         limit = int(request.query.get("limit", "20"))
         after = request.query.get("after")
         newest_first = list(reversed(self.batches.values()))
@@ -182,10 +253,12 @@ class FakeBatchApi:
         )
 
     async def _retrieve(self, request: web.Request) -> web.Response:
+        self._called("retrieve")
         batch = self.batches.get(request.match_info["batch_id"])
         return _json(self._describe(batch)) if batch else _error(404, "No such batch.")
 
     async def _cancel(self, request: web.Request) -> web.Response:
+        self._called("cancel")
         batch = self.batches.get(request.match_info["batch_id"])
         if batch is None:
             return _error(404, "No such batch.")
@@ -253,6 +326,11 @@ class FakeBatchApi:
             status_code, body = self._answer(line)
             response = {"status_code": status_code, "request_id": _request_id(), "body": body}
             (outputs if status_code == 200 else failures).append(_line(custom_id, response, None))
+            if status_code == 200:
+                for name, tokens in _usage_of(body).items():
+                    batch.usage[name] += tokens
+        self._random.shuffle(outputs)  # the real API keeps no input order
+        self._random.shuffle(failures)
         batch.counts = {
             "completed": len(outputs),
             "failed": len(failures) if status in ("completed", "expired", "cancelled") else 0,
@@ -298,6 +376,13 @@ class FakeBatchApi:
             **{name: batch.stamps.get(name) for name in _STAMPS},
             "request_counts": {"total": total, **batch.counts},
             "metadata": batch.metadata,
+            "usage": {
+                "input_tokens": batch.usage["input_tokens"],
+                "input_tokens_details": {"cached_tokens": batch.usage["cached_tokens"]},
+                "output_tokens": batch.usage["output_tokens"],
+                "output_tokens_details": {"reasoning_tokens": batch.usage["reasoning_tokens"]},
+                "total_tokens": batch.usage["total_tokens"],
+            },
         }
 
 
@@ -350,6 +435,42 @@ def _validate(content: bytes, endpoint: str) -> tuple[list[dict[str, Any]], list
     if len(models) > 1:
         errors.append(_batch_error("mixed_models", "Every line must use one model.", None))
     return lines, errors
+
+
+def _first_model(content: bytes) -> str:
+    """The model the file's first line names (the real API quotes it in its refusals)."""
+    for raw in content.splitlines():
+        if raw.strip():
+            try:
+                line = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                break
+            body = line.get("body") if isinstance(line, dict) else None
+            if isinstance(body, dict) and isinstance(body.get("model"), str):
+                return str(body["model"])
+            break
+    return "requested"
+
+
+def _usage_of(body: dict[str, Any]) -> dict[str, int]:
+    """One answer's tokens, whichever endpoint's usage shape it has (chat, responses,
+    embeddings), under the batch usage's names."""
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return {}
+    prompt = usage.get("input_tokens", usage.get("prompt_tokens")) or 0
+    output = usage.get("output_tokens", usage.get("completion_tokens")) or 0
+    prompt_details = usage.get("input_tokens_details") or usage.get("prompt_tokens_details") or {}
+    output_details = (
+        usage.get("output_tokens_details") or usage.get("completion_tokens_details") or {}
+    )
+    return {
+        "input_tokens": int(prompt),
+        "cached_tokens": int(prompt_details.get("cached_tokens") or 0),
+        "output_tokens": int(output),
+        "reasoning_tokens": int(output_details.get("reasoning_tokens") or 0),
+        "total_tokens": int(usage.get("total_tokens") or prompt + output),
+    }
 
 
 def _batch_error(code: str, message: str, line: int | None) -> dict[str, Any]:

@@ -133,8 +133,14 @@ class BatchRunner:
         self._cancelled = True
         self._ledger.update_job_state(self._job_id, CANCELLED)
         for batch in self._ledger.batches_of(self._job_id):
-            if batch.remote_id:
-                remote = self._api.cancel(batch.remote_id)
+            remote_id = batch.remote_id
+            if remote_id is None and batch.state == UPLOADED:
+                found = self._api.find(BATCH_KEY, batch.token)  # created before a kill?
+                if found is not None:
+                    self._record_created(batch.id, found)
+                    remote_id = found.id
+            if remote_id:
+                remote = self._api.cancel(remote_id)
                 self._ledger.update_batch(batch.id, remote_status=remote.status)
             else:  # never created: nothing remote to wait for
                 self._ledger.release_batch(batch.id, ABANDONED, leftover=CANCELLED)
@@ -238,6 +244,9 @@ class BatchRunner:
                 self._stop_reason = f"quota: {exc.message}"
             else:
                 EVENTS.warning("batch %s not submitted yet: %s", batch_id, exc.message)
+        except openai.BadRequestError as exc:  # refused for good: too many lines, too big
+            self._ledger.release_batch(batch_id, ABANDONED)  # its items go back to pending
+            self._stop_reason = f"batch refused by the API: {exc.message}"
         except openai.APIError as exc:
             EVENTS.warning("batch %s not submitted yet (will retry): %s", batch_id, exc)
 

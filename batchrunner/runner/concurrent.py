@@ -173,7 +173,7 @@ class ConcurrentRunner:
         shrink their share of the limits before it sends at its own."""
         await self._share_the_job()
         if self._throttle.requests_per_minute or self._throttle.tokens_per_minute:
-            await anyio.sleep(self._heartbeat_s)
+            await anyio.sleep(self._heartbeat_s * 1.5)  # every other worker beat meanwhile
             await self._share_the_job()
 
     @property

@@ -94,13 +94,14 @@ def read_server_limits(headers: Mapping[str, str]) -> ServerLimits:
 
 
 class _Rate:
-    """One per-minute limit as an aiolimiter bucket holding one second of it."""
+    """One per-minute limit as an aiolimiter bucket holding a quarter second of it."""
 
     def __init__(self, configured: float | None) -> None:
         self.configured = configured
         self.learned: float | None = None
         self.factor = 1.0
         self.share = 1  # workers splitting the limit (each takes 1/share of it)
+        self.debt = 0.0  # taken on top of the next request, after the bucket was rebuilt
         self.limiter: AsyncLimiter | None = None
         self._rebuild()
 
@@ -116,6 +117,8 @@ class _Rate:
             return
         per_second = per_minute / 60.0
         capacity = max(1.0, per_second * BURST_S)
+        if self.limiter is not None:  # a fresh bucket is full: no second burst on a change
+            self.debt = capacity
         self.limiter = AsyncLimiter(capacity, capacity / per_second)
 
     def learn(self, limit: int) -> bool:
@@ -143,6 +146,7 @@ class _Rate:
         limiter = self.limiter
         if limiter is None:
             return
+        amount, self.debt = amount + self.debt, 0.0
         while amount > 0:
             chunk = min(amount, limiter.max_rate)
             await limiter.acquire(chunk)
