@@ -69,6 +69,9 @@ def test_1200_items_become_3_batches_and_export_like_a_concurrent_run(
     ]
     (status,) = [s for s in status_json(db_url)["jobs"] if s["id"] == job]
     assert [b["remote_status"] for b in status["batches"]] == ["completed"] * 3
+    reported = [b["usage"] for b in status["batches"]]  # the API's own count, kept beside ours
+    assert sum(u["input_tokens"] for u in reported) == status["input_tokens"]
+    assert sum(u["output_tokens"] for u in reported) == status["output_tokens"]
     assert "batches: 3 (completed 3)" in invoke("status", str(job), "--db", db_url).stdout
     in_batches = exported(ledger, job)
     concurrent_ledger, concurrent_job = submit_concurrent(tmp_path, db_url, fake, lines)
