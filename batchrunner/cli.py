@@ -403,6 +403,22 @@ def _output(path: str | None) -> Iterator[IO[bytes]]:
         raise
 
 
+def _export(
+    db: str,
+    job: str | None,
+    output: str | None,
+    what: str,
+    write: Callable[[Ledger, int, IO[bytes]], int],
+) -> None:
+    """Find the job, write it out (to stdout, or a file replaced only once complete)."""
+    ledger = Ledger(db)
+    job_id = ledger.find_job(job)
+    with _output(output) as out:
+        count = write(ledger, job_id, out)
+    if output:
+        say(f"wrote {count:,} {what} of job {job_id} to {output}")
+
+
 @export.command("results")
 @click.option("--job", help="Job id or name (default: the latest job).")
 @click.option("-o", "--output", help="Output file (default: stdout).")
@@ -410,12 +426,13 @@ def _output(path: str | None) -> Iterator[IO[bytes]]:
 @common
 def export_results(job: str | None, output: str | None, fmt: str, db: str) -> None:
     """One record per item, in input order: response, error, attempts, tokens, cost."""
-    ledger = Ledger(db)
-    job_id = ledger.find_job(job)
-    with _output(output) as out:
-        count = write_results(ledger, job_id, out, fmt)
-    if output:
-        say(f"wrote {count:,} results of job {job_id} to {output}")
+    _export(
+        db,
+        job,
+        output,
+        "results",
+        lambda ledger, job_id, out: write_results(ledger, job_id, out, fmt),
+    )
 
 
 @export.command("errors")
@@ -424,12 +441,7 @@ def export_results(job: str | None, output: str | None, fmt: str, db: str) -> No
 @common
 def export_errors(job: str | None, output: str | None, db: str) -> None:
     """The failed items as a Batch API job file, ready to submit again."""
-    ledger = Ledger(db)
-    job_id = ledger.find_job(job)
-    with _output(output) as out:
-        count = write_errors(ledger, job_id, out)
-    if output:
-        say(f"wrote {count:,} failed items of job {job_id} to {output}")
+    _export(db, job, output, "failed items", write_errors)
 
 
 @export.command("usage")
@@ -439,12 +451,13 @@ def export_errors(job: str | None, output: str | None, db: str) -> None:
 @common
 def export_usage(job: str | None, output: str | None, fmt: str, db: str) -> None:
     """Per item: custom_id, model, mode, tokens and cost."""
-    ledger = Ledger(db)
-    job_id = ledger.find_job(job)
-    with _output(output) as out:
-        count = write_usage(ledger, job_id, out, fmt)
-    if output:
-        say(f"wrote the usage of {count:,} items of job {job_id} to {output}")
+    _export(
+        db,
+        job,
+        output,
+        "usage records",
+        lambda ledger, job_id, out: write_usage(ledger, job_id, out, fmt),
+    )
 
 
 @cli.command("fake-server")

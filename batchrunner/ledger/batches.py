@@ -12,9 +12,9 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from batchrunner.ledger.models import (
     CANCELLED,
@@ -22,18 +22,13 @@ from batchrunner.ledger.models import (
     PENDING,
     RUNNING,
     SUCCEEDED,
-    Attempt,
-    Item,
-    Job,
-    RemoteBatch,
+    attempts_t,
+    batches_t,
+    items_t,
+    jobs_t,
 )
 from batchrunner.ledger.records import utcnow
 from batchrunner.redact import mask, mask_answer
-
-batches_t = cast(Table, RemoteBatch.__table__)
-items_t = cast(Table, Item.__table__)
-attempts_t = cast(Table, Attempt.__table__)
-jobs_t = cast(Table, Job.__table__)
 
 PACKING, UPLOADED, SUBMITTED, SETTLED, ABANDONED = (
     "packing",

@@ -7,6 +7,7 @@ these models agree. Times are UTC. JSON payloads are stored as text exactly as s
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy import (
     JSON,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
@@ -199,3 +201,11 @@ class RemoteBatch(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+# Core table handles for the query modules (store, runs, batches): one place for the casts.
+jobs_t = cast(Table, Job.__table__)
+items_t = cast(Table, Item.__table__)
+attempts_t = cast(Table, Attempt.__table__)
+runs_t = cast(Table, Run.__table__)
+batches_t = cast(Table, RemoteBatch.__table__)

@@ -17,20 +17,23 @@ import socket
 import uuid
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Table, func, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from batchrunner.errors import JobBusyError
-from batchrunner.ledger.models import FAILED, PENDING, RUNNING, Attempt, Item, Job, Run
+from batchrunner.ledger.models import (
+    FAILED,
+    PENDING,
+    RUNNING,
+    attempts_t,
+    items_t,
+    jobs_t,
+    runs_t,
+)
 from batchrunner.ledger.records import utcnow
 
 DEFAULT_LEASE_S = 60.0
-
-jobs_t = cast(Table, Job.__table__)
-items_t = cast(Table, Item.__table__)
-runs_t = cast(Table, Run.__table__)
-attempts_t = cast(Table, Attempt.__table__)
 
 
 def run_is_live(run: Any, now: datetime, lease_s: float = DEFAULT_LEASE_S) -> bool:

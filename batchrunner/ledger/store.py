@@ -21,7 +21,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     Executable,
-    Table,
     bindparam,
     func,
     insert,
@@ -42,10 +41,10 @@ from batchrunner.ledger.models import (
     PENDING,
     RUNNING,
     SUCCEEDED,
-    Attempt,
-    Item,
-    Job,
-    Run,
+    attempts_t,
+    items_t,
+    jobs_t,
+    runs_t,
 )
 from batchrunner.ledger.records import (
     AttemptRecord,
@@ -73,11 +72,6 @@ HINTS = {
     "File exists": " (a file stands where the ledger's folder should be)",
 }
 PAGE_SIZE = 1000
-
-jobs_t = cast(Table, Job.__table__)
-items_t = cast(Table, Item.__table__)
-attempts_t = cast(Table, Attempt.__table__)
-runs_t = cast(Table, Run.__table__)
 
 
 class Ledger(BatchQueries, RunQueries):
