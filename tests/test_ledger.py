@@ -214,6 +214,30 @@ def test_a_dead_run_is_detected_and_its_items_go_back_to_pending(ledger_url: str
     assert ledger.summary(job).counts == {"pending": 5}
 
 
+def test_workers_share_a_job_and_a_silent_ones_items_come_back_after_its_lease(
+    ledger_url: str,
+) -> None:
+    ledger = Ledger(ledger_url)
+    job = new_job(ledger, 6)
+    first = ledger.start_run(job, max_attempts=5, shared=True)
+    second = ledger.start_run(job, max_attempts=5, shared=True)  # joins: no JobBusyError
+    assert len(ledger.claim_pending(job, first, 2)) == 2
+    assert len(ledger.claim_pending(job, second, 2)) == 2
+    assert ledger.held_by_others(job, second) == 2
+    assert ledger.reclaim(job, lease_s=60) == 2  # both alive: nothing taken back
+    with ledger.engine.begin() as conn:  # the first worker's machine went quiet
+        conn.execute(
+            update(runs_t)
+            .where(runs_t.c.id == first)
+            .values(hostname="elsewhere", heartbeat_at=utcnow() - timedelta(seconds=30))
+        )
+    assert ledger.reclaim(job, lease_s=60) == 2  # within its lease: still alive
+    assert ledger.reclaim(job, lease_s=10) == 1  # past it: dead, its items are free again
+    assert ledger.summary(job).counts == {"pending": 4, "running": 2}
+    assert len(ledger.claim_pending(job, second, 10)) == 4
+    assert [w["id"] for w in ledger.runs_of(job, lease_s=10)] == [second]
+
+
 def test_items_that_used_every_attempt_fail_at_the_next_start(ledger_url: str) -> None:
     ledger = Ledger(ledger_url)
     job = new_job(ledger, 2)
