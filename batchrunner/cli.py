@@ -350,16 +350,13 @@ def status(job: str | None, json_: bool, db: str) -> None:
     """Show JOB (default: all recent jobs) with counts, tokens, cost, progress and rate."""
     ledger = Ledger(db)
     ids = [ledger.find_job(job)] if job else ledger.job_ids()
+    statuses = []
     for job_id in ids:
-        _refresh_batches(ledger, job_id)
-    statuses = [
-        job_status(
-            ledger.summary(job_id),
-            workers=ledger.runs_of(job_id),
-            batches=ledger.batches_of(job_id, BATCH_STATES),
-        )
-        for job_id in ids
-    ]
+        summary = ledger.summary(job_id)  # one pass over the items: the costly part
+        if summary.mode == "batch":
+            _refresh_batches(ledger, job_id)
+        workers, batches = ledger.runs_of(job_id), ledger.batches_of(job_id, BATCH_STATES)
+        statuses.append(job_status(summary, workers=workers, batches=batches))
     if json_:
         click.echo(orjson.dumps({"jobs": statuses}, option=orjson.OPT_INDENT_2).decode())
     elif not statuses:
@@ -370,8 +367,6 @@ def status(job: str | None, json_: bool, db: str) -> None:
 
 def _refresh_batches(ledger: Ledger, job_id: int) -> None:
     """A batch job's live batches as the API sees them now; the recorded state if it can't."""
-    if ledger.summary(job_id).mode != "batch":
-        return
     from batchrunner import commands
 
     try:
