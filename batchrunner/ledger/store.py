@@ -150,33 +150,7 @@ class Ledger(BatchQueries, RunQueries):
                     "created_at": now,
                 },
             ).scalar_one()
-            count = 0
-            chunk: list[dict[str, Any]] = []
-            statement = insert(items_t)
-            for item in items:
-                chunk.append(
-                    {
-                        "job_id": job_id,
-                        "position": item.position,
-                        "custom_id": item.custom_id,
-                        "url": item.url,
-                        "model": item.model,
-                        "body": item.body.decode(),
-                        "extra": item.extra.decode() if item.extra else None,
-                        "request_hash": request_hash(item.url, item.body),
-                        "reused": False,
-                        "state": PENDING,
-                        "attempts": 0,
-                        "created_at": now,
-                    }
-                )
-                if len(chunk) >= INSERT_CHUNK:
-                    conn.execute(statement, chunk)
-                    count += len(chunk)
-                    chunk = []
-            if chunk:
-                conn.execute(statement, chunk)
-                count += len(chunk)
+            count = _insert_items(conn, job_id, items, now)
             conn.execute(update(jobs_t).where(jobs_t.c.id == job_id).values(item_count=count))
             if reuse:
                 _reuse_answers(conn, job_id, simulated, now)
@@ -443,6 +417,66 @@ def next_not_before_query(job_id: int, now: datetime) -> Executable:
         items_t.c.state == literal(PENDING, literal_execute=True),
         items_t.c.not_before > now,
     )
+
+
+ITEM_COLUMNS = (
+    "job_id",
+    "position",
+    "custom_id",
+    "url",
+    "model",
+    "body",
+    "extra",
+    "request_hash",
+    "reused",
+    "state",
+    "attempts",
+    "created_at",
+)
+
+
+def _insert_items(conn: Connection, job_id: int, items: Iterable[JobItem], now: datetime) -> int:
+    """Insert the items in chunks through the driver's executemany with plain tuples.
+
+    SQLAlchemy's per-row parameter processing was a fifth of `submit` on large files; the
+    values that need a type's conversion (the time, the flag) are converted once here."""
+    dialect = conn.dialect
+    marker = "?" if dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) "
+        f"VALUES ({', '.join([marker] * len(ITEM_COLUMNS))})"
+    )
+    created = items_t.c.created_at.type.bind_processor(dialect)
+    flag = items_t.c.reused.type.bind_processor(dialect)
+    created_at = created(now) if created else now
+    not_reused = flag(False) if flag else False
+    count = 0
+    chunk: list[tuple[Any, ...]] = []
+    for item in items:
+        chunk.append(
+            (
+                job_id,
+                item.position,
+                item.custom_id,
+                item.url,
+                item.model,
+                item.body.decode(),
+                item.extra.decode() if item.extra else None,
+                request_hash(item.url, item.body),
+                not_reused,
+                PENDING,
+                0,
+                created_at,
+            )
+        )
+        if len(chunk) >= INSERT_CHUNK:
+            conn.exec_driver_sql(sql, chunk)
+            count += len(chunk)
+            chunk = []
+    if chunk:
+        conn.exec_driver_sql(sql, chunk)
+        count += len(chunk)
+    return count
 
 
 def _refused(exc: DatabaseError) -> bool:
