@@ -398,6 +398,12 @@ def _output(path: str | None) -> Iterator[IO[bytes]]:
         raise
 
 
+def export_options(func: F) -> F:
+    """Which job, and where to: the same on every export."""
+    func = click.option("-o", "--output", help="Output file (default: stdout).")(func)
+    return click.option("--job", help="Job id or name (default: the latest job).")(func)
+
+
 def _export(
     db: str,
     job: str | None,
@@ -415,8 +421,7 @@ def _export(
 
 
 @export.command("results")
-@click.option("--job", help="Job id or name (default: the latest job).")
-@click.option("-o", "--output", help="Output file (default: stdout).")
+@export_options
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True)
 @common
 def export_results(job: str | None, output: str | None, fmt: str, db: str) -> None:
@@ -431,8 +436,7 @@ def export_results(job: str | None, output: str | None, fmt: str, db: str) -> No
 
 
 @export.command("errors")
-@click.option("--job", help="Job id or name (default: the latest job).")
-@click.option("-o", "--output", help="Output file (default: stdout).")
+@export_options
 @common
 def export_errors(job: str | None, output: str | None, db: str) -> None:
     """The failed items as a Batch API job file, ready to submit again."""
@@ -440,8 +444,7 @@ def export_errors(job: str | None, output: str | None, db: str) -> None:
 
 
 @export.command("usage")
-@click.option("--job", help="Job id or name (default: the latest job).")
-@click.option("-o", "--output", help="Output file (default: stdout).")
+@export_options
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True)
 @common
 def export_usage(job: str | None, output: str | None, fmt: str, db: str) -> None:

@@ -48,18 +48,18 @@ class SettledLine:
     """One answered (or returned) line of a batch, ready to write."""
 
     custom_id: str
-    state: str  # succeeded | failed | pending
-    http_status: int | None
-    response: str | None
-    error_kind: str | None
-    error_code: str | None
-    error_message: str | None
-    input_tokens: int | None
-    cached_tokens: int | None
-    output_tokens: int | None
-    reasoning_tokens: int | None
-    cost_usd: float | None
-    finish_reason: str | None
+    state: str  # succeeded | failed | pending (or cancelled)
+    http_status: int | None = None
+    response: str | None = None
+    error_kind: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    input_tokens: int | None = None
+    cached_tokens: int | None = None
+    output_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cost_usd: float | None = None
+    finish_reason: str | None = None
 
 
 class BatchQueries:

@@ -185,6 +185,24 @@ class Ledger(BatchQueries, RunQueries):
             ).one()
         return dict(row.options), bool(row.simulated)
 
+    def job_state(self, job_id: int) -> str:
+        """The job's recorded state, without counting its items (see `summary` for that)."""
+        with self._read() as conn:
+            return str(conn.execute(select(jobs_t.c.state).where(jobs_t.c.id == job_id)).one()[0])
+
+    def has_pending(self, job_id: int) -> bool:
+        """Whether any item waits to be sent: one row from the pending index, not a count."""
+        with self._read() as conn:
+            found = conn.execute(
+                select(items_t.c.id)
+                .where(
+                    items_t.c.job_id == job_id,
+                    items_t.c.state == literal(PENDING, literal_execute=True),
+                )
+                .limit(1)
+            ).first()
+        return found is not None
+
     def jobs_from_source(self, sha256: str) -> list[tuple[int, str]]:
         """(id, state) of the jobs recorded from a file with this content."""
         with self._read() as conn:

@@ -95,12 +95,13 @@ class BatchRunner:
         self._cancelled = False
         self._packed_once = False
         self._over_budget: str | None = None  # why no more batches go out
+        self._worst_of: dict[int, float] = {}  # batch id -> its worst-case cost (budget)
 
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self, wait: bool, poll_s: float = 5.0, poll_max_s: float = 60.0) -> RunReport:
         """One pass (submit what is pending, settle what has ended), or passes until done."""
-        self._cancelled = self._ledger.summary(self._job_id).state == CANCELLED
+        self._cancelled = self._ledger.job_state(self._job_id) == CANCELLED
         run_id = self._ledger.start_run(self._job_id, self._settings.max_attempts)
         delay = poll_s
         try:
@@ -111,7 +112,7 @@ class BatchRunner:
                 live = self._ledger.batches_of(self._job_id)
                 repacking = self._settings.finish != "concurrent" and not self._cancelled
                 repacking = repacking and not self._over_budget
-                done = not live and not (repacking and self._pending())
+                done = not live and not (repacking and self._ledger.has_pending(self._job_id))
                 if self._stop_reason or not wait or done:
                     break
                 delay = poll_s if changed else min(delay * 1.5, poll_max_s)
@@ -146,9 +147,6 @@ class BatchRunner:
                 self._ledger.release_batch(batch.id, ABANDONED, leftover=CANCELLED)
         return self._ledger.cancel_pending(self._job_id)
 
-    def _pending(self) -> bool:
-        return self._ledger.summary(self._job_id).counts.get(PENDING, 0) > 0
-
     # -- packing and submitting ------------------------------------------------------------------
 
     def _submit_pending(self) -> None:
@@ -177,6 +175,7 @@ class BatchRunner:
                 self._ledger.release_batch(batch_id, ABANDONED)
                 continue
             enqueued[planned.model] = enqueued.get(planned.model, 0) + planned.tokens
+            self._worst_of[batch_id] = planned.worst_usd
             self._send(batch_id, token, planned.url, PACKING, None)
             if self._stop_reason:
                 return
@@ -207,13 +206,18 @@ class BatchRunner:
         spent = self._ledger.summary(self._job_id).cost_usd or 0.0
         budget = Budget(limit, spent, self._prices, batch=True)
         for batch in self._ledger.batches_of(self._job_id):
-            for row in self._ledger.batch_items(batch.id):
-                body = orjson.loads(row.body)
-                worst = budget.worst_case(
-                    batch.model, prompt_tokens(row.url, body), output_allowance(body)
-                )
-                budget.hold(worst)
+            if batch.id not in self._worst_of:  # opened by an earlier process: count it once
+                self._worst_of[batch.id] = self._worst_case(batch, budget)
+            budget.hold(self._worst_of[batch.id])
         return budget
+
+    def _worst_case(self, batch: Any, budget: Budget) -> float:
+        total = 0.0
+        for row in self._ledger.batch_items(batch.id):
+            body = orjson.loads(row.body)
+            tokens = prompt_tokens(row.url, body)
+            total += budget.worst_case(batch.model, tokens, output_allowance(body))
+        return total
 
     def _send(
         self, batch_id: int, token: str, endpoint: str, state: str, input_file_id: str | None
@@ -394,17 +398,9 @@ class BatchRunner:
 
 def _refused(custom_id: str, problem: BatchProblem) -> SettledLine:
     return SettledLine(
-        custom_id=custom_id,
-        state=FAILED,
-        http_status=None,
-        response=None,
+        custom_id,
+        FAILED,
         error_kind="batch_validation",
         error_code=problem.code,
         error_message=problem.message,
-        input_tokens=None,
-        cached_tokens=None,
-        output_tokens=None,
-        reasoning_tokens=None,
-        cost_usd=None,
-        finish_reason=None,
     )
