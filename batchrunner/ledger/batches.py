@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 
 from batchrunner.ledger.models import (
     CANCELLED,
@@ -27,7 +26,7 @@ from batchrunner.ledger.models import (
     items_t,
     jobs_t,
 )
-from batchrunner.ledger.records import utcnow
+from batchrunner.ledger.records import QueriesMixin, utcnow
 from batchrunner.redact import mask, mask_answer
 
 PACKING, UPLOADED, SUBMITTED, SETTLED, ABANDONED = (
@@ -62,14 +61,8 @@ class SettledLine:
     finish_reason: str | None = None
 
 
-class BatchQueries:
-    """Mixed into `Ledger`, which provides the transactions."""
-
-    def _write(self, doing: str) -> AbstractContextManager[Connection]:
-        raise NotImplementedError
-
-    def _read(self) -> AbstractContextManager[Connection]:
-        raise NotImplementedError
+class BatchQueries(QueriesMixin):
+    """Mixed into `Ledger`."""
 
     def open_batch(
         self,

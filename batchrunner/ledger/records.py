@@ -6,9 +6,12 @@ them as given, so a value read back compares with `utcnow()` whatever the server
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from sqlalchemy import Connection
 
 from batchrunner.ledger.models import FINISHED_STATES, PENDING, RUNNING
 
@@ -159,3 +162,13 @@ class JobSummary:
     @property
     def unpriced_models(self) -> list[str]:
         return sorted(name for name, totals in self.models.items() if totals.unpriced)
+
+
+class QueriesMixin:
+    """A group of ledger queries mixed into `Ledger`, which provides the transactions."""
+
+    def _write(self, doing: str) -> AbstractContextManager[Connection]:
+        raise NotImplementedError
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        raise NotImplementedError

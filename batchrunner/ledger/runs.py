@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,7 +30,7 @@ from batchrunner.ledger.models import (
     jobs_t,
     runs_t,
 )
-from batchrunner.ledger.records import utcnow
+from batchrunner.ledger.records import QueriesMixin, utcnow
 
 DEFAULT_LEASE_S = 60.0
 
@@ -50,14 +49,8 @@ def run_is_live(run: Any, now: datetime, lease_s: float = DEFAULT_LEASE_S) -> bo
     return True
 
 
-class RunQueries:
-    """Mixed into `Ledger`, which provides the transactions."""
-
-    def _write(self, doing: str) -> AbstractContextManager[Connection]:
-        raise NotImplementedError
-
-    def _read(self) -> AbstractContextManager[Connection]:
-        raise NotImplementedError
+class RunQueries(QueriesMixin):
+    """Mixed into `Ledger`."""
 
     def start_run(
         self,
