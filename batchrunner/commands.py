@@ -75,7 +75,7 @@ def submit_job(
         source_sha256=summary.sha256,
         options=settings.stored(),
         simulated=simulated,
-        items=estimate.passing(redactor.items(items) if redactor else items),
+        items=estimate.passing(redactor.items(items) if redactor else items, total=summary.items),
         reuse=reuse,
     )
     costs = {"concurrent": estimate.estimate.cost_concurrent, "batch": estimate.estimate.cost_batch}

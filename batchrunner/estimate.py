@@ -12,6 +12,7 @@ assumed cached, in both modes: concurrent (standard rates) and the Batch API.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +26,10 @@ from batchrunner.pricing import PriceTable, price_item
 from batchrunner.settings import DEFAULT_OUTPUT
 from batchrunner.tokens import output_allowance, prompt_tokens
 from batchrunner.usage import Usage
+
+EXACT_FIRST = 1_000  # submit counts this many requests each, then samples
+SAMPLES = 2_000  # about this many more, whatever the size of the file
+SEED = 8
 
 
 @dataclass
@@ -56,17 +61,21 @@ class ModelEstimate:
             self.cost_batch = None if cost is None else self.cost_batch + cost.usd
             self.batch_discount_assumed |= cost is not None and cost.batch_discount_assumed
 
-    def scale_up(self, unseen: int) -> None:
-        """Count `unseen` more requests like the ones counted so far."""
-        factor = (self.requests + unseen) / self.requests
-        self.input_tokens = round(self.input_tokens * factor)
-        self.output_tokens = round(self.output_tokens * factor)
-        self.uncapped_requests = round(self.uncapped_requests * factor)
+    def merge_scaled(self, sample: ModelEstimate, unseen: int) -> None:
+        """Add a sample of requests, counted, and `unseen` more requests like them."""
+        factor = (sample.requests + unseen) / sample.requests
+        self.requests += sample.requests + unseen
+        self.input_tokens += round(sample.input_tokens * factor)
+        self.output_tokens += round(sample.output_tokens * factor)
+        self.uncapped_requests += round(sample.uncapped_requests * factor)
         if self.cost_concurrent is not None:
-            self.cost_concurrent *= factor
+            costs = sample.cost_concurrent
+            self.cost_concurrent = None if costs is None else self.cost_concurrent + costs * factor
         if self.cost_batch is not None:
-            self.cost_batch *= factor
-        self.requests += unseen
+            costs = sample.cost_batch
+            self.cost_batch = None if costs is None else self.cost_batch + costs * factor
+        self.batch_discount_assumed |= sample.batch_discount_assumed
+        self.price_source = self.price_source or sample.price_source
 
 
 @dataclass
@@ -126,38 +135,51 @@ class EstimateBuilder:
         self._overrides = overrides
         self._when = when
 
-    def add(self, item: JobItem) -> None:
+    def add(self, item: JobItem, into: dict[str, ModelEstimate] | None = None) -> None:
         body = orjson.loads(item.body)
-        row = self.estimate.models.get(item.model)
+        rows = self.estimate.models if into is None else into
+        row = rows.get(item.model)
         if row is None:
-            row = self.estimate.models[item.model] = ModelEstimate(item.model)
+            row = rows[item.model] = ModelEstimate(item.model)
         cap = 0 if item.url == EMBEDDINGS else output_allowance(body)
         output = self.estimate.assumed_output if cap is None else cap
         usage = Usage(input_tokens=prompt_tokens(item.url, body), output_tokens=output)
         row.add(usage, cap is not None, self._when, self._overrides)
 
     def passing(
-        self, items: Iterable[JobItem], exact_first: int = 10_000, then_every: int = 10
+        self,
+        items: Iterable[JobItem],
+        exact_first: int = EXACT_FIRST,
+        samples: int = SAMPLES,
+        total: int | None = None,
     ) -> Iterator[JobItem]:
         """Yield `items` unchanged, counting them on the way: the first `exact_first` each,
-        then one in `then_every` (and the first of every model), scaled up at the end.
+        then a random sample (seeded: the same file gives the same estimate) of about `samples`
+        of the `total` requests (1 in 10 when the total is not given), and always the first
+        request of each model after the first `exact_first`; what the sample saw is scaled up
+        per model to all the requests it stands for.
 
-        Counting tokens is most of the cost of recording a large file; a sample of 10% after
-        the first 10,000 requests estimates it within a fraction of a percent."""
+        Counting tokens and pricing is most of the cost of recording a large file; a random
+        sample of a few thousand requests estimates the total within a few percent."""
+        rest = None if total is None else total - exact_first
+        rate = 0.1 if rest is None else min(1.0, samples / rest) if rest > 0 else 1.0
+        draw = random.Random(SEED).random
+        sample: dict[str, ModelEstimate] = {}
         skipped: dict[str, int] = {}
         for index, item in enumerate(items):
-            if (
-                index < exact_first
-                or index % then_every == 0
-                or item.model not in self.estimate.models
-            ):
+            if index < exact_first:
                 self.add(item)
+            elif item.model not in sample or draw() < rate:
+                self.add(item, sample)
             else:
                 skipped[item.model] = skipped.get(item.model, 0) + 1
             yield item
-        for model, count in skipped.items():
-            self.estimate.models[model].scale_up(count)
-            self.estimate.sampled = True
+        models = self.estimate.models
+        for model, row in sample.items():
+            if model not in models:
+                models[model] = ModelEstimate(model)
+            models[model].merge_scaled(row, skipped.get(model, 0))
+        self.estimate.sampled = bool(skipped)
 
 
 def estimate_items(

@@ -162,3 +162,40 @@ def test_submit_s_sampled_estimate_is_close_to_counting_every_request(tmp_path: 
         assert sampled.models[model].requests == exact.models[model].requests
     assert sampled.input_tokens == pytest.approx(exact.input_tokens, rel=0.05)
     assert sampled.cost_concurrent == pytest.approx(exact.cost_concurrent, rel=0.05)
+
+
+def test_a_sample_of_a_few_thousand_is_weighted_by_what_it_stands_for(tmp_path: Path) -> None:
+    """submit's form: the first requests exactly, then a random sample sized by the total. The
+    first requests here are short and the rest long, so a sample scaled up together with the
+    exact part would overestimate; each part stands only for itself."""
+    lines = []
+    for i in range(20_000):
+        words = 2 if i < 1000 else 60 + i % 41
+        model = "gpt-4.1-mini" if i % 7 == 0 else "gpt-4o-mini"
+        messages = [{"role": "user", "content": " ".join(["gamma"] * words) + f" {i}"}]
+        lines.append(json.dumps({"custom_id": f"r{i}", "model": model, "messages": messages}))
+    path = tmp_path / "skewed.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    exact = estimate_job_file(str(path))
+    builder = EstimateBuilder(path=str(path))
+    items = read_job_items(str(path), JobDefaults())
+    passed = sum(1 for _ in builder.passing(items, exact_first=1000, samples=2000, total=20_000))
+    sampled = builder.estimate
+    assert passed == 20_000 and sampled.sampled
+    for model, row in exact.models.items():
+        assert sampled.models[model].requests == row.requests
+        assert sampled.models[model].input_tokens == pytest.approx(row.input_tokens, rel=0.03)
+    assert sampled.cost_concurrent == pytest.approx(exact.cost_concurrent, rel=0.03)
+    again = EstimateBuilder(path=str(path))
+    for _ in again.passing(read_job_items(str(path), JobDefaults()), total=20_000):
+        pass
+    assert again.estimate.input_tokens == sampled.input_tokens  # seeded: the same every time
+
+
+def test_a_small_file_is_counted_exactly(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "small.jsonl", LINES)
+    builder = EstimateBuilder(path=str(path))
+    items = read_job_items(str(path), JobDefaults())
+    assert sum(1 for _ in builder.passing(items, exact_first=1, total=len(LINES))) == len(LINES)
+    assert not builder.estimate.sampled
+    assert builder.estimate.input_tokens == estimate_job_file(str(path)).input_tokens

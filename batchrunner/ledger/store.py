@@ -457,15 +457,17 @@ def _insert_items(conn: Connection, job_id: int, items: Iterable[JobItem], now: 
     """Insert the items in chunks through the driver's executemany with plain tuples.
 
     SQLAlchemy's per-row parameter processing was a fifth of `submit` on large files; the
-    values that need a type's conversion (the time, the flag) are converted once here."""
+    values that need a type's conversion (the time, the flag) are converted once here, by the
+    dialect's own processors (on SQLite the time becomes the text SQLAlchemy would store,
+    instead of going through sqlite3's deprecated datetime adapter on every row)."""
     dialect = conn.dialect
     marker = "?" if dialect.paramstyle == "qmark" else "%s"
     sql = (
         f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) "
         f"VALUES ({', '.join([marker] * len(ITEM_COLUMNS))})"
     )
-    created = items_t.c.created_at.type.bind_processor(dialect)
-    flag = items_t.c.reused.type.bind_processor(dialect)
+    created = items_t.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
+    flag = items_t.c.reused.type.dialect_impl(dialect).bind_processor(dialect)
     created_at = created(now) if created else now
     not_reused = flag(False) if flag else False
     count = 0
