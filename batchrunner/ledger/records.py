@@ -6,14 +6,31 @@ them as given, so a value read back compares with `utcnow()` whatever the server
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, DateTime, Dialect
 
 from batchrunner.ledger.models import FINISHED_STATES, PENDING, RUNNING
+
+# Turns a time into what the ledger's driver stores (SQLite: text; PostgreSQL: as is).
+TimeToSql = Callable[[datetime | None], Any]
+
+
+def time_to_sql(dialect: Dialect) -> TimeToSql:
+    """The DateTime conversion SQLAlchemy would apply, for SQL sent straight to the driver."""
+    convert = DateTime().bind_processor(dialect)
+    if convert is None:
+        return lambda value: value
+    return lambda value: None if value is None else convert(value)
+
+
+def driver_sql(dialect: Dialect, sql: str) -> str:
+    """`sql` written with `?` markers, in the driver's own parameter style."""
+    return sql if dialect.paramstyle == "qmark" else sql.replace("?", "%s")
 
 
 def utcnow() -> datetime:
@@ -63,60 +80,100 @@ class AttemptRecord:
     response: str | None = None
     not_before: datetime | None = None
 
-    def _usage(self) -> dict[str, Any]:
-        return {
-            "input_tokens": self.input_tokens,
-            "cached_tokens": self.cached_tokens,
-            "output_tokens": self.output_tokens,
-            "reasoning_tokens": self.reasoning_tokens,
-            "cost_usd": self.cost_usd,
-            "latency_ms": self.latency_ms,
-        }
+    def attempt_row(self, time: TimeToSql) -> tuple[Any, ...]:
+        """The row for the attempts table, in ATTEMPT_COLUMNS order."""
+        return (
+            self.item_id,
+            self.job_id,
+            self.run_id,
+            self.number,
+            time(self.started_at),
+            time(self.ended_at),
+            self.outcome,
+            self.http_status,
+            self.error_kind,
+            self.error_code,
+            self.error_message,
+            self.input_tokens,
+            self.cached_tokens,
+            self.output_tokens,
+            self.reasoning_tokens,
+            self.cost_usd,
+            self.latency_ms,
+        )
 
-    def _error(self) -> dict[str, Any]:
-        return {
-            "error_kind": self.error_kind,
-            "error_code": self.error_code,
-            "error_message": self.error_message,
-        }
-
-    def attempt_row(self) -> dict[str, Any]:
-        """The row for the attempts table."""
-        return {
-            "item_id": self.item_id,
-            "job_id": self.job_id,
-            "run_id": self.run_id,
-            "number": self.number,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "outcome": self.outcome,
-            "http_status": self.http_status,
-            **self._error(),
-            **self._usage(),
-        }
-
-    def item_row(self) -> dict[str, Any]:
-        """The new values of the item; `b_id` and `b_run` select it (only if this run holds it).
+    def item_row(self, time: TimeToSql) -> tuple[Any, ...]:
+        """The item's new values in ITEM_RESULT_COLUMNS order, then its id and this run's id
+        (the update only applies while this run holds the item).
 
         Only a finished item gets `finished_at`: one handed back to pending is not done, and
         counting it would inflate the run's rate in `status`.
         """
         back_to_pending = self.item_state == PENDING
-        return {
-            "b_id": self.item_id,
-            "b_run": self.run_id,
-            "state": self.item_state or RUNNING,
-            "run_id": None if back_to_pending else self.run_id,
-            "not_before": self.not_before if back_to_pending else None,
-            "attempts": self.number,
-            "http_status": self.http_status,
-            "finish_reason": self.finish_reason,
-            "response": self.response,
-            "updated_at": self.ended_at,
-            "finished_at": self.ended_at if self.item_state in FINISHED_STATES else None,
-            **self._error(),
-            **self._usage(),
-        }
+        return (
+            self.item_state or RUNNING,
+            None if back_to_pending else self.run_id,
+            time(self.not_before) if back_to_pending else None,
+            self.number,
+            self.http_status,
+            self.finish_reason,
+            self.response,
+            time(self.ended_at),
+            time(self.ended_at) if self.item_state in FINISHED_STATES else None,
+            self.error_kind,
+            self.error_code,
+            self.error_message,
+            self.input_tokens,
+            self.cached_tokens,
+            self.output_tokens,
+            self.reasoning_tokens,
+            self.cost_usd,
+            self.latency_ms,
+            self.item_id,
+            self.run_id,
+        )
+
+
+# Column orders of AttemptRecord.attempt_row and .item_row (before its two key values).
+ATTEMPT_COLUMNS = (
+    "item_id",
+    "job_id",
+    "run_id",
+    "number",
+    "started_at",
+    "ended_at",
+    "outcome",
+    "http_status",
+    "error_kind",
+    "error_code",
+    "error_message",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "latency_ms",
+)
+ITEM_RESULT_COLUMNS = (
+    "state",
+    "run_id",
+    "not_before",
+    "attempts",
+    "http_status",
+    "finish_reason",
+    "response",
+    "updated_at",
+    "finished_at",
+    "error_kind",
+    "error_code",
+    "error_message",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "latency_ms",
+)
 
 
 @dataclass

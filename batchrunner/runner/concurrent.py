@@ -11,13 +11,13 @@ import logging
 import random
 import signal
 import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import anyio
 from anyio import CancelScope
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batchrunner.errors import BatchrunnerError
 from batchrunner.ledger import AttemptRecord, ClaimedItem, Ledger
@@ -80,7 +80,13 @@ class ConcurrentRunner:
         self._prices = price_table_from(settings.prices, "--prices") if settings.prices else None
         self._budget: Budget | None = None
         self._tokens = TokenEstimator()
-        self._writer = LedgerWriter(ledger, on_flush)
+        self._writer = LedgerWriter(ledger, on_flush, backlog=settings.concurrency)
+        # Claimed items wait here for a worker: a plain deque, because a stream's per-item
+        # checkpoints cost more than the rest of the hand-over.
+        self._queue: deque[ClaimedItem] = deque()
+        self._items_ready = anyio.Event()  # set when the feed adds items (or all are fed)
+        self._hungry = anyio.Event()  # set when the queue runs low
+        self._all_fed = False
         self._rng = random.Random(seed)
         self._stopping = anyio.Event()
         self._stop_reason: str | None = None
@@ -91,6 +97,8 @@ class ConcurrentRunner:
         if not self._stopping.is_set():
             self._stop_reason = reason
             self._stopping.set()
+            self._hungry.set()  # the feed and idle workers see the stop and return
+            self._items_ready.set()
 
     async def run(self, handle_signals: bool = False) -> RunReport:
         settings = self._settings
@@ -115,14 +123,10 @@ class ConcurrentRunner:
                 background.start_soon(self._heartbeat)
                 async with anyio.create_task_group() as core:
                     core.start_soon(self._writer.run)
-                    send, receive = anyio.create_memory_object_stream[ClaimedItem](
-                        settings.concurrency
-                    )
                     async with anyio.create_task_group() as pipeline:
-                        pipeline.start_soon(self._feed, send)
-                        async with receive:
-                            for _ in range(settings.concurrency):
-                                pipeline.start_soon(self._work, receive.clone())
+                        pipeline.start_soon(self._feed)
+                        for _ in range(settings.concurrency):
+                            pipeline.start_soon(self._work)
                     self._writer.close()
                 background.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -192,9 +196,14 @@ class ConcurrentRunner:
             learned = {"server_rpm": mine.limit_requests, "server_tpm": mine.limit_tokens}
             await anyio.to_thread.run_sync(self._ledger.update_job_options, self._job_id, learned)
 
-    async def _feed(self, send: MemoryObjectSendStream[ClaimedItem]) -> None:
-        async with send:
+    async def _feed(self) -> None:
+        """Keep about `concurrency` claimed items queued, one ledger page at a time."""
+        try:
             while not self._stopping.is_set():
+                if len(self._queue) >= self._settings.concurrency:
+                    self._hungry = anyio.Event()
+                    await self._hungry.wait()
+                    continue
                 page = await anyio.to_thread.run_sync(
                     self._ledger.claim_pending, self._job_id, self._run_id, self._claim_page
                 )
@@ -202,10 +211,15 @@ class ConcurrentRunner:
                     if not await self._wait_for_deferred() and not await self._wait_for_others():
                         return
                     continue
-                for item in page:
-                    if self._stopping.is_set():
-                        return  # claimed but unsent items go back to pending in end_run
-                    await send.send(item)
+                self._queue.extend(page)  # claimed but unsent items go back in end_run
+                self._wake_workers()
+        finally:
+            self._all_fed = True
+            self._wake_workers()
+
+    def _wake_workers(self) -> None:
+        ready, self._items_ready = self._items_ready, anyio.Event()
+        ready.set()
 
     async def _wait_for_deferred(self) -> bool:
         """Sleep until the earliest deferred item may go; False if there is none."""
@@ -231,11 +245,18 @@ class ConcurrentRunner:
         await self._share_the_job()
         return not self._stopping.is_set()
 
-    async def _work(self, items: MemoryObjectReceiveStream[ClaimedItem]) -> None:
-        async with items:
-            async for item in items:
-                if not self._stopping.is_set():
-                    await self._process(item)
+    async def _work(self) -> None:
+        queue = self._queue
+        while not self._stopping.is_set():
+            if queue:
+                item = queue.popleft()
+                if len(queue) < self._settings.concurrency and not self._hungry.is_set():
+                    self._hungry.set()
+                await self._process(item)
+            elif self._all_fed:
+                return
+            else:
+                await self._items_ready.wait()
 
     async def _process(self, item: ClaimedItem) -> None:
         """Send one item until it succeeds, fails for good, or the job stops."""
@@ -265,10 +286,9 @@ class ConcurrentRunner:
             if verdict.action == RETRY and self._defers(verdict):
                 record.item_state = PENDING  # back to the ledger until the server's time
                 record.not_before = utcnow() + timedelta(seconds=verdict.retry_after or 0)
+            await self._writer.write(record)
             if verdict.action != RETRY or record.item_state == PENDING:
-                await self._writer.write(record, durable=True)
                 return
-            await self._writer.write(record, durable=False)
             with anyio.move_on_after(backoff_delay(attempt, self._rng, verdict.retry_after)):
                 await self._stopping.wait()
             if self._stopping.is_set():

@@ -1,8 +1,11 @@
 """Group commit: many outcomes, one ledger transaction.
 
-Workers hand their outcomes to one writer task. While a transaction runs, new outcomes gather;
-the next transaction takes them all. A worker whose outcome finishes an item waits until it is
-durable before it takes the next item, so a kill never loses more than what was in flight.
+Workers hand their outcomes to one writer task and go on with their next item: while a
+transaction runs, new outcomes gather, and the next transaction takes them all. An item counts
+as done only once its outcome is committed, so a kill loses at most the outcomes still queued
+or being committed (never more than `backlog`) plus the requests in flight; those items are still "running" in the
+ledger and are sent again by the next run. When the ledger falls behind, `write` waits for room
+instead of letting the queue grow.
 """
 
 from __future__ import annotations
@@ -18,27 +21,30 @@ MAX_BATCH = 2000
 
 class LedgerWriter:
     def __init__(
-        self, ledger: Ledger, on_flush: Callable[[list[AttemptRecord]], None] | None = None
+        self,
+        ledger: Ledger,
+        on_flush: Callable[[list[AttemptRecord]], None] | None = None,
+        backlog: int = MAX_BATCH,
     ) -> None:
         self._ledger = ledger
         self._on_flush = on_flush
+        self._backlog = max(1, backlog)
         self._pending: list[AttemptRecord] = []
-        self._batch_done = anyio.Event()
+        self._committing = 0  # outcomes in the transaction under way
         self._wakeup = anyio.Event()
+        self._room = anyio.Event()
         self._closed = False
         self._error: BaseException | None = None
 
-    async def write(self, record: AttemptRecord, *, durable: bool) -> None:
-        """Queue `record`; with `durable`, return only once it is committed."""
+    async def write(self, record: AttemptRecord) -> None:
+        """Queue `record` for the next commit; wait only while `backlog` outcomes are queued or
+        being committed."""
+        while len(self._pending) + self._committing >= self._backlog and self._error is None:
+            await self._room.wait()
         if self._error is not None:
             raise self._error
         self._pending.append(record)
-        done = self._batch_done
         self._wakeup.set()
-        if durable:
-            await done.wait()
-            if self._error is not None:
-                raise self._error
 
     def close(self) -> None:
         """No more writes: `run` commits what is left and returns."""
@@ -56,21 +62,19 @@ class LedgerWriter:
 
     async def _flush(self) -> None:
         batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-        done = self._batch_done
-        takes_all = not self._pending  # else the rest shares `done` and a later flush sets it
-        if takes_all:
-            self._batch_done = anyio.Event()  # outcomes queued during this commit wait for the next
+        self._committing = len(batch)
         try:
             with anyio.CancelScope(shield=True):  # a commit, once begun, is never abandoned
                 await anyio.to_thread.run_sync(self._ledger.record_attempts, batch)
         except BaseException as exc:
             self._error = exc
-            done.set()
             raise
+        finally:
+            self._committing = 0
+            room, self._room = self._room, anyio.Event()
+            room.set()  # writers waiting for room look again (or see the error)
         if self._on_flush is not None:
             self._on_flush(batch)
-        if takes_all:
-            done.set()
 
     async def flush_remaining(self) -> None:
         """After a cancelled run: commit what was queued, shielded from the cancellation."""
