@@ -9,12 +9,10 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any, TypeVar
 
-import anyio
 import click
 import orjson
 
@@ -24,7 +22,6 @@ from batchrunner.jobfile import ENDPOINTS, JobDefaults, check_job_file, normaliz
 from batchrunner.ledger import Ledger, database_url, describe
 from batchrunner.ledger.batches import BATCH_STATES
 from batchrunner.logs import configure
-from batchrunner.progress import BatchProgressBar, ProgressBar
 from batchrunner.redact import install_excepthook, mask
 from batchrunner.settings import DEFAULT_OUTPUT, RunSettings
 from batchrunner.status import format_job, job_status
@@ -227,6 +224,8 @@ def worker(
     ledger = Ledger(db)
     job_ids = None if all_jobs else [ledger.find_job(job) for job in jobs]
     overrides = _overrides(**run, lease_s=lease_s)
+    import anyio
+
     reports = anyio.run(
         functools.partial(commands.run_worker, ledger, job_ids, overrides, handle_signals=True)
     )
@@ -255,7 +254,10 @@ def cancel(job: str | None, db: str) -> None:
 def _run_with_progress(
     ledger: Ledger, job_id: int, overrides: dict[str, Any], wait: bool, poll_s: float
 ) -> int:
+    import anyio
+
     from batchrunner import commands
+    from batchrunner.progress import ProgressBar
 
     if ledger.summary(job_id).mode == "batch":
         return _run_batches_with_progress(ledger, job_id, overrides, wait, poll_s)
@@ -325,6 +327,7 @@ def _run_batches_with_progress(
     ledger: Ledger, job_id: int, overrides: dict[str, Any], wait: bool, poll_s: float
 ) -> int:
     from batchrunner import commands
+    from batchrunner.progress import BatchProgressBar
 
     bar = BatchProgressBar(ledger.summary(job_id).item_count)
     try:
@@ -387,6 +390,8 @@ def _output(path: str | None) -> Iterator[IO[bytes]]:
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
+    import tempfile
+
     folder = os.path.dirname(os.path.abspath(path))
     handle = tempfile.NamedTemporaryFile(dir=folder, delete=False, suffix=".partial")  # noqa: SIM115
     try:

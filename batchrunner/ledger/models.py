@@ -93,6 +93,23 @@ class Item(Base):
             sqlite_where=text(DEFERRED),
             postgresql_where=text(DEFERRED),
         ),
+        # Every column `Ledger.summary` reads: `status` counts and sums from the index alone.
+        # finished_at before the sums: a finishing item is appended, not scattered (0004).
+        Index(
+            "ix_items_summary",
+            "job_id",
+            "state",
+            "model",
+            "error_kind",
+            "finished_at",
+            "input_tokens",
+            "cached_tokens",
+            "output_tokens",
+            "reasoning_tokens",
+            "cost_usd",
+            "attempts",
+            "reused",
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
