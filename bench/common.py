@@ -232,9 +232,10 @@ class CannedProtocol(asyncio.Protocol):
     It parses only what framing needs (Content-Length or chunked), so the server costs as little
     as possible and the clients, not the server, are what a throughput run measures."""
 
-    def __init__(self) -> None:
+    def __init__(self, latency_s: float = 0.0) -> None:
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
+        self._latency_s = latency_s
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -254,7 +255,15 @@ class CannedProtocol(asyncio.Protocol):
             answers += 1
         self._buffer = buffer
         if answers and self._transport is not None:
-            self._transport.write(CANNED_RESPONSE * answers)
+            if self._latency_s > 0:
+                loop = asyncio.get_running_loop()
+                loop.call_later(self._latency_s, self._answer, answers)
+            else:
+                self._answer(answers)
+
+    def _answer(self, count: int) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(CANNED_RESPONSE * count)
 
 
 def _request_end(buffer: bytes, head_end: int) -> int:
@@ -276,7 +285,10 @@ def _request_end(buffer: bytes, head_end: int) -> int:
 async def _serve(kind: str, config: dict[str, Any]) -> None:
     if kind == "minimal":
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(CannedProtocol, LOCALHOST, 0, backlog=4096)
+        latency_s = float(config.get("latency_ms", 0.0)) / 1000
+        server = await loop.create_server(
+            lambda: CannedProtocol(latency_s), LOCALHOST, 0, backlog=4096
+        )
         port = server.sockets[0].getsockname()[1]
     else:
         from batchrunner.fake import FakeConfig, FakeServer
