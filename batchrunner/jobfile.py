@@ -134,6 +134,22 @@ def _check_body(url: str, body: dict[str, Any]) -> None:
 
 def parse_line(raw: bytes, position: int, defaults: JobDefaults) -> JobItem:
     """Validate one line (without its newline) and build its item, or raise `_LineError`."""
+    custom_id, url, body, extra = _parse(raw, position, defaults)
+    return JobItem(
+        position=position,
+        custom_id=custom_id,
+        url=url,
+        body=orjson.dumps(body),
+        extra=orjson.dumps(extra) if extra else None,
+        model=body["model"],
+    )
+
+
+def _parse(
+    raw: bytes, position: int, defaults: JobDefaults
+) -> tuple[str, str, dict[str, Any], dict[str, Any] | None]:
+    """Validate one line: its custom_id, url, body and extra keys, or raise `_LineError`. The
+    check pass needs no more than this; `parse_line` also encodes the body for the ledger."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -149,20 +165,20 @@ def parse_line(raw: bytes, position: int, defaults: JobDefaults) -> JobItem:
         raise _LineError(f"expected a JSON object, got {_kind(obj)}")
 
     extra: dict[str, Any] | None = None
-    if "body" in obj or "method" in obj:  # the Batch API line form
-        method = obj.get("method", "POST")
+    if "body" in obj or "method" in obj:  # the Batch API line form; what is left is extra
+        method = obj.pop("method", "POST")
         if method != "POST":
             raise _LineError(f'method must be "POST", got {orjson.dumps(method).decode()}')
         if "body" not in obj:
             raise _LineError('missing "body"')
-        body = obj["body"]
+        body = obj.pop("body")
         if not isinstance(body, dict):
             raise _LineError(f'"body" must be an object, got {_kind(body)}')
         custom_id = (
-            _custom_id(obj["custom_id"], "custom_id") if "custom_id" in obj else str(position)
+            _custom_id(obj.pop("custom_id"), "custom_id") if "custom_id" in obj else str(position)
         )
-        url = obj.get("url", defaults.endpoint)
-        extra = {k: v for k, v in obj.items() if k not in BATCH_LINE_KEYS} or None
+        url = obj.pop("url", defaults.endpoint)
+        extra = obj or None
     else:  # the short form: the body itself
         body = obj
         custom_id = str(position)
@@ -171,22 +187,16 @@ def parse_line(raw: bytes, position: int, defaults: JobDefaults) -> JobItem:
                 custom_id = _custom_id(body.pop(key), key)
                 break
         url = body.pop("url", defaults.endpoint)
-    if not isinstance(url, str):
-        raise _LineError(f'"url" must be a string, got {_kind(url)}')
-    url = normalize_endpoint(url)
-    if url not in ENDPOINTS:
-        raise _LineError(f'unknown url "{url}"; expected one of {", ".join(ENDPOINTS)}')
+    if url not in ENDPOINTS:  # most lines name one exactly
+        if not isinstance(url, str):
+            raise _LineError(f'"url" must be a string, got {_kind(url)}')
+        url = normalize_endpoint(url)
+        if url not in ENDPOINTS:
+            raise _LineError(f'unknown url "{url}"; expected one of {", ".join(ENDPOINTS)}')
     if "model" not in body and defaults.model:
         body["model"] = defaults.model
     _check_body(url, body)
-    return JobItem(
-        position=position,
-        custom_id=custom_id,
-        url=url,
-        body=orjson.dumps(body),
-        extra=orjson.dumps(extra) if extra else None,
-        model=body["model"],
-    )
+    return custom_id, url, body, extra
 
 
 def request_hash(url: str, body: bytes) -> str:
@@ -253,22 +263,25 @@ def check_job_file(path: str, defaults: JobDefaults) -> FileSummary:
     problems: list[Problem] = []
     problem_count = 0
     digest = hashlib.sha256()
-    last_line = 0
+    last_line = items = 0
+    add, endpoints, models = finder.add, summary.endpoints, summary.models
     for number, raw in _lines(path, digest):
         last_line = number
         try:
             if raw is None:
                 raise _LineError(_too_long())
-            item = parse_line(raw, number, defaults)
+            custom_id, url, body, _ = _parse(raw, number, defaults)
         except _LineError as exc:
             problem_count += 1
             if len(problems) < MAX_PROBLEMS_SHOWN:
                 problems.append(Problem(path, number, str(exc)))
             continue
-        finder.add(item.custom_id)
-        summary.items += 1
-        summary.endpoints[item.url] = summary.endpoints.get(item.url, 0) + 1
-        summary.models[item.model] = summary.models.get(item.model, 0) + 1
+        add(custom_id)
+        items += 1
+        endpoints[url] = endpoints.get(url, 0) + 1
+        model = body["model"]
+        models[model] = models.get(model, 0) + 1
+    summary.items = items
     if finder.maybe_repeated:
         for line, custom_id, first in _find_repeats(path, defaults, finder.maybe_repeated):
             problem_count += 1
@@ -310,11 +323,11 @@ def _find_repeats(
             if str(number) not in suspects and not any(n in raw for n in needles):
                 continue
             try:
-                item = parse_line(raw, number, defaults)
+                custom_id = _parse(raw, number, defaults)[0]
             except _LineError:
                 continue
-            if item.custom_id in suspects:
-                yield item.custom_id, number
+            if custom_id in suspects:
+                yield custom_id, number
 
     return confirm_duplicates(occurrences())
 
