@@ -228,8 +228,9 @@ def _lines(path: str, digest: Any = None) -> Iterator[tuple[int, bytes | None]]:
     None for a line over MAX_LINE_BYTES, whose bytes are skipped rather than held."""
     with _open(path) as handle:
         number = 0
+        readline = handle.readline
         while True:
-            chunk = handle.readline(MAX_LINE_BYTES + 1)
+            chunk = readline(MAX_LINE_BYTES + 1)
             if not chunk:
                 return
             number += 1
@@ -247,7 +248,7 @@ def _lines(path: str, digest: Any = None) -> Iterator[tuple[int, bytes | None]]:
                 yield number, None
                 continue
             line = chunk.rstrip(b"\r\n")
-            if line.strip():
+            if line and not line.isspace():  # as `line.strip()`, without copying the line
                 yield number, line
 
 
