@@ -177,6 +177,32 @@ def test_outcomes_update_items_and_keep_every_attempt(ledger_url: str) -> None:
     assert summary.failures_by_kind == {"server_error": 1}
 
 
+def test_results_written_through_the_driver_read_back_like_any_other_time(
+    ledger_url: str,
+) -> None:
+    """record_attempts bypasses SQLAlchemy's parameter processing; its times must still be
+    stored the way SQLAlchemy stores them (on SQLite: text that sorts and compares with the
+    text it writes itself, even for a time on a whole second)."""
+    ledger = Ledger(ledger_url)
+    job = new_job(ledger, 2)
+    run = ledger.start_run(job, max_attempts=5)
+    first, second = ledger.claim_pending(job, run, 2)
+    on_the_second = datetime(2030, 1, 2, 3, 4, 5)
+    done = record(first.id, job, run, 1, "succeeded")
+    done.started_at = done.ended_at = on_the_second
+    later = record(second.id, job, run, 1, "succeeded")
+    later.started_at = later.ended_at = on_the_second + timedelta(microseconds=1)
+    ledger.record_attempts([done, later])
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(
+            select(items_t.c.id, items_t.c.finished_at)
+            .where(items_t.c.job_id == job, items_t.c.finished_at >= on_the_second)
+            .order_by(items_t.c.finished_at)
+        ).all()
+    assert rows == [(first.id, on_the_second), (second.id, later.ended_at)]
+    assert [a.ended_at for a in ledger.attempts_of(first.id)] == [on_the_second]
+
+
 def test_an_outcome_from_a_run_that_lost_the_item_changes_nothing(ledger_url: str) -> None:
     ledger = Ledger(ledger_url)
     job = new_job(ledger, 1)

@@ -22,7 +22,7 @@ TimeToSql = Callable[[datetime | None], Any]
 
 def time_to_sql(dialect: Dialect) -> TimeToSql:
     """The DateTime conversion SQLAlchemy would apply, for SQL sent straight to the driver."""
-    convert = DateTime().bind_processor(dialect)
+    convert = DateTime().dialect_impl(dialect).bind_processor(dialect)
     if convert is None:
         return lambda value: value
     return lambda value: None if value is None else convert(value)

@@ -80,7 +80,7 @@ class ConcurrentRunner:
         self._prices = price_table_from(settings.prices, "--prices") if settings.prices else None
         self._budget: Budget | None = None
         self._tokens = TokenEstimator()
-        self._writer = LedgerWriter(ledger, on_flush, backlog=settings.concurrency)
+        self._writer = LedgerWriter(ledger, on_flush, backlog=2 * settings.concurrency)
         # Claimed items wait here for a worker: a plain deque, because a stream's per-item
         # checkpoints cost more than the rest of the hand-over.
         self._queue: deque[ClaimedItem] = deque()

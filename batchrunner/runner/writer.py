@@ -2,10 +2,10 @@
 
 Workers hand their outcomes to one writer task and go on with their next item: while a
 transaction runs, new outcomes gather, and the next transaction takes them all. An item counts
-as done only once its outcome is committed, so a kill loses at most the outcomes still queued
-or being committed (never more than `backlog`) plus the requests in flight; those items are still "running" in the
-ledger and are sent again by the next run. When the ledger falls behind, `write` waits for room
-instead of letting the queue grow.
+as done only once its outcome is committed, so a kill loses at most the outcomes queued or being
+committed (never more than `backlog`) plus the requests in flight; those items are still
+"running" in the ledger and are sent again by the next run. When the ledger falls behind,
+`write` waits for room instead of letting the queue grow.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ import anyio
 from batchrunner.ledger import AttemptRecord, Ledger
 
 MAX_BATCH = 2000
+# A commit waits this long for half the backlog to gather: commits of a few outcomes each write
+# the same index pages again and again, and the workers do not wait for them anyway.
+GATHER_S = 0.02
 
 
 class LedgerWriter:
@@ -33,6 +36,7 @@ class LedgerWriter:
         self._committing = 0  # outcomes in the transaction under way
         self._wakeup = anyio.Event()
         self._room = anyio.Event()
+        self._full = anyio.Event()
         self._closed = False
         self._error: BaseException | None = None
 
@@ -45,16 +49,23 @@ class LedgerWriter:
             raise self._error
         self._pending.append(record)
         self._wakeup.set()
+        if len(self._pending) * 2 >= self._backlog:
+            self._full.set()
 
     def close(self) -> None:
         """No more writes: `run` commits what is left and returns."""
         self._closed = True
         self._wakeup.set()
+        self._full.set()
 
     async def run(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup = anyio.Event()
+            if not self._closed and len(self._pending) * 2 < self._backlog:
+                with anyio.move_on_after(GATHER_S):
+                    await self._full.wait()
+            self._full = anyio.Event()
             while self._pending:
                 await self._flush()
             if self._closed:
