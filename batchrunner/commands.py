@@ -1,4 +1,8 @@
-"""The library behind each CLI command; tests call these directly, the CLI only adds printing."""
+"""The library behind each CLI command; tests call these directly, the CLI only adds printing.
+
+The runners, the openai SDK (batch mode) and the fake server are imported where they are used:
+together they are over half a second of start-up that `submit --detach` and `status` do not need.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +11,22 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import anyio
+from typing import TYPE_CHECKING, Any
 
 from batchrunner.errors import UsageError
 from batchrunner.estimate import Estimate, EstimateBuilder
-from batchrunner.fake import FakeConfig, FakeServer, run_in_thread
 from batchrunner.jobfile import FileSummary, JobDefaults, check_job_file, read_job_items
 from batchrunner.ledger import AttemptRecord, Ledger
 from batchrunner.ledger.batches import SUBMITTED
 from batchrunner.pricing import price_table_from
 from batchrunner.redact import Redactor
-from batchrunner.runner.batch import BatchProgress, BatchRunner
-from batchrunner.runner.batch_api import BatchApi
-from batchrunner.runner.concurrent import ConcurrentRunner, RunReport
-from batchrunner.runner.transport import HttpTransport
 from batchrunner.settings import OPENAI_BASE_URL, RunSettings
 
-SIMULATED_LATENCY = FakeConfig(latency_ms=20.0, latency_jitter_ms=60.0)
+if TYPE_CHECKING:
+    from batchrunner.fake import FakeConfig
+    from batchrunner.runner.batch import BatchProgress, BatchRunner
+    from batchrunner.runner.concurrent import RunReport
+
 SIMULATED_KEY = "sk-simulated-no-real-key"
 
 
@@ -104,7 +105,9 @@ def api_key_for(settings: RunSettings) -> str | None:
 @asynccontextmanager
 async def simulated_endpoint(config: FakeConfig | None = None) -> AsyncIterator[str]:
     """The fake OpenAI-compatible server on 127.0.0.1, in this event loop."""
-    server = FakeServer(config or SIMULATED_LATENCY)
+    from batchrunner.fake import FakeConfig, FakeServer
+
+    server = FakeServer(config or FakeConfig(latency_ms=20.0, latency_jitter_ms=60.0))
     base_url = await server.start()
     try:
         yield base_url
@@ -177,17 +180,15 @@ async def _run(
     handle_signals: bool,
     shared: bool = False,
 ) -> RunReport:
+    from batchrunner.runner.concurrent import ConcurrentRunner
+    from batchrunner.runner.transport import HttpTransport
+
     transport = HttpTransport(
         settings.resolved_base_url(), api_key, settings.timeout, settings.concurrency
     )
     async with transport:
         runner = ConcurrentRunner(ledger, job_id, settings, transport, on_flush, shared=shared)
         return await runner.run(handle_signals=handle_signals)
-
-
-SIMULATED_BATCHES = FakeConfig(
-    batch_validating_s=0.1, batch_in_progress_s=0.5, batch_finalizing_s=0.1
-)
 
 
 def run_batch_job(
@@ -206,7 +207,10 @@ def run_batch_job(
     settings = job_settings(ledger, job_id, overrides or {})
     _, simulated = ledger.job_options(job_id)
     if simulated:
-        with run_in_thread(fake_config or SIMULATED_BATCHES) as server:
+        from batchrunner.fake import FakeConfig, run_in_thread
+
+        quick = FakeConfig(batch_validating_s=0.1, batch_in_progress_s=0.5, batch_finalizing_s=0.1)
+        with run_in_thread(fake_config or quick) as server:
             settings = settings.merged({"base_url": server.base_url})
             return _run_batches(ledger, job_id, settings, SIMULATED_KEY, True, poll_s, on_progress)
     key = api_key_for(settings)
@@ -222,13 +226,14 @@ def _run_batches(
     poll_s: float,
     on_progress: Callable[[BatchProgress], None] | None,
 ) -> RunReport:
-    api = BatchApi(settings.resolved_base_url(), api_key, settings.timeout)
-    report = BatchRunner(ledger, job_id, settings, api, on_progress).run(wait, poll_s)
+    report = _batch_runner(ledger, job_id, settings, api_key, on_progress).run(wait, poll_s)
     leftovers = report.state == "stopped" and not report.stop_reason
     if settings.finish == "concurrent" and wait and leftovers:
 
         async def finish() -> RunReport:  # the batches ended with leftovers: run them now
             return await _run(ledger, job_id, settings, api_key, None, True)
+
+        import anyio
 
         return anyio.run(finish)
     return report
@@ -241,8 +246,7 @@ def refresh_batches(ledger: Ledger, job_id: int) -> bool:
     if simulated or not ledger.batches_of(job_id, (SUBMITTED,)):
         return False
     settings = job_settings(ledger, job_id, {})
-    api = BatchApi(settings.resolved_base_url(), api_key_for(settings), settings.timeout)
-    BatchRunner(ledger, job_id, settings, api).refresh()
+    _batch_runner(ledger, job_id, settings, api_key_for(settings)).refresh()
     return True
 
 
@@ -251,8 +255,21 @@ def cancel_job(ledger: Ledger, job_id: int) -> int:
     settings = job_settings(ledger, job_id, {})
     _, simulated = ledger.job_options(job_id)
     key = SIMULATED_KEY if simulated else api_key_for(settings)
-    api = BatchApi(settings.resolved_base_url(), key, settings.timeout)
-    return BatchRunner(ledger, job_id, settings, api).cancel()
+    return _batch_runner(ledger, job_id, settings, key).cancel()
+
+
+def _batch_runner(
+    ledger: Ledger,
+    job_id: int,
+    settings: RunSettings,
+    api_key: str | None,
+    on_progress: Callable[[BatchProgress], None] | None = None,
+) -> BatchRunner:
+    from batchrunner.runner.batch import BatchRunner
+    from batchrunner.runner.batch_api import BatchApi
+
+    api = BatchApi(settings.resolved_base_url(), api_key, settings.timeout)
+    return BatchRunner(ledger, job_id, settings, api, on_progress)
 
 
 def exit_code(ledger: Ledger, report: RunReport) -> int:
