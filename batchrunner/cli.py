@@ -224,9 +224,7 @@ def worker(
     ledger = Ledger(db)
     job_ids = None if all_jobs else [ledger.find_job(job) for job in jobs]
     overrides = _overrides(**run, lease_s=lease_s)
-    import anyio
-
-    reports = anyio.run(
+    reports = commands.run_async(
         functools.partial(commands.run_worker, ledger, job_ids, overrides, handle_signals=True)
     )
     for report in reports:
@@ -254,8 +252,6 @@ def cancel(job: str | None, db: str) -> None:
 def _run_with_progress(
     ledger: Ledger, job_id: int, overrides: dict[str, Any], wait: bool, poll_s: float
 ) -> int:
-    import anyio
-
     from batchrunner import commands
     from batchrunner.progress import ProgressBar
 
@@ -265,7 +261,7 @@ def _run_with_progress(
     done = before["total"] - before["counts"]["pending"] - before["counts"]["running"]
     bar = ProgressBar(before["total"], done)
     try:
-        report = anyio.run(
+        report = commands.run_async(
             functools.partial(
                 commands.run_job,
                 ledger,

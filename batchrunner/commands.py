@@ -7,11 +7,11 @@ together they are over half a second of start-up that `submit --detach` and `sta
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from batchrunner.errors import UsageError
 from batchrunner.estimate import Estimate, EstimateBuilder
@@ -28,6 +28,20 @@ if TYPE_CHECKING:
     from batchrunner.runner.concurrent import RunReport
 
 SIMULATED_KEY = "sk-simulated-no-real-key"
+
+T = TypeVar("T")
+
+
+def run_async(main: Callable[[], Awaitable[T]]) -> T:
+    """Run `main` to the end on uvloop where it is installed (a fifth or so less CPU per request
+    than asyncio's own loop, and a run is CPU-bound on one core at high rates), else asyncio's."""
+    import anyio
+
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return anyio.run(main)
+    return anyio.run(main, backend_options={"use_uvloop": True})
 
 
 @dataclass
@@ -233,9 +247,7 @@ def _run_batches(
         async def finish() -> RunReport:  # the batches ended with leftovers: run them now
             return await _run(ledger, job_id, settings, api_key, None, True)
 
-        import anyio
-
-        return anyio.run(finish)
+        return run_async(finish)
     return report
 
 

@@ -516,7 +516,7 @@ def batchrunner_e2e(
     given, runs the run phase (e.g. under a profiler)."""
     import anyio
 
-    from batchrunner.commands import run_job, submit_job
+    from batchrunner.commands import run_async, run_job, submit_job
     from batchrunner.jobfile import JobDefaults
     from batchrunner.settings import RunSettings
 
@@ -538,7 +538,7 @@ def batchrunner_e2e(
         return "stopped (time limit)"
 
     def run() -> str:
-        return asyncio.run(go())
+        return run_async(go)  # the event loop `batchrunner submit` runs on
 
     state = wrap(run) if wrap else run()
     finished = time.perf_counter()
@@ -565,13 +565,17 @@ def warm_imports(clients: Iterable[str] = ("a", "b", "c")) -> None:
         import batchrunner.commands  # noqa: F401
 
 
-def bounded(coroutine: Awaitable[Measure], seconds: float) -> Measure:
-    """Run one async measurement to the end, or fail after `seconds`."""
+def bounded(coroutine: Awaitable[Measure], seconds: float, uvloop: bool = False) -> Measure:
+    """Run one async measurement to the end, or fail after `seconds`; on uvloop if asked."""
 
     async def go() -> Measure:
         async with asyncio.timeout(seconds):
             return await coroutine
 
+    if uvloop:
+        import uvloop as loops
+
+        return loops.run(go())
     return asyncio.run(go())
 
 

@@ -2,6 +2,7 @@
 zero-latency OpenAI-compatible server in its own process (pinned to its own core).
 
     a   bare aiohttp + orjson: the floor any Python client pays
+    a2  the same on uvloop, the event loop batchrunner runs on when it is installed
     b   openai SDK, AsyncOpenAI(max_retries=0), default httpx2 transport
     b2  the SDK over its aiohttp transport (openai.DefaultAioHttpClient), if available
     c   batchrunner end to end: submit (validate + record in a temp SQLite ledger) + run
@@ -43,7 +44,7 @@ from common import (
     write_job_file,
 )
 
-CLIENTS = ("a", "b", "b2", "c")
+CLIENTS = ("a", "a2", "b", "b2", "c")
 SWEEP_CONCURRENCY = (8, 32, 128, 512)
 TARGET_C_OVER_A = 0.5
 PLOT = BENCH_DIR / "throughput.png"
@@ -63,8 +64,11 @@ def measure_client(
     client: str, base_url: str, count: int, concurrency: int, limit: float
 ) -> Measure:
     """One timed run of one client on a fresh job file / ledger."""
-    if client == "a":
-        return bounded(bare_aiohttp(base_url, count, concurrency), limit)
+    if client in ("a", "a2"):
+        result = bounded(bare_aiohttp(base_url, count, concurrency), limit, uvloop=client == "a2")
+        if client == "a2":
+            result.name = "a2: aiohttp+orjson, uvloop"
+        return result
     if client in ("b", "b2"):
         return bounded(openai_sdk(base_url, count, concurrency, aiohttp=client == "b2"), limit)
     with temp_dir() as folder:
@@ -84,7 +88,7 @@ def check_answers(result: Measure) -> None:
 
 def run_order(clients: list[str]) -> list[str]:
     """c right after a, so their ratio compares neighbours in time on a noisy machine."""
-    return [c for c in ("a", "c", "b", "b2") if c in clients]
+    return [c for c in ("a", "c", "a2", "b", "b2") if c in clients]
 
 
 def main_comparison(args: argparse.Namespace, clients: list[str], server: ServerProcess) -> None:
@@ -92,6 +96,7 @@ def main_comparison(args: argparse.Namespace, clients: list[str], server: Server
     names: dict[str, str] = {}
     c_parts: list[tuple[float, float, float]] = []
     ratios: list[float] = []
+    uv_ratios: list[float] = []  # c against the bare loop on uvloop, c's own event loop
     for round_number in range(args.rounds):
         by_client: dict[str, Measure] = {}
         for client in run_order(clients):
@@ -111,6 +116,8 @@ def main_comparison(args: argparse.Namespace, clients: list[str], server: Server
             )
         if "a" in by_client and "c" in by_client:
             ratios.append(by_client["c"].rate / by_client["a"].rate)
+        if "a2" in by_client and "c" in by_client:
+            uv_ratios.append(by_client["c"].rate / by_client["a2"].rate)
     print()
     print(f"{args.requests:,} requests at concurrency {args.concurrency}, {args.rounds} round(s):")
     base = median(rates["a"]) if "a" in rates else None
@@ -142,6 +149,8 @@ def main_comparison(args: argparse.Namespace, clients: list[str], server: Server
             f"c/a (median of per-round ratios) = {ratio:.2f}  target >= {TARGET_C_OVER_A}: "
             f"{verdict(ratio >= TARGET_C_OVER_A)}"
         )
+    if uv_ratios:
+        print(f"c/a2 (both on uvloop, median of per-round ratios) = {median(uv_ratios):.2f}")
 
 
 def sweep(args: argparse.Namespace, clients: list[str], server: ServerProcess) -> None:
