@@ -1,6 +1,6 @@
 """Apply the Alembic migrations automatically, so no one ever runs one by hand.
 
-A new SQLite ledger is the one case that skips Alembic: importing it and running 0001-0004
+A new SQLite ledger is the one case that skips Alembic: importing it and running 0001-0005
 takes about a tenth of a second of `submit` (more than ingesting 10,000 lines). Such a ledger
 is created from SQLITE_SCHEMA, the very statements a fresh Alembic upgrade leaves in
 sqlite_master, in the same order, with the same alembic_version row; a test checks that the
@@ -149,6 +149,7 @@ SQLITE_SCHEMA_REVISIONS = (
     "0002_not_before.py",
     "0003_batches.py",
     "0004_summary_index.py",
+    "0005_reuse_without_index.py",
 )
 SQLITE_SCHEMA = (
     (
@@ -286,15 +287,13 @@ SQLITE_SCHEMA = (
     ),
     "CREATE INDEX ix_batches_job_id ON batches (job_id)",
     "CREATE INDEX ix_items_batch_id ON items (batch_id)",
-    ("CREATE INDEX ix_items_request_hash ON items (request_hash) WHERE state = 'succeeded'"),
     (
         "CREATE INDEX ix_items_summary ON items (job_id, state, model, error_kind, "
         "finished_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, "
         "cost_usd, attempts, reused)"
     ),
-    "INSERT INTO alembic_version (version_num) VALUES ('0004')",
+    "INSERT INTO alembic_version (version_num) VALUES ('0005')",
 )
-
 
 if __name__ == "__main__":
     sys.stdout.write(_capture())

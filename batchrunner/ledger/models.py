@@ -81,12 +81,6 @@ class Item(Base):
             postgresql_where=text("state = 'running'"),
         ),
         Index(
-            "ix_items_request_hash",
-            "request_hash",
-            sqlite_where=text("state = 'succeeded'"),
-            postgresql_where=text("state = 'succeeded'"),
-        ),
-        Index(
             "ix_items_deferred",
             "job_id",
             "not_before",
@@ -142,7 +136,8 @@ class Item(Base):
     not_before: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     # The Batch API batch (batches.id) that holds the item while it is running in batch mode.
     batch_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
-    # sha256 of the canonical url and body: finds an earlier paid-for answer (--reuse).
+    # sha256 of the canonical url and body: finds an earlier paid-for answer (--reuse). Not
+    # indexed: an index cost every answered item a random insert; --reuse scans instead (0005).
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reused: Mapped[bool] = mapped_column(Boolean, default=False)
 

@@ -39,7 +39,6 @@ from batchrunner.ledger.models import (
     FAILED,
     PENDING,
     RUNNING,
-    SUCCEEDED,
     attempts_t,
     items_t,
     jobs_t,
@@ -62,7 +61,6 @@ from batchrunner.redact import mask_answer
 __all__ = ["AttemptRecord", "ClaimedItem", "JobSummary", "Ledger", "utcnow"]
 
 INSERT_CHUNK = 2000
-REUSE_PAGE = 5000
 # What SQLite's terse reasons usually mean, and what to do.
 HINTS = {
     "database is locked": (
@@ -77,7 +75,7 @@ HINTS = {
 PAGE_SIZE = 1000
 # The newest migration in migrations/versions (a test checks): a ledger already there opens
 # without Alembic.
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 
 
 class Ledger(BatchQueries, RunQueries):
@@ -542,57 +540,51 @@ def _os_reason(exc: OSError) -> str:
 
 def _reuse_answers(conn: Connection, job_id: int, simulated: bool, now: datetime) -> int:
     """Give each pending item of the job whose request (`request_hash`) already succeeded in an
-    earlier job that answer: succeeded, `reused`, no attempt, no cost now. One UPDATE ... FROM
-    per page of ids, each answer taken from the earliest such item; a simulated job's answers
-    serve only simulated jobs (they come from the fake server)."""
-    low, high = conn.execute(
-        select(func.min(items_t.c.id), func.max(items_t.c.id)).where(items_t.c.job_id == job_id)
-    ).one()
-    if low is None:
-        return 0
-    mine, earlier, earlier_job = items_t.alias("mine"), items_t.alias("earlier"), jobs_t.alias()
-    answer = items_t.alias("answer")
-    reused = 0
-    for start in range(low, high + 1, REUSE_PAGE):
-        hashes = select(mine.c.request_hash).where(
-            mine.c.job_id == job_id, mine.c.id >= start, mine.c.id < start + REUSE_PAGE
-        )
-        first = (
-            select(earlier.c.request_hash, func.min(earlier.c.id).label("answer_id"))
-            .join(earlier_job, earlier_job.c.id == earlier.c.job_id)
-            .where(
-                earlier.c.request_hash.in_(hashes),
-                earlier.c.state == literal(SUCCEEDED, literal_execute=True),  # see _claimable
-                earlier.c.job_id != job_id,
-                earlier_job.c.simulated == simulated,
-            )
-            .group_by(earlier.c.request_hash)
-            .subquery("first_answer")
-        )
-        result = conn.execute(
-            update(items_t)
-            .where(
-                items_t.c.job_id == job_id,
-                items_t.c.id >= start,
-                items_t.c.id < start + REUSE_PAGE,
-                items_t.c.state == PENDING,
-                items_t.c.request_hash == first.c.request_hash,
-                answer.c.id == first.c.answer_id,
-            )
-            .values(
-                state=SUCCEEDED,
-                reused=True,
-                http_status=answer.c.http_status,
-                finish_reason=answer.c.finish_reason,
-                response=answer.c.response,
-                input_tokens=answer.c.input_tokens,
-                cached_tokens=answer.c.cached_tokens,
-                output_tokens=answer.c.output_tokens,
-                reasoning_tokens=answer.c.reasoning_tokens,
-                cost_usd=0.0,
-                updated_at=now,
-                finished_at=now,
-            )
-        )
-        reused += result.rowcount
-    return reused
+    earlier job that answer: succeeded, `reused`, no attempt, no cost now. The answer is the
+    earliest such item; a simulated job's answers serve only simulated jobs (they come from the
+    fake server).
+
+    request_hash has no index (it cost every answered item a random insert, see migration
+    0005), so the job's requests go into an indexed temporary table, one pass over the ledger's
+    succeeded items looks each up there, and the answers are copied by primary key: seconds on
+    a ledger of millions, once per `submit --reuse`, whatever the planner's statistics."""
+    postgres = conn.dialect.name == "postgresql"
+    temporary = "ON COMMIT DROP" if postgres else ""
+    statements = [
+        "CREATE TEMPORARY TABLE reuse_pairs (item_id INTEGER PRIMARY KEY, "
+        f"request_hash VARCHAR(64) NOT NULL, answer_id INTEGER) {temporary}",
+        "CREATE INDEX reuse_pairs_hash ON reuse_pairs (request_hash)",
+        "INSERT INTO reuse_pairs (item_id, request_hash) SELECT id, request_hash FROM items "
+        "WHERE job_id = ? AND state = 'pending' AND request_hash IS NOT NULL",
+        "CREATE TEMPORARY TABLE reuse_first (request_hash VARCHAR(64) PRIMARY KEY, "
+        f"answer_id INTEGER NOT NULL) {temporary}",
+        "INSERT INTO reuse_first (request_hash, answer_id) "
+        "SELECT earlier.request_hash, min(earlier.id) FROM items AS earlier "
+        "JOIN jobs ON jobs.id = earlier.job_id "
+        "WHERE earlier.state = 'succeeded' AND earlier.job_id != ? AND jobs.simulated = ? "
+        "AND earlier.request_hash IN (SELECT request_hash FROM reuse_pairs) "
+        "GROUP BY earlier.request_hash",
+    ]
+    parameters: list[tuple[Any, ...]] = [(), (), (job_id,), (), (job_id, simulated)]
+    for statement, values in zip(statements, parameters, strict=True):
+        conn.exec_driver_sql(driver_sql(conn.dialect, statement), values)
+    time = time_to_sql(conn.dialect)
+    result = conn.exec_driver_sql(
+        driver_sql(
+            conn.dialect,
+            "UPDATE items SET state = 'succeeded', reused = ?, http_status = answer.http_status, "
+            "finish_reason = answer.finish_reason, response = answer.response, "
+            "input_tokens = answer.input_tokens, cached_tokens = answer.cached_tokens, "
+            "output_tokens = answer.output_tokens, reasoning_tokens = answer.reasoning_tokens, "
+            "cost_usd = 0.0, updated_at = ?, finished_at = ? "
+            "FROM reuse_pairs JOIN reuse_first "
+            "ON reuse_first.request_hash = reuse_pairs.request_hash "
+            "JOIN items AS answer ON answer.id = reuse_first.answer_id "
+            "WHERE items.id = reuse_pairs.item_id",
+        ),
+        (True, time(now), time(now)),
+    )
+    if not postgres:  # a SQLite temporary table lives as long as the pooled connection
+        conn.exec_driver_sql("DROP TABLE reuse_pairs")
+        conn.exec_driver_sql("DROP TABLE reuse_first")
+    return result.rowcount
