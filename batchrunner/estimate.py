@@ -11,7 +11,6 @@ assumed cached, in both modes: concurrent (standard rates) and the Batch API.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from batchrunner.jobfile import EMBEDDINGS, JobDefaults, JobItem, read_job_items
 from batchrunner.pricing import PriceTable, price_item
 from batchrunner.settings import DEFAULT_OUTPUT
 from batchrunner.tokens import output_allowance, prompt_tokens
-from batchrunner.usage import Usage
+from batchrunner.usage import Usage, format_usd
 
 EXACT_FIRST = 1_000  # submit counts this many requests each, then samples
 SAMPLES = 2_000  # about this many more, whatever the size of the file
@@ -215,15 +214,6 @@ def estimate_job_file(
     )
 
 
-def _usd(value: float | None) -> str:
-    """Cents for large sums; at least two significant digits for tiny ones."""
-    if value is None:
-        return "unknown"
-    if value >= 1 or value == 0:
-        return f"${value:,.2f}"
-    return f"${value:.{max(4, 1 - math.floor(math.log10(value)))}f}"
-
-
 def _json_usd(value: float | None) -> float | None:
     return None if value is None else round(value, 10)
 
@@ -234,8 +224,8 @@ def _row(name: str, m: ModelEstimate | Estimate, batch_note: str = "") -> list[s
         f"{m.requests:,}",
         f"{m.input_tokens:,}",
         f"{m.output_tokens:,}",
-        _usd(m.cost_concurrent),
-        _usd(m.cost_batch) + batch_note,
+        format_usd(m.cost_concurrent),
+        format_usd(m.cost_batch) + batch_note,
     ]
 
 
@@ -279,7 +269,7 @@ def estimate_line(estimate: Estimate, mode: str) -> str:
     about = "about " if estimate.sampled else ""
     line = (
         f"estimate: {about}{estimate.input_tokens:,} input + up to {estimate.output_tokens:,} "
-        f"output tokens, {_usd(costs[mode])} ({other} mode: {_usd(costs[other])})"
+        f"output tokens, {format_usd(costs[mode])} ({other} mode: {format_usd(costs[other])})"
     )
     if estimate.sampled:
         line += " [from a sample; `batchrunner estimate` counts every request]"

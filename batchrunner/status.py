@@ -10,6 +10,7 @@ import orjson
 from batchrunner.ledger import JobSummary
 from batchrunner.ledger.models import FINISHED_STATES, ITEM_STATES
 from batchrunner.ledger.store import utcnow
+from batchrunner.usage import format_usd
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -100,7 +101,7 @@ def format_job(status: dict[str, Any]) -> str:
         for name, model in status["models"].items():
             lines.append(
                 f"    {name}: {model['items']:,} items, {model['input_tokens']:,} in, "
-                f"{model['output_tokens']:,} out, {_usd(model['cost_usd'])}"
+                f"{model['output_tokens']:,} out, {format_usd(model['cost_usd'])}"
             )
     if status["rate_per_s"] is not None:
         eta = f", ETA {_duration(status['eta_s'])}" if status["eta_s"] is not None else ""
@@ -158,17 +159,13 @@ def _batches_line(batches: list[dict[str, Any]]) -> str:
     return line
 
 
-def _usd(value: float | None) -> str:
-    return f"${value:.4f}" if value is not None else "unknown"
-
-
 def _cost_line(status: dict[str, Any]) -> str:
     """Spent, beside the estimate and the budget; loud about models with no price."""
-    parts = [_usd(status["cost_usd"])]
+    parts = [format_usd(status["cost_usd"])]
     if status["estimate_usd"] is not None:
-        parts.append(f"estimated {_usd(status['estimate_usd'])}")
+        parts.append(f"estimated {format_usd(status['estimate_usd'])}")
     if status["budget_usd"] is not None:
-        parts.append(f"budget {_usd(status['budget_usd'])}")
+        parts.append(f"budget {format_usd(status['budget_usd'])}")
     line = parts[0] + (f" ({', '.join(parts[1:])})" if parts[1:] else "")
     if status["unpriced_models"]:
         line += (

@@ -1,7 +1,9 @@
-"""Read token usage out of chat, responses and embeddings bodies alike (pure)."""
+"""Read token usage out of chat, responses and embeddings bodies alike, and show what it cost
+(pure)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,3 +59,12 @@ def read_finish_reason(body: dict[str, Any]) -> str | None:
             return "length"
         return reason if isinstance(reason, str) else "incomplete"
     return None
+
+
+def format_usd(value: float | None) -> str:
+    """Cents for large sums; at least two significant digits for tiny ones (status, estimates)."""
+    if value is None:
+        return "unknown"
+    if value >= 1 or value == 0:
+        return f"${value:,.2f}"
+    return f"${value:.{max(4, 1 - math.floor(math.log10(value)))}f}"

@@ -1,8 +1,8 @@
-"""Usage is read alike from chat, responses and embeddings bodies."""
+"""Usage is read alike from chat, responses and embeddings bodies; costs are shown alike."""
 
 from __future__ import annotations
 
-from batchrunner.usage import Usage, read_finish_reason, read_usage
+from batchrunner.usage import Usage, format_usd, read_finish_reason, read_usage
 
 
 def test_chat_usage_with_cached_and_reasoning_tokens() -> None:
@@ -44,3 +44,11 @@ def test_embeddings_usage_has_no_output() -> None:
 def test_missing_or_odd_usage_gives_nothing() -> None:
     assert read_usage({}) == Usage()
     assert read_usage({"usage": "n/a"}) == Usage()
+
+
+def test_costs_show_cents_when_large_and_two_significant_digits_when_tiny() -> None:
+    assert format_usd(None) == "unknown"
+    assert format_usd(0.0) == "$0.00"
+    assert format_usd(1234.567) == "$1,234.57"
+    assert format_usd(0.0023) == "$0.0023"
+    assert format_usd(0.0000123) == "$0.000012"
