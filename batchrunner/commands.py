@@ -6,9 +6,10 @@ together they are over half a second of start-up that `submit --detach` and `sta
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -32,16 +33,39 @@ SIMULATED_KEY = "sk-simulated-no-real-key"
 T = TypeVar("T")
 
 
+# The cycle collector's first-generation threshold while a job is ingested or run (Python's
+# default is 700).
+GC_THRESHOLD = 50_000
+
+
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Each line read and each request sent allocates a few dozen objects that die by reference
+    counting, almost never in cycles; at the default pace the cycle collector took 15-20% of a
+    run's CPU. Inside this block it runs every GC_THRESHOLD allocations instead (a few MB of
+    young objects at most); the process's own setting comes back afterwards."""
+    before = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
 def run_async(main: Callable[[], Awaitable[T]]) -> T:
     """Run `main` to the end on uvloop where it is installed (a fifth or so less CPU per request
-    than asyncio's own loop, and a run is CPU-bound on one core at high rates), else asyncio's."""
+    than asyncio's own loop, and a run is CPU-bound on one core at high rates), else asyncio's,
+    with fewer cycle collections."""
     import anyio
 
     try:
         import uvloop  # noqa: F401
+
+        options = {"use_uvloop": True}
     except ImportError:
-        return anyio.run(main)
-    return anyio.run(main, backend_options={"use_uvloop": True})
+        options = {}
+    with fewer_collections():
+        return anyio.run(main, backend_options=options)
 
 
 @dataclass
@@ -53,6 +77,7 @@ class Submitted:
     reused: int = 0  # items that took an earlier job's answer (--reuse)
 
 
+@fewer_collections()
 def submit_job(
     ledger_url: str,
     path: str,

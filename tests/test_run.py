@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import io
 from pathlib import Path
 from typing import Any
 
 import anyio
 import orjson
+import pytest
 
+from batchrunner import commands
 from batchrunner.commands import run_job, submit_job
 from batchrunner.export import write_results
 from batchrunner.fake import FakeServer
@@ -140,3 +143,21 @@ def test_resume_sends_only_what_is_unfinished(
     assert run(ledger, job).state == "completed"
     assert run(ledger, job).state == "completed"  # nothing left: sends nothing
     assert fake.total_requests == 50
+
+
+def test_a_run_collects_cycles_less_often_and_gives_the_setting_back() -> None:
+    seen: list[int] = []
+
+    async def work() -> None:
+        seen.append(gc.get_threshold()[0])
+
+    async def fail() -> None:
+        raise ValueError("the run failed")
+
+    before = gc.get_threshold()
+    commands.run_async(work)
+    assert seen == [commands.GC_THRESHOLD] != [before[0]]
+    assert gc.get_threshold() == before
+    with pytest.raises(ValueError, match="the run failed"):
+        commands.run_async(fail)
+    assert gc.get_threshold() == before
