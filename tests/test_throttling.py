@@ -98,6 +98,19 @@ def test_insufficient_quota_stops_within_a_handful_and_run_finishes_later(
     assert ledger.summary(job).counts == {"succeeded": 200}
 
 
+def test_a_deferral_among_the_last_items_is_waited_for_not_left_for_the_next_run(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    """Every item is claimed before the last ones answer: when one of them comes back with a
+    long Retry-After, the run still waits for it and sends it again, instead of stopping."""
+    lines = [chat_line(i) for i in range(3)] + [chat_line(3, "[fake:retry_laterx1] later")]
+    ledger, job = submit(tmp_path, db_url, fake, lines, concurrency=2, max_retry_wait=0.5)
+    report = run(ledger, job)
+    assert report.state == "completed" and ledger.summary(job).counts == {"succeeded": 4}
+    ids = {row.custom_id: row.id for row in ledger.iter_items(job)}
+    assert [a.outcome for a in ledger.attempts_of(ids["item-3"])] == ["retry", "succeeded"]
+
+
 def test_truncated_and_filtered_answers_are_flagged_results_never_retried(
     tmp_path: Path, db_url: str, fake: FakeServer
 ) -> None:

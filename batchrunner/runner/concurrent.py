@@ -87,6 +87,8 @@ class ConcurrentRunner:
         self._items_ready = anyio.Event()  # set when the feed adds items (or all are fed)
         self._hungry = anyio.Event()  # set when the queue runs low
         self._all_fed = False
+        self._unfinished = 0  # items claimed by this run and not yet done with by a worker
+        self._settled = anyio.Event()  # set when _unfinished drops to 0
         self._rng = random.Random(seed)
         self._stopping = anyio.Event()
         self._stop_reason: str | None = None
@@ -99,6 +101,7 @@ class ConcurrentRunner:
             self._stopping.set()
             self._hungry.set()  # the feed and idle workers see the stop and return
             self._items_ready.set()
+            self._settled.set()
 
     async def run(self, handle_signals: bool = False) -> RunReport:
         settings = self._settings
@@ -208,9 +211,12 @@ class ConcurrentRunner:
                     self._ledger.claim_pending, self._job_id, self._run_id, self._claim_page
                 )
                 if not page:
-                    if not await self._wait_for_deferred() and not await self._wait_for_others():
+                    if await self._wait_for_deferred() or await self._wait_for_others():
+                        continue
+                    if not await self._wait_for_own():
                         return
                     continue
+                self._unfinished += len(page)
                 self._queue.extend(page)  # claimed but unsent items go back in end_run
                 self._wake_workers()
         finally:
@@ -220,6 +226,18 @@ class ConcurrentRunner:
     def _wake_workers(self) -> None:
         ready, self._items_ready = self._items_ready, anyio.Event()
         ready.set()
+
+    async def _wait_for_own(self) -> bool:
+        """Nothing to claim, but this run's last items may still come back deferred (a long
+        Retry-After hands an item back to pending): wait until the workers are done with them
+        and their outcomes are committed, then look again; False when none were left."""
+        if self._stopping.is_set() or not (self._unfinished or self._writer.uncommitted):
+            return False
+        if self._unfinished:
+            self._settled = anyio.Event()
+            await self._settled.wait()
+        await self._writer.committed()
+        return not self._stopping.is_set()
 
     async def _wait_for_deferred(self) -> bool:
         """Sleep until the earliest deferred item may go; False if there is none."""
@@ -252,7 +270,12 @@ class ConcurrentRunner:
                 item = queue.popleft()
                 if len(queue) < self._settings.concurrency and not self._hungry.is_set():
                     self._hungry.set()
-                await self._process(item)
+                try:
+                    await self._process(item)
+                finally:
+                    self._unfinished -= 1
+                    if not self._unfinished:
+                        self._settled.set()
             elif self._all_fed:
                 return
             else:

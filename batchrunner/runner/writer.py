@@ -43,7 +43,7 @@ class LedgerWriter:
     async def write(self, record: AttemptRecord) -> None:
         """Queue `record` for the next commit; wait only while `backlog` outcomes are queued or
         being committed."""
-        while len(self._pending) + self._committing >= self._backlog and self._error is None:
+        while self.uncommitted >= self._backlog and self._error is None:
             await self._room.wait()
         if self._error is not None:
             raise self._error
@@ -51,6 +51,16 @@ class LedgerWriter:
         self._wakeup.set()
         if len(self._pending) * 2 >= self._backlog:
             self._full.set()
+
+    @property
+    def uncommitted(self) -> int:
+        """Outcomes queued or in the transaction under way."""
+        return len(self._pending) + self._committing
+
+    async def committed(self) -> None:
+        """Return once everything written so far is committed (or the writer failed)."""
+        while self.uncommitted and self._error is None:
+            await self._room.wait()
 
     def close(self) -> None:
         """No more writes: `run` commits what is left and returns."""
