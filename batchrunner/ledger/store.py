@@ -481,6 +481,9 @@ ITEM_COLUMNS = (
     "attempts",
     "created_at",
 )
+INSERT_ITEM = (
+    f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) VALUES ({', '.join('?' * len(ITEM_COLUMNS))})"
+)
 
 
 def _insert_items(conn: Connection, job_id: int, items: Iterable[JobItem], now: datetime) -> int:
@@ -491,14 +494,9 @@ def _insert_items(conn: Connection, job_id: int, items: Iterable[JobItem], now: 
     dialect's own processors (on SQLite the time becomes the text SQLAlchemy would store,
     instead of going through sqlite3's deprecated datetime adapter on every row)."""
     dialect = conn.dialect
-    marker = "?" if dialect.paramstyle == "qmark" else "%s"
-    sql = (
-        f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) "
-        f"VALUES ({', '.join([marker] * len(ITEM_COLUMNS))})"
-    )
-    created = items_t.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
+    sql = driver_sql(dialect, INSERT_ITEM)
+    created_at = time_to_sql(dialect)(now)
     flag = items_t.c.reused.type.dialect_impl(dialect).bind_processor(dialect)
-    created_at = created(now) if created else now
     not_reused = flag(False) if flag else False
     count = 0
     chunk: list[tuple[Any, ...]] = []
