@@ -80,6 +80,21 @@ class AttemptRecord:
     response: str | None = None
     not_before: datetime | None = None
 
+    def _details(self) -> tuple[Any, ...]:
+        """The error and usage of the attempt, in DETAIL_COLUMNS order: the attempt row and the
+        item row both end with them."""
+        return (
+            self.error_kind,
+            self.error_code,
+            self.error_message,
+            self.input_tokens,
+            self.cached_tokens,
+            self.output_tokens,
+            self.reasoning_tokens,
+            self.cost_usd,
+            self.latency_ms,
+        )
+
     def attempt_row(self, time: TimeToSql) -> tuple[Any, ...]:
         """The row for the attempts table, in ATTEMPT_COLUMNS order."""
         return (
@@ -91,15 +106,7 @@ class AttemptRecord:
             time(self.ended_at),
             self.outcome,
             self.http_status,
-            self.error_kind,
-            self.error_code,
-            self.error_message,
-            self.input_tokens,
-            self.cached_tokens,
-            self.output_tokens,
-            self.reasoning_tokens,
-            self.cost_usd,
-            self.latency_ms,
+            *self._details(),
         )
 
     def item_row(self, time: TimeToSql) -> tuple[Any, ...]:
@@ -120,30 +127,14 @@ class AttemptRecord:
             self.response,
             time(self.ended_at),
             time(self.ended_at) if self.item_state in FINISHED_STATES else None,
-            self.error_kind,
-            self.error_code,
-            self.error_message,
-            self.input_tokens,
-            self.cached_tokens,
-            self.output_tokens,
-            self.reasoning_tokens,
-            self.cost_usd,
-            self.latency_ms,
+            *self._details(),
             self.item_id,
             self.run_id,
         )
 
 
 # Column orders of AttemptRecord.attempt_row and .item_row (before its two key values).
-ATTEMPT_COLUMNS = (
-    "item_id",
-    "job_id",
-    "run_id",
-    "number",
-    "started_at",
-    "ended_at",
-    "outcome",
-    "http_status",
+DETAIL_COLUMNS = (
     "error_kind",
     "error_code",
     "error_message",
@@ -153,6 +144,17 @@ ATTEMPT_COLUMNS = (
     "reasoning_tokens",
     "cost_usd",
     "latency_ms",
+)
+ATTEMPT_COLUMNS = (
+    "item_id",
+    "job_id",
+    "run_id",
+    "number",
+    "started_at",
+    "ended_at",
+    "outcome",
+    "http_status",
+    *DETAIL_COLUMNS,
 )
 ITEM_RESULT_COLUMNS = (
     "state",
@@ -164,15 +166,7 @@ ITEM_RESULT_COLUMNS = (
     "response",
     "updated_at",
     "finished_at",
-    "error_kind",
-    "error_code",
-    "error_message",
-    "input_tokens",
-    "cached_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "latency_ms",
+    *DETAIL_COLUMNS,
 )
 
 
