@@ -255,7 +255,7 @@ def _run_with_progress(
     from batchrunner import commands
     from batchrunner.progress import ProgressBar
 
-    if ledger.summary(job_id).mode == "batch":
+    if ledger.job_mode(job_id) == "batch":
         return _run_batches_with_progress(ledger, job_id, overrides, wait, poll_s)
     before = job_status(ledger.summary(job_id))
     done = before["total"] - before["counts"]["pending"] - before["counts"]["running"]

@@ -195,7 +195,7 @@ USAGE_COLUMNS = (
 
 def write_usage(ledger: Ledger, job_id: int, out: IO[bytes], fmt: str = "jsonl") -> int:
     """Per item: model, mode, tokens and cost, for accounting and charge-back."""
-    mode = ledger.summary(job_id).mode
+    mode = ledger.job_mode(job_id)
     records = (
         dict(zip(USAGE_COLUMNS, _usage_row(row, mode), strict=True))
         for row in ledger.iter_items(job_id)

@@ -210,6 +210,11 @@ class Ledger(BatchQueries, RunQueries):
         with self._read() as conn:
             return str(conn.execute(select(jobs_t.c.state).where(jobs_t.c.id == job_id)).one()[0])
 
+    def job_mode(self, job_id: int) -> str:
+        """concurrent or batch: one column of the jobs row, without counting the items."""
+        with self._read() as conn:
+            return str(conn.execute(select(jobs_t.c.mode).where(jobs_t.c.id == job_id)).one()[0])
+
     def has_pending(self, job_id: int) -> bool:
         """Whether any item waits to be sent: one row from the pending index, not a count."""
         with self._read() as conn:
