@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
             baseline = parse_only(path, folder, args.time_limit)
             db = folder / f"ledger-{lines}.db"
             child = ingest(path, db, folder, args.time_limit)
-            rate = lines / child.seconds
+            rate, base_rate = lines / child.seconds, lines / baseline.seconds
             peaks[lines], rates[lines] = mib(child.peak_rss), rate
             db_size = sum(p.stat().st_size for p in folder.glob(f"ledger-{lines}.db*"))
             rows.append(
@@ -133,9 +133,9 @@ def main(argv: list[str] | None = None) -> None:
                     child.seconds,
                     rate,
                     mib(child.peak_rss),
-                    lines / baseline.seconds,
+                    base_rate,
                     mib(baseline.peak_rss),
-                    rate / (lines / baseline.seconds),
+                    rate / base_rate,
                     lines / max(child.seconds - start_up, 1e-3),
                     mib(db_size),
                 ]

@@ -107,8 +107,9 @@ def summarise(raw: Path) -> None:
     for thread, frames, n in busy:
         threads[thread] += n
         if frames:
-            own[package_of(frames[-1][1])] += n
-            own_functions[f"{frames[-1][0]} ({package_of(frames[-1][1])})"] += n
+            function, path = frames[-1]
+            own[package_of(path)] += n
+            own_functions[f"{function} ({package_of(path)})"] += n
         phases[phase_of(thread, frames)] += n
         seen: set[str] = set()
         for index, (func, path) in enumerate(frames):
@@ -127,21 +128,16 @@ def summarise(raw: Path) -> None:
     print("of busy samples. Threads (busy / all samples):")
     for thread, n in threads.most_common():
         print(f"   {n / busy_total:6.1%}  {thread}  ({n:,} of {thread_all[thread]:,})")
-    print("Phases:")
-    for phase, n in phases.most_common():
-        print(f"   {n / busy_total:6.1%}  {phase}")
-    print("Self time by package or module (where the CPU burns):")
-    for name, n in own.most_common(TOP):
-        print(f"   {n / busy_total:6.1%}  {name}")
-    print("Self time by function:")
-    for name, n in own_functions.most_common(TOP):
-        print(f"   {n / busy_total:6.1%}  {name}")
-    print("Inclusive time of batchrunner functions:")
-    for name, n in inclusive.most_common(TOP):
-        print(f"   {n / busy_total:6.1%}  {name}")
-    print("Library calls made by batchrunner code (inclusive):")
-    for name, n in library_calls.most_common(TOP):
-        print(f"   {n / busy_total:6.1%}  {name}")
+    for title, counter, top in (
+        ("Phases:", phases, None),
+        ("Self time by package or module (where the CPU burns):", own, TOP),
+        ("Self time by function:", own_functions, TOP),
+        ("Inclusive time of batchrunner functions:", inclusive, TOP),
+        ("Library calls made by batchrunner code (inclusive):", library_calls, TOP),
+    ):
+        print(title)
+        for name, n in counter.most_common(top):
+            print(f"   {n / busy_total:6.1%}  {name}")
 
 
 def record(args: argparse.Namespace, raw: Path) -> bool:

@@ -227,6 +227,18 @@ def assert_refused_clearly(result: subprocess.CompletedProcess[str], url: str, r
     assert match["url"] == url and reason in match["reason"]
 
 
+def assert_resumes_resending_only_what_was_in_flight(
+    url: str, db: Path, fake: FakeServer, count: int, sent_before: Counter[str]
+) -> None:
+    """`run` (concurrency 8) after a refused one: every item succeeds once, and only what the
+    refused run had in flight is sent again."""
+    assert invoke("run", "--db", url, "--base-url", fake.base_url).exit_code == 0
+    assert_each_item_succeeded_once(db, count)
+    resent = [cid for cid, n in fake.requests_by_id.items() if n > 1]
+    # At most the 8 requests in flight and the 16 answers queued for the writer.
+    assert len(resent) <= 3 * 8 and all(sent_before[cid] == 1 for cid in resent)
+
+
 def test_a_locked_ledger_stops_the_run_clearly_and_the_job_resumes(
     tmp_path: Path, fake: FakeServer
 ) -> None:
@@ -250,11 +262,7 @@ def test_a_locked_ledger_stops_the_run_clearly_and_the_job_resumes(
     assert_refused_clearly(result, impatient, "database is locked")
     sent_before = Counter(fake.requests_by_id)
 
-    assert invoke("run", "--db", url, "--base-url", fake.base_url).exit_code == 0
-    assert_each_item_succeeded_once(db, 400)
-    resent = [cid for cid, n in fake.requests_by_id.items() if n > 1]
-    # At most the 8 requests in flight and the 16 answers queued for the writer.
-    assert len(resent) <= 3 * 8 and all(sent_before[cid] == 1 for cid in resent)
+    assert_resumes_resending_only_what_was_in_flight(url, db, fake, 400, sent_before)
 
 
 @pytest.fixture
@@ -290,11 +298,7 @@ def test_a_full_disk_stops_the_run_clearly_and_the_job_resumes(
     sent_before = Counter(fake.requests_by_id)
 
     filler.unlink()
-    assert invoke("run", "--db", url, "--base-url", fake.base_url).exit_code == 0
-    assert_each_item_succeeded_once(db, 1000)
-    resent = [cid for cid, n in fake.requests_by_id.items() if n > 1]
-    # At most the 8 requests in flight and the 16 answers queued for the writer.
-    assert len(resent) <= 3 * 8 and all(sent_before[cid] == 1 for cid in resent)
+    assert_resumes_resending_only_what_was_in_flight(url, db, fake, 1000, sent_before)
 
 
 def test_a_read_only_ledger_is_refused_clearly_and_the_job_resumes(
