@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import orjson
@@ -238,8 +238,7 @@ class CannedProtocol(asyncio.Protocol):
         self._latency_s = latency_s
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer + data
@@ -562,7 +561,14 @@ def warm_imports(clients: Iterable[str] = ("a", "b", "c")) -> None:
     if {"b", "b2"} & set(clients):
         import openai  # noqa: F401
     if "c" in clients:
-        import batchrunner.commands  # noqa: F401
+        import anyio
+
+        # The run imports these lazily.
+        import batchrunner.runner.concurrent
+        import batchrunner.runner.transport  # noqa: F401
+        from batchrunner.commands import run_async
+
+        run_async(anyio.lowlevel.checkpoint)  # the first run also imports its loop's modules
 
 
 def bounded(coroutine: Awaitable[Measure], seconds: float, uvloop: bool = False) -> Measure:
@@ -651,6 +657,11 @@ def require_ok(name: str, child: ChildRun) -> None:
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "serve":
         settings = orjson.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
-        asyncio.run(_serve(sys.argv[2], settings))
+        if os.environ.get("BENCH_SERVER_LOOP") == "uvloop":
+            import uvloop
+
+            uvloop.run(_serve(sys.argv[2], settings))
+        else:
+            asyncio.run(_serve(sys.argv[2], settings))
     else:
         print(__doc__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from batchrunner.export import write_results
 from batchrunner.fake import FakeServer
 from batchrunner.jobfile import JobDefaults
 from batchrunner.ledger import Ledger
+from batchrunner.runner import writer
 from batchrunner.runner.concurrent import RunReport
 from batchrunner.settings import RunSettings
 from tests.conftest import chat_line, write_jsonl
@@ -161,3 +163,16 @@ def test_a_run_collects_cycles_less_often_and_gives_the_setting_back() -> None:
     with pytest.raises(ValueError, match="the run failed"):
         commands.run_async(fail)
     assert gc.get_threshold() == before
+
+
+def test_the_last_outcomes_are_committed_at_once_not_after_the_gather_window(
+    tmp_path: Path, db_url: str, fake: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mid-run a commit waits up to GATHER_S for more outcomes; at the end nothing more is
+    coming, and the run waiting for its last commit cuts that wait short."""
+    monkeypatch.setattr(writer, "GATHER_S", 10.0)
+    ledger, job = submit(tmp_path, db_url, fake, [chat_line(i) for i in range(2)])
+    started = time.monotonic()
+    assert run(ledger, job).state == "completed"
+    assert time.monotonic() - started < 5.0
+    assert ledger.summary(job).counts == {"succeeded": 2}

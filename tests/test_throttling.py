@@ -6,7 +6,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from batchrunner.fake import FakeServer
+from batchrunner.runner import concurrent
 from batchrunner.runner.concurrent import RunReport
 from tests.conftest import chat_line
 from tests.test_run import exported, run, submit
@@ -140,3 +143,25 @@ def test_a_long_retry_after_defers_the_item_instead_of_holding_a_worker(
     assert (second.started_at - first.ended_at).total_seconds() >= 1.4  # the server's 1.5 s
     others_done = max(ledger.attempts_of(ids[f"item-{i}"])[0].ended_at for i in range(1, 6))
     assert others_done < second.started_at  # the one worker went on with the others
+
+
+def test_workers_start_at_the_ramp_rate_not_all_in_one_loop_pass(
+    tmp_path: Path, db_url: str, fake: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(concurrent, "WORKER_STARTS_PER_S", 200.0)  # 20 workers over 0.1 s
+    fake.config.latency_ms = 300  # no worker is free again before the last one has started
+    ledger, job = submit(tmp_path, db_url, fake, [chat_line(i) for i in range(20)], concurrency=20)
+    assert run(ledger, job).state == "completed"
+    sent = sorted(ledger.attempts_of(item.id)[0].started_at for item in ledger.iter_items(job))
+    assert (sent[-1] - sent[0]).total_seconds() >= 0.9 * 19 / 200  # one loop pass: a few ms
+
+
+def test_a_job_smaller_than_its_concurrency_does_not_wait_for_every_worker_to_start(
+    tmp_path: Path, db_url: str, fake: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(concurrent, "WORKER_STARTS_PER_S", 100.0)  # 1,000 workers: 10 s
+    lines = [chat_line(i) for i in range(3)]
+    ledger, job = submit(tmp_path, db_url, fake, lines, concurrency=1000)
+    report, elapsed = timed_run(ledger, job)
+    assert report.state == "completed" and ledger.summary(job).counts == {"succeeded": 3}
+    assert elapsed < 5.0

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import random
+import ssl
 import threading
 import time
 import uuid
@@ -102,13 +103,17 @@ class FakeServer:
         app.router.add_post("/_fake/reset", self._reset)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> str:
+        """Serve on host:port (0: a free port), over TLS when given `ssl_context`."""
         self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, backlog=1024)
+        site = web.TCPSite(self._runner, host, port, backlog=1024, ssl_context=ssl_context)
         await site.start()
         bound_port = self._runner.addresses[0][1]
-        self.base_url = f"http://{host}:{bound_port}/v1"
+        scheme = "https" if ssl_context is not None else "http"
+        self.base_url = f"{scheme}://{host}:{bound_port}/v1"
         return self.base_url
 
     async def stop(self) -> None:

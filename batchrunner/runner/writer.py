@@ -58,7 +58,9 @@ class LedgerWriter:
         return len(self._pending) + self._committing
 
     async def committed(self) -> None:
-        """Return once everything written so far is committed (or the writer failed)."""
+        """Return once everything written so far is committed (or the writer failed). Someone
+        waits for it, so the commit does not wait for more outcomes to gather."""
+        self._full.set()
         while self.uncommitted and self._error is None:
             await self._room.wait()
 

@@ -1,0 +1,52 @@
+"""The HTTP transport over TLS: which certificate authorities it trusts, and how a refused
+certificate is reported (a connection failure, like any other broken connection)."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import anyio
+import pytest
+import trustme
+
+from batchrunner.fake import FakeConfig, FakeServer
+from batchrunner.runner.transport import HttpTransport, Reply, TransportFailure
+
+BODY = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+
+
+async def post_once(ca: trustme.CA) -> Reply | TransportFailure:
+    """One chat request to a fake server on 127.0.0.1 whose certificate `ca` signed."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    server = FakeServer(FakeConfig())
+    base_url = await server.start(ssl_context=context)
+    assert base_url.startswith("https://127.0.0.1:")
+    try:
+        async with HttpTransport(base_url, "sk-test", timeout=10, max_connections=2) as transport:
+            return await transport.post("/v1/chat/completions", BODY, "item-1")
+    finally:
+        await server.stop()
+
+
+def test_a_server_signed_by_the_ca_in_ssl_cert_file_is_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = trustme.CA()
+    ca_file = tmp_path / "own-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    answer = anyio.run(post_once, ca)
+    assert isinstance(answer, Reply), answer
+    assert answer.status == 200 and b"chat.completion" in answer.body
+
+
+def test_a_certificate_no_trusted_ca_signed_is_refused_as_a_connection_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-bundle.pem"))
+    answer = anyio.run(post_once, trustme.CA())
+    assert isinstance(answer, TransportFailure), answer
+    assert answer.kind == "connection"
+    assert "invalid peer certificate" in answer.message, answer.message
