@@ -433,6 +433,32 @@ async def bare_aiohttp(base_url: str, count: int, concurrency: int) -> Measure:
     return Measure("a: aiohttp+orjson", count, time.perf_counter() - started, statuses)
 
 
+async def bare_pyreqwest(base_url: str, count: int, concurrency: int) -> Measure:
+    """(a3) The floor of batchrunner's own transport: pyreqwest + orjson, one client, no ledger."""
+    from datetime import timedelta
+
+    from pyreqwest.client import ClientBuilder
+
+    check_local(base_url)
+    url = base_url + "/chat/completions"
+    statuses: Counter[int] = Counter()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
+    started = time.perf_counter()
+    builder = ClientBuilder().max_connections(concurrency).default_headers(headers)
+    async with builder.timeout(timedelta(seconds=60)).build() as client:
+
+        async def one(index: int) -> None:
+            request = client.post(url).body_bytes(orjson.dumps(chat_request(index))).build()
+            response = await request.send()
+            payload = bytes(await response.bytes())
+            statuses[response.status] += 1
+            if response.status == 200:
+                orjson.loads(payload)
+
+        await run_pool(count, concurrency, one)
+    return Measure("a3: pyreqwest+orjson, uvloop", count, time.perf_counter() - started, statuses)
+
+
 def sdk_aiohttp_available() -> str | None:
     """None if `openai.DefaultAioHttpClient` works here, else why not."""
     try:
@@ -657,11 +683,6 @@ def require_ok(name: str, child: ChildRun) -> None:
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "serve":
         settings = orjson.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
-        if os.environ.get("BENCH_SERVER_LOOP") == "uvloop":
-            import uvloop
-
-            uvloop.run(_serve(sys.argv[2], settings))
-        else:
-            asyncio.run(_serve(sys.argv[2], settings))
+        asyncio.run(_serve(sys.argv[2], settings))
     else:
         print(__doc__)

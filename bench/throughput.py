@@ -1,8 +1,9 @@
-"""Throughput: the same N requests at the same concurrency through four clients, against one
+"""Throughput: the same N requests at the same concurrency through several clients, against one
 zero-latency OpenAI-compatible server in its own process (pinned to its own core).
 
     a   bare aiohttp + orjson: the floor any Python client pays
     a2  the same on uvloop, the event loop batchrunner runs on when it is installed
+    a3  bare pyreqwest + orjson on uvloop: the floor of batchrunner's own transport
     b   openai SDK, AsyncOpenAI(max_retries=0), default httpx2 transport
     b2  the SDK over its aiohttp transport (openai.DefaultAioHttpClient), if available
     c   batchrunner end to end: submit (validate + record in a temp SQLite ledger) + run
@@ -29,6 +30,7 @@ from common import (
     Measure,
     ServerProcess,
     bare_aiohttp,
+    bare_pyreqwest,
     batchrunner_e2e,
     bounded,
     cpu_shares,
@@ -44,7 +46,7 @@ from common import (
     write_job_file,
 )
 
-CLIENTS = ("a", "a2", "b", "b2", "c")
+CLIENTS = ("a", "a2", "a3", "b", "b2", "c")
 SWEEP_CONCURRENCY = (8, 32, 128, 512)
 TARGET_C_OVER_A = 0.5
 PLOT = BENCH_DIR / "throughput.png"
@@ -69,6 +71,8 @@ def measure_client(
         if client == "a2":
             result.name = "a2: aiohttp+orjson, uvloop"
         return result
+    if client == "a3":
+        return bounded(bare_pyreqwest(base_url, count, concurrency), limit, uvloop=True)
     if client in ("b", "b2"):
         return bounded(openai_sdk(base_url, count, concurrency, aiohttp=client == "b2"), limit)
     with temp_dir() as folder:
@@ -88,7 +92,7 @@ def check_answers(result: Measure) -> None:
 
 def run_order(clients: list[str]) -> list[str]:
     """c right after a, so their ratio compares neighbours in time on a noisy machine."""
-    return [c for c in ("a", "c", "a2", "b", "b2") if c in clients]
+    return [c for c in ("a", "c", "a2", "a3", "b", "b2") if c in clients]
 
 
 def main_comparison(args: argparse.Namespace, clients: list[str], server: ServerProcess) -> None:
@@ -97,6 +101,7 @@ def main_comparison(args: argparse.Namespace, clients: list[str], server: Server
     c_parts: list[tuple[float, float, float]] = []
     ratios: list[float] = []
     uv_ratios: list[float] = []  # c against the bare loop on uvloop, c's own event loop
+    own_ratios: list[float] = []  # c against a bare loop on its own transport
     for round_number in range(args.rounds):
         by_client: dict[str, Measure] = {}
         for client in run_order(clients):
@@ -118,6 +123,8 @@ def main_comparison(args: argparse.Namespace, clients: list[str], server: Server
             ratios.append(by_client["c"].rate / by_client["a"].rate)
         if "a2" in by_client and "c" in by_client:
             uv_ratios.append(by_client["c"].rate / by_client["a2"].rate)
+        if "a3" in by_client and "c" in by_client:
+            own_ratios.append(by_client["c"].rate / by_client["a3"].rate)
     print()
     print(f"{args.requests:,} requests at concurrency {args.concurrency}, {args.rounds} round(s):")
     base = median(rates["a"]) if "a" in rates else None
@@ -151,6 +158,8 @@ def main_comparison(args: argparse.Namespace, clients: list[str], server: Server
         )
     if uv_ratios:
         print(f"c/a2 (both on uvloop, median of per-round ratios) = {median(uv_ratios):.2f}")
+    if own_ratios:
+        print(f"c/a3 (both on pyreqwest, median of per-round ratios) = {median(own_ratios):.2f}")
 
 
 def sweep(args: argparse.Namespace, clients: list[str], server: ServerProcess) -> None:
