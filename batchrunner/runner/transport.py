@@ -82,6 +82,10 @@ class HttpTransport:
             .timeout(timedelta(seconds=self._timeout))
             .default_headers(self._headers)
             .no_proxy()  # like the aiohttp client before it: no proxy from the environment
+            # One connection per request in flight, as before. Over TLS, reqwest would otherwise
+            # pick HTTP/2 where offered: one connection whose stream limit (often 100-256)
+            # would cap the concurrency asked for; untested against the real API.
+            .http1_only()
         )
         for pem in _extra_root_certificates():
             builder = builder.add_root_certificate_pem(pem)
