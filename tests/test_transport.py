@@ -1,8 +1,10 @@
-"""The HTTP transport over TLS: which certificate authorities it trusts, and how a refused
-certificate is reported (a connection failure, like any other broken connection)."""
+"""The HTTP transport against real servers on 127.0.0.1: which certificate authorities it trusts
+over TLS, and how a refused certificate (a connection failure) and a body cut short (a bad
+response) are reported."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 
@@ -50,3 +52,23 @@ def test_a_certificate_no_trusted_ca_signed_is_refused_as_a_connection_failure(
     assert isinstance(answer, TransportFailure), answer
     assert answer.kind == "connection"
     assert "invalid peer certificate" in answer.message, answer.message
+
+
+def test_a_body_cut_short_is_a_bad_response_not_an_answer() -> None:
+    """A server that closes the connection 8 bytes into a 100-byte body."""
+
+    async def cut_short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b'{"id": 1')
+        await writer.drain()
+        writer.close()
+
+    async def post() -> Reply | TransportFailure:
+        server = await asyncio.start_server(cut_short, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, HttpTransport(f"http://127.0.0.1:{port}/v1", None, 10, 2) as transport:
+            return await transport.post("/v1/chat/completions", BODY, "item-1")
+
+    answer = asyncio.run(post())
+    assert isinstance(answer, TransportFailure), answer
+    assert answer.kind == "bad_response" and "end of file" in answer.message
