@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from pathlib import Path
 
 import anyio
@@ -72,3 +73,24 @@ def test_a_body_cut_short_is_a_bad_response_not_an_answer() -> None:
     answer = asyncio.run(post())
     assert isinstance(answer, TransportFailure), answer
     assert answer.kind == "bad_response" and "end of file" in answer.message
+
+
+def test_requests_in_flight_are_abandoned_at_once_when_cancelled() -> None:
+    """The second Ctrl-C cancels the requests in flight: none may hold the run until it ends."""
+
+    async def cancel_in_flight() -> float:
+        server = FakeServer(FakeConfig(latency_ms=4_000))
+        base_url = await server.start()
+        started = time.monotonic()
+        try:
+            transport = HttpTransport(base_url, None, 60, 5)
+            async with transport, anyio.create_task_group() as group:
+                for index in range(5):
+                    group.start_soon(transport.post, "/v1/chat/completions", BODY, f"i{index}")
+                await anyio.sleep(0.3)
+                group.cancel_scope.cancel()
+            return time.monotonic() - started
+        finally:
+            await server.stop()  # waits for its handlers: the 4 s answers it still owes
+
+    assert anyio.run(cancel_in_flight) < 2.0  # the answers would come after 4 s
