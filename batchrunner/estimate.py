@@ -21,7 +21,7 @@ import orjson
 
 from batchrunner.errors import UsageError
 from batchrunner.jobfile import EMBEDDINGS, JobDefaults, JobItem, read_job_items
-from batchrunner.pricing import PriceTable, price_item
+from batchrunner.pricing import Cost, PriceTable, Rates, rates_for
 from batchrunner.settings import DEFAULT_OUTPUT
 from batchrunner.tokens import output_allowance, prompt_tokens
 from batchrunner.usage import Usage, format_usd
@@ -42,6 +42,8 @@ class ModelEstimate:
     cost_batch: float | None = 0.0
     batch_discount_assumed: bool = False  # batch cost = standard rates less 50%
     price_source: str | None = None
+    # The model's rates per mode (batch or not), looked up once: half of counting a request.
+    _rates: dict[bool, Rates | None] = field(default_factory=dict, repr=False, compare=False)
 
     def add(
         self, usage: Usage, capped: bool, when: datetime | None, overrides: PriceTable | None
@@ -52,13 +54,22 @@ class ModelEstimate:
         self.output_tokens += usage.output_tokens or 0
         self.uncapped_requests += not capped
         if self.cost_concurrent is not None:
-            cost = price_item(self.model, usage, batch=False, when=when, overrides=overrides)
+            cost = self._price(usage, False, when, overrides)
             self.cost_concurrent = None if cost is None else self.cost_concurrent + cost.usd
             self.price_source = cost.source if cost is not None else None
         if self.cost_batch is not None:
-            cost = price_item(self.model, usage, batch=True, when=when, overrides=overrides)
+            cost = self._price(usage, True, when, overrides)
             self.cost_batch = None if cost is None else self.cost_batch + cost.usd
             self.batch_discount_assumed |= cost is not None and cost.batch_discount_assumed
+
+    def _price(
+        self, usage: Usage, batch: bool, when: datetime | None, overrides: PriceTable | None
+    ) -> Cost | None:
+        """One request on its own (tiered prices depend on its size)."""
+        if batch not in self._rates:
+            self._rates[batch] = rates_for(self.model, batch=batch, when=when, overrides=overrides)
+        rates = self._rates[batch]
+        return rates.cost(usage) if rates is not None else None
 
     def merge_scaled(self, sample: ModelEstimate, unseen: int) -> None:
         """Add a sample of requests, counted, and `unseen` more requests like them."""

@@ -16,13 +16,15 @@ from batchrunner.errors import JobFileError
 from batchrunner.estimate import (
     DEFAULT_OUTPUT,
     EstimateBuilder,
+    ModelEstimate,
     estimate_as_json,
     estimate_items,
     estimate_job_file,
     format_estimate,
 )
 from batchrunner.jobfile import CHAT, JobDefaults, JobItem, read_job_items
-from batchrunner.pricing import load_price_file
+from batchrunner.pricing import load_price_file, price_item
+from batchrunner.usage import Usage
 from tests.conftest import write_jsonl
 
 WHEN = datetime(2026, 11, 1, tzinfo=UTC)
@@ -199,3 +201,16 @@ def test_a_small_file_is_counted_exactly(tmp_path: Path) -> None:
     assert sum(1 for _ in builder.passing(items, exact_first=1, total=len(LINES))) == len(LINES)
     assert not builder.estimate.sampled
     assert builder.estimate.input_tokens == estimate_job_file(str(path)).input_tokens
+
+
+def test_each_request_is_priced_at_its_own_tier() -> None:
+    """The model's rates are looked up once, but a tier still follows each request's size."""
+    small, large = Usage(100_000, output_tokens=1_000), Usage(300_000, output_tokens=1_000)
+    row = ModelEstimate("gpt-5.4")  # its prices rise above 272k input tokens
+    for usage in (small, large, small):
+        row.add(usage, capped=True, when=WHEN, overrides=None)
+    small_cost = price_item("gpt-5.4", small, when=WHEN)
+    large_cost = price_item("gpt-5.4", large, when=WHEN)
+    assert small_cost is not None and large_cost is not None
+    assert large_cost.usd > 3 * small_cost.usd  # 3x the tokens, at the higher tier's prices
+    assert row.cost_concurrent == pytest.approx(2 * small_cost.usd + large_cost.usd)
