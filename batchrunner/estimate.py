@@ -43,7 +43,10 @@ class ModelEstimate:
     batch_discount_assumed: bool = False  # batch cost = standard rates less 50%
     price_source: str | None = None
     # The model's rates per mode (batch or not), looked up once: half of counting a request.
-    _rates: dict[bool, Rates | None] = field(default_factory=dict, repr=False, compare=False)
+    # So every `add` to one row must pass the same `when` and `overrides` (a builder does).
+    _rates: dict[bool, Rates | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def add(
         self, usage: Usage, capped: bool, when: datetime | None, overrides: PriceTable | None

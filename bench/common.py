@@ -444,7 +444,7 @@ async def bare_pyreqwest(base_url: str, count: int, concurrency: int) -> Measure
     statuses: Counter[int] = Counter()
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
     started = time.perf_counter()
-    builder = ClientBuilder().max_connections(concurrency).default_headers(headers)
+    builder = ClientBuilder().max_connections(concurrency).default_headers(headers).no_proxy()
     async with builder.timeout(timedelta(seconds=60)).build() as client:
 
         async def one(index: int) -> None:

@@ -153,7 +153,7 @@ def test_workers_start_at_the_ramp_rate_not_all_in_one_loop_pass(
     ledger, job = submit(tmp_path, db_url, fake, [chat_line(i) for i in range(20)], concurrency=20)
     assert run(ledger, job).state == "completed"
     sent = sorted(ledger.attempts_of(item.id)[0].started_at for item in ledger.iter_items(job))
-    assert (sent[-1] - sent[0]).total_seconds() >= 0.9 * 19 / 200  # one loop pass: a few ms
+    assert (sent[-1] - sent[0]).total_seconds() >= 0.5 * 19 / 200  # one loop pass: a few ms
 
 
 def test_a_job_smaller_than_its_concurrency_does_not_wait_for_every_worker_to_start(

@@ -13,6 +13,7 @@ import anyio
 import pytest
 import trustme
 
+from batchrunner.errors import UsageError
 from batchrunner.fake import FakeConfig, FakeServer
 from batchrunner.runner.transport import HttpTransport, Reply, TransportFailure
 
@@ -55,24 +56,74 @@ def test_a_certificate_no_trusted_ca_signed_is_refused_as_a_connection_failure(
     assert "invalid peer certificate" in answer.message, answer.message
 
 
-def test_a_body_cut_short_is_a_bad_response_not_an_answer() -> None:
-    """A server that closes the connection 8 bytes into a 100-byte body."""
+def post_to_raw_server(answer: bytes) -> Reply | TransportFailure:
+    """One request to a server on 127.0.0.1 that sends `answer` (raw bytes) and closes."""
 
-    async def cut_short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b'{"id": 1')
+        writer.write(answer)
         await writer.drain()
         writer.close()
 
     async def post() -> Reply | TransportFailure:
-        server = await asyncio.start_server(cut_short, "127.0.0.1", 0)
+        server = await asyncio.start_server(reply, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         async with server, HttpTransport(f"http://127.0.0.1:{port}/v1", None, 10, 2) as transport:
             return await transport.post("/v1/chat/completions", BODY, "item-1")
 
-    answer = asyncio.run(post())
+    return asyncio.run(post())
+
+
+def test_a_body_cut_short_is_a_bad_response_not_an_answer() -> None:
+    answer = post_to_raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b'{"id": 1')
     assert isinstance(answer, TransportFailure), answer
     assert answer.kind == "bad_response" and "end of file" in answer.message
+
+
+def test_header_values_that_are_not_text_count_as_not_sent() -> None:
+    """A 429 whose retry-after and rate-limit values are not UTF-8: still an answer."""
+    body = b'{"error": {"message": "slow down", "type": "requests", "code": null}}'
+    answer = post_to_raw_server(
+        b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\xe9\r\n"
+        b"x-ratelimit-limit-requests: 5\xff\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    assert isinstance(answer, Reply), answer
+    assert (answer.status, answer.retry_after, answer.limits) == (429, None, None)
+
+
+@pytest.mark.parametrize("base_url", ["not a url", "http://127.0.0.1:99999/v1", "ftp://x/v1"])
+def test_a_base_url_that_cannot_be_used_is_a_usage_error_at_once(base_url: str) -> None:
+    async def enter() -> None:
+        async with HttpTransport(base_url, None, 10, 2):
+            pass
+
+    with pytest.raises(UsageError, match="is not usable"):
+        anyio.run(enter)
+
+
+def test_a_ca_in_ssl_cert_dir_is_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ca = trustme.CA()
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    ca.cert_pem.write_to_path(str(folder / "own-ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-bundle.pem"))
+    monkeypatch.setenv("SSL_CERT_DIR", str(folder))
+    answer = anyio.run(post_once, ca)
+    assert isinstance(answer, Reply) and answer.status == 200, answer
+
+
+def test_a_broken_certificate_file_is_a_usage_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "broken.pem"
+    broken.write_bytes(
+        b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n"
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(broken))
+    with pytest.raises(UsageError, match=r"broken\.pem"):
+        anyio.run(post_once, trustme.CA())
 
 
 def test_requests_in_flight_are_abandoned_at_once_when_cancelled() -> None:

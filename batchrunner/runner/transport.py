@@ -8,6 +8,7 @@ Every request sent is exactly one attempt: no hidden retries here.
 
 from __future__ import annotations
 
+import os
 import ssl
 import time
 from collections.abc import Mapping
@@ -15,11 +16,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from pyreqwest.client import Client, ClientBuilder
-from pyreqwest.exceptions import DecodeError, RequestError, RequestTimeoutError
+from pyreqwest.exceptions import (
+    BuilderError,
+    DecodeError,
+    DetailedPyreqwestError,
+    RequestError,
+    RequestTimeoutError,
+)
 
+from batchrunner.errors import UsageError
 from batchrunner.runner.limits import ServerLimits, read_server_limits
 
 MAX_CLIENT_REQUEST_ID = 512
@@ -82,14 +90,24 @@ class HttpTransport:
             .timeout(timedelta(seconds=self._timeout))
             .default_headers(self._headers)
             .no_proxy()  # like the aiohttp client before it: no proxy from the environment
-            # One connection per request in flight, as before. Over TLS, reqwest would otherwise
-            # pick HTTP/2 where offered: one connection whose stream limit (often 100-256)
-            # would cap the concurrency asked for; untested against the real API.
-            .http1_only()
-        )
-        for pem in _extra_root_certificates():
+        )  # HTTP/1.1 only (pyreqwest's default): one connection per request in flight
+        roots = _extra_root_certificates()
+        for pem in roots.values():
             builder = builder.add_root_certificate_pem(pem)
-        self._client = await builder.build().__aenter__()
+        try:
+            client = builder.build()
+        except BuilderError as exc:
+            raise UsageError(
+                f"could not load the trusted certificates from {', '.join(roots)}: {_reason(exc)}"
+            ) from None
+        try:  # a URL reqwest cannot send to fails here, once, not on every item
+            if urlsplit(self._base_url).scheme not in ("http", "https"):
+                raise ValueError("it must start with http:// or https://")
+            client.post(endpoint_url(self._base_url, "/v1/chat/completions")).build()
+        except (BuilderError, ValueError) as exc:
+            reason = _reason(exc) if isinstance(exc, BuilderError) else str(exc)
+            raise UsageError(f"the base URL {self._base_url!r} is not usable: {reason}") from None
+        self._client = await client.__aenter__()
         return self
 
     async def __aexit__(
@@ -111,7 +129,7 @@ class HttpTransport:
         try:
             response = await request.build().send()
             payload = bytes(await response.bytes())
-        except RequestTimeoutError:
+        except RequestTimeoutError:  # pyreqwest may call a slow answer a connect timeout too
             elapsed = time.perf_counter() - started
             return TransportFailure(
                 "timeout",
@@ -124,24 +142,37 @@ class HttpTransport:
         except RequestError as exc:
             return TransportFailure("connection", f"connection error: {_reason(exc)}", _ms(started))
         answer_headers = response.headers
+        try:
+            retry_after = retry_after_seconds(answer_headers)
+            has_limits = _has_any(answer_headers, RATE_HEADERS)
+            limits = read_server_limits(answer_headers) if has_limits else None
+        except ValueError:  # a header value that is not text: as if the server had sent none
+            retry_after, limits = None, None
         return Reply(
             status=response.status,
             body=payload,
             latency_ms=(time.perf_counter() - started) * 1000,
-            retry_after=retry_after_seconds(answer_headers),
-            limits=(
-                read_server_limits(answer_headers)
-                if _has_any(answer_headers, RATE_HEADERS)
-                else None
-            ),
+            retry_after=retry_after,
+            limits=limits,
         )
 
 
-def _extra_root_certificates() -> list[bytes]:
-    """Besides the Mozilla roots pyreqwest ships, trust the CA file Python's `ssl` trusts by
-    default (SSL_CERT_FILE when set): the system's bundle, or a self-hosted server's own CA."""
+def _extra_root_certificates() -> dict[str, bytes]:
+    """Besides the Mozilla roots pyreqwest ships, trust what OpenSSL would by default: its CA
+    file (SSL_CERT_FILE when set: the system's bundle, or a self-hosted server's own CA) and,
+    when SSL_CERT_DIR is set, the certificates in that folder. By source, for error messages."""
+    found: dict[str, bytes] = {}
     cafile = ssl.get_default_verify_paths().cafile
-    return [Path(cafile).read_bytes()] if cafile and Path(cafile).is_file() else []
+    if cafile and os.path.isfile(cafile):
+        found[cafile] = Path(cafile).read_bytes()
+    folder = os.environ.get("SSL_CERT_DIR")
+    if folder and os.path.isdir(folder):
+        for entry in sorted(Path(folder).iterdir()):
+            if entry.is_file():
+                pem = entry.read_bytes()
+                if b"-----BEGIN CERTIFICATE-----" in pem and pem not in found.values():
+                    found[str(entry)] = pem
+    return found
 
 
 def _has_any(headers: Mapping[str, str], names: tuple[str, ...]) -> bool:
@@ -152,7 +183,7 @@ def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def _reason(exc: RequestError) -> str:
+def _reason(exc: DetailedPyreqwestError) -> str:
     """pyreqwest's chain of causes, outermost first: "error sending request for url (...):
     client error (Connect): invalid peer certificate: UnknownIssuer"."""
     causes = [cause["message"] for cause in exc.details.get("causes") or []]
