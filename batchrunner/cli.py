@@ -29,6 +29,13 @@ from batchrunner.status import format_job, job_status
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def closed_at_the_end(ledger: Ledger) -> Ledger:
+    """Close `ledger` when the command ends, however it ends: its connections go back and a
+    SQLite ledger's write-ahead log is folded in now, not whenever the object is collected."""
+    click.get_current_context().call_on_close(ledger.close)
+    return ledger
+
+
 def say(message: str) -> None:
     """Everything for the terminal goes here, keys masked (a server may quote one back)."""
     click.echo(mask(message), err=True)
@@ -168,6 +175,7 @@ def submit(
         reuse=reuse,
         redact=redact,
     )
+    closed_at_the_end(ledger)
     models = ", ".join(f"{m} x{n:,}" for m, n in submitted.summary.models.items())
     flag = " [simulated]" if simulate else ""
     say(
@@ -196,7 +204,7 @@ def run(job: str | None, wait: bool, poll_interval: float, db: str, **run: Any) 
     """Run or resume JOB's unfinished items (default: the latest job); in batch mode, submit
     what is pending and settle the batches that ended (all of it, with --wait)."""
 
-    ledger = Ledger(db)
+    ledger = closed_at_the_end(Ledger(db))
     job_id = ledger.find_job(job)
     sys.exit(_run_with_progress(ledger, job_id, _overrides(**run), wait, poll_interval))
 
@@ -221,7 +229,7 @@ def worker(
 
     if bool(jobs) == all_jobs:
         raise click.UsageError("give --job JOB (one or more) or --all")
-    ledger = Ledger(db)
+    ledger = closed_at_the_end(Ledger(db))
     job_ids = None if all_jobs else [ledger.find_job(job) for job in jobs]
     overrides = _overrides(**run, lease_s=lease_s)
     reports = commands.run_async(
@@ -243,7 +251,7 @@ def cancel(job: str | None, db: str) -> None:
     """Cancel JOB: its remote batches and its pending items; what finished stays."""
     from batchrunner import commands
 
-    ledger = Ledger(db)
+    ledger = closed_at_the_end(Ledger(db))
     job_id = ledger.find_job(job)
     count = commands.cancel_job(ledger, job_id)
     say(f"cancelled {count:,} pending items of job {job_id}; what had finished stays")
@@ -347,7 +355,7 @@ def _run_batches_with_progress(
 @common
 def status(job: str | None, json_: bool, db: str) -> None:
     """Show JOB (default: all recent jobs) with counts, tokens, cost, progress and rate."""
-    ledger = Ledger(db)
+    ledger = closed_at_the_end(Ledger(db))
     ids = [ledger.find_job(job)] if job else ledger.job_ids()
     statuses = []
     for job_id in ids:
@@ -413,7 +421,7 @@ def _export(
     write: Callable[[Ledger, int, IO[bytes]], int],
 ) -> None:
     """Find the job, write it out (to stdout, or a file replaced only once complete)."""
-    ledger = Ledger(db)
+    ledger = closed_at_the_end(Ledger(db))
     job_id = ledger.find_job(job)
     with _output(output) as out:
         count = write(ledger, job_id, out)
