@@ -39,6 +39,7 @@ REPO_DIR = BENCH_DIR.parent
 LOCALHOST = "127.0.0.1"
 MODEL = "gpt-4o-mini"
 BENCH_KEY = "sk-bench-local-only"
+BENCH_HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
 
 # -- machine and output ------------------------------------------------------------------------
 
@@ -397,6 +398,12 @@ class Measure:
         return self.items / self.seconds if self.seconds > 0 else float("nan")
 
 
+def check_answers(result: Measure) -> None:
+    """Stop the benchmark unless every request of `result` got a 200."""
+    if result.statuses.get(200, 0) != result.items:
+        raise SystemExit(f"{result.name}: not every request got a 200: {dict(result.statuses)}")
+
+
 async def run_pool(count: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> None:
     """`one(i)` for i in range(count), at most `concurrency` at a time."""
     indexes = iter(range(count))
@@ -417,10 +424,9 @@ async def bare_aiohttp(base_url: str, count: int, concurrency: int) -> Measure:
     check_local(base_url)
     url = base_url + "/chat/completions"
     statuses: Counter[int] = Counter()
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
     started = time.perf_counter()
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+    async with aiohttp.ClientSession(connector=connector, headers=BENCH_HEADERS) as session:
 
         async def one(index: int) -> None:
             async with session.post(url, data=orjson.dumps(chat_request(index))) as response:
@@ -442,9 +448,9 @@ async def bare_pyreqwest(base_url: str, count: int, concurrency: int) -> Measure
     check_local(base_url)
     url = base_url + "/chat/completions"
     statuses: Counter[int] = Counter()
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
     started = time.perf_counter()
-    builder = ClientBuilder().max_connections(concurrency).default_headers(headers).no_proxy()
+    builder = ClientBuilder().max_connections(concurrency).default_headers(BENCH_HEADERS)
+    builder = builder.no_proxy()
     async with builder.timeout(timedelta(seconds=60)).build() as client:
 
         async def one(index: int) -> None:

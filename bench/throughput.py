@@ -33,6 +33,7 @@ from common import (
     bare_pyreqwest,
     batchrunner_e2e,
     bounded,
+    check_answers,
     cpu_shares,
     median,
     openai_sdk,
@@ -83,11 +84,6 @@ def measure_client(
     if e2e.state != "completed" or e2e.counts != {"succeeded": count}:
         raise SystemExit(f"batchrunner did not finish cleanly: {e2e}")
     return e2e.measure()
-
-
-def check_answers(result: Measure) -> None:
-    if result.statuses.get(200, 0) != result.items:
-        raise SystemExit(f"{result.name}: not every request got a 200: {dict(result.statuses)}")
 
 
 def run_order(clients: list[str]) -> list[str]:

@@ -31,7 +31,8 @@ from batchrunner.ledger.store import items_t, runs_t, utcnow
 LATEST = ScriptDirectory.from_config(migrations.alembic_config()).get_current_head()
 
 
-def items(n: int, start: int = 1) -> Iterator[JobItem]:
+def items(n: int, start: int = 1, models: list[str] | None = None) -> Iterator[JobItem]:
+    """`n` chat items from position `start`, of model "m" or of `models` in turn."""
     for i in range(start, start + n):
         yield JobItem(
             position=i,
@@ -39,11 +40,11 @@ def items(n: int, start: int = 1) -> Iterator[JobItem]:
             url="/v1/chat/completions",
             body=b'{"model":"m","messages":[{"role":"user","content":"x"}]}',
             extra=None,
-            model="m",
+            model=models[i - start] if models else "m",
         )
 
 
-def new_job(ledger: Ledger, n: int) -> int:
+def new_job(ledger: Ledger, n: int, models: list[str] | None = None) -> int:
     return ledger.create_job(
         name="t",
         mode="concurrent",
@@ -51,7 +52,7 @@ def new_job(ledger: Ledger, n: int) -> int:
         source_sha256="0" * 64,
         options={},
         simulated=False,
-        items=items(n),
+        items=items(n, models=models),
     )
 
 

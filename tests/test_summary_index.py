@@ -16,36 +16,14 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, inspect
 
-from batchrunner.jobfile import JobItem
 from batchrunner.ledger import AttemptRecord, Ledger
 from batchrunner.ledger import migrate as migrations
 from batchrunner.ledger.models import Base
 from batchrunner.ledger.store import SCHEMA_HEAD, utcnow
+from tests.test_ledger import new_job
 
 INDEX = "ix_items_summary"
 MODELS = ["m1", "m1", "m2", "m1", "m2", "m1", "m1"]
-
-
-def new_job(ledger: Ledger) -> int:
-    return ledger.create_job(
-        name="t",
-        mode="concurrent",
-        source_path="t.jsonl",
-        source_sha256="0" * 64,
-        options={},
-        simulated=False,
-        items=(
-            JobItem(
-                position=i,
-                custom_id=f"c{i}",
-                url="/v1/chat/completions",
-                body=b'{"model":"m","messages":[{"role":"user","content":"x"}]}',
-                extra=None,
-                model=model,
-            )
-            for i, model in enumerate(MODELS, start=1)
-        ),
-    )
 
 
 def outcome(item_id: int, job: int, run: str, number: int, state: str | None, **usage: Any) -> Any:
@@ -119,7 +97,7 @@ def test_a_0003_ledger_is_upgraded_and_its_summary_stays_exact(ledger_url: str) 
     ledger = Ledger(ledger_url)
     migrations.downgrade(ledger.engine, "0003")
     assert INDEX not in indexes(ledger)
-    job = new_job(ledger)
+    job = new_job(ledger, len(MODELS), MODELS)
     work_on(ledger, job)
     check(ledger, job)  # from the item rows, as before 0004
     before = ledger.summary(job)
@@ -137,7 +115,7 @@ def test_a_0003_ledger_is_upgraded_and_its_summary_stays_exact(ledger_url: str) 
 def test_the_summary_is_read_from_the_covering_index(ledger_url: str) -> None:
     """The SQL `summary` sends, explained by the database itself: no item row is read."""
     ledger = Ledger(ledger_url)
-    job = new_job(ledger)
+    job = new_job(ledger, len(MODELS), MODELS)
     work_on(ledger, job)
     sent: list[tuple[str, Any]] = []
 
@@ -168,7 +146,7 @@ def test_the_summary_is_read_from_the_covering_index(ledger_url: str) -> None:
 def test_a_current_ledger_opens_and_shows_status_without_alembic(db_url: str) -> None:
     """Alembic is about a tenth of a second of start-up: `status` must not import it."""
     ledger = Ledger(db_url)
-    work_on(ledger, new_job(ledger))
+    work_on(ledger, new_job(ledger, len(MODELS), MODELS))
     ledger.close()
     code = (
         "import sys\n"

@@ -167,11 +167,13 @@ def _extra_root_certificates() -> dict[str, bytes]:
         found[cafile] = Path(cafile).read_bytes()
     folder = os.environ.get("SSL_CERT_DIR")
     if folder and os.path.isdir(folder):
+        seen = set(found.values())  # OpenSSL's folders hold hash-named links to the same files
         for entry in sorted(Path(folder).iterdir()):
             if entry.is_file():
                 pem = entry.read_bytes()
-                if b"-----BEGIN CERTIFICATE-----" in pem and pem not in found.values():
+                if b"-----BEGIN CERTIFICATE-----" in pem and pem not in seen:
                     found[str(entry)] = pem
+                    seen.add(pem)
     return found
 
 
