@@ -1,0 +1,119 @@
+"""batchrunner: run large batches of LLM API requests reliably, fast and cheaply, with a ledger
+of every item.
+
+    from batchrunner import JobDefaults, RunSettings, run, submit_job
+
+    ledger, submitted = submit_job(
+        "sqlite:///batchrunner.db", "jobs.jsonl", defaults=JobDefaults(), settings=RunSettings()
+    )
+    report = run(ledger, submitted.job_id)  # RunReport: completed, stopped or submitted
+    ledger.close()
+
+Everything a program needs is importable from here; the modules behind it are internal. Every
+error batchrunner raises on purpose is a `BatchrunnerError` (the tree is drawn in
+batchrunner/errors.py); anything else is a bug.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from batchrunner.commands import (
+    Progress,
+    Submitted,
+    cancel_job,
+    exit_code,
+    run,
+    run_async,
+    run_batch_job,
+    run_job,
+    run_worker,
+    submit_job,
+)
+from batchrunner.errors import (
+    BackendError,
+    BatchrunnerError,
+    JobBusyError,
+    JobFileError,
+    JobStopped,
+    LedgerError,
+    Problem,
+    UsageError,
+)
+from batchrunner.failures import ErrorKind
+from batchrunner.items import JobItem
+from batchrunner.jobfile import JobDefaults, check_job_file, read_job_items
+from batchrunner.ledger import BatchRow, ItemRow, JobSummary, Ledger, WorkerStatus
+from batchrunner.outcome import Outcome, Result
+from batchrunner.runner.report import RunReport
+from batchrunner.settings import RunSettings
+
+if TYPE_CHECKING:
+    from batchrunner.estimate import Estimate, estimate_job_file
+    from batchrunner.export import write_errors, write_results, write_usage
+
+__all__ = [
+    "BackendError",
+    "BatchRow",
+    "BatchrunnerError",
+    "ErrorKind",
+    "Estimate",
+    "ItemRow",
+    "JobBusyError",
+    "JobDefaults",
+    "JobFileError",
+    "JobItem",
+    "JobStopped",
+    "JobSummary",
+    "Ledger",
+    "LedgerError",
+    "Outcome",
+    "Problem",
+    "Progress",
+    "Result",
+    "RunReport",
+    "RunSettings",
+    "Submitted",
+    "UsageError",
+    "WorkerStatus",
+    "__version__",
+    "cancel_job",
+    "check_job_file",
+    "estimate_job_file",
+    "exit_code",
+    "read_job_items",
+    "run",
+    "run_async",
+    "run_batch_job",
+    "run_job",
+    "run_worker",
+    "submit_job",
+    "write_errors",
+    "write_results",
+    "write_usage",
+]
+
+# Imported when first asked for: the price tables behind them are a fifth of a second of
+# start-up that most commands do not need.
+_LAZY = {
+    "Estimate": "batchrunner.estimate",
+    "estimate_job_file": "batchrunner.estimate",
+    "write_errors": "batchrunner.export",
+    "write_results": "batchrunner.export",
+    "write_usage": "batchrunner.export",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("batchrunner")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            return "0+unknown"
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'batchrunner' has no attribute {name!r}")

@@ -16,14 +16,18 @@ from typing import IO, Any, TypeVar
 import click
 import orjson
 
+from batchrunner import commands
+from batchrunner.demand import TYPICAL_OUTPUT
+from batchrunner.dialects.openai import ENDPOINTS, normalize_endpoint
 from batchrunner.errors import BatchrunnerError
 from batchrunner.export import FORMATS, write_errors, write_results, write_usage
-from batchrunner.jobfile import ENDPOINTS, JobDefaults, check_job_file, normalize_endpoint
+from batchrunner.jobfile import JobDefaults, check_job_file
 from batchrunner.ledger import Ledger, database_url, describe
 from batchrunner.ledger.batches import BATCH_STATES
+from batchrunner.ledger.models import MODES
 from batchrunner.logs import configure
 from batchrunner.redact import install_excepthook, mask
-from batchrunner.settings import DEFAULT_OUTPUT, RunSettings
+from batchrunner.settings import RunSettings
 from batchrunner.status import format_job, job_status
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -126,9 +130,7 @@ def wait_options(func: F) -> F:
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=True, path_type=str))
-@click.option(
-    "--mode", type=click.Choice(["concurrent", "batch"]), default="concurrent", show_default=True
-)
+@click.option("--mode", type=click.Choice(MODES), default=MODES[0], show_default=True)
 @click.option("--name", help="Job name (default: the file name without extension).")
 @click.option("--model", help="Model for lines that name none.")
 @click.option("--endpoint", default=ENDPOINTS[0], show_default=True, help="Url of short lines.")
@@ -157,8 +159,6 @@ def submit(
     **run: Any,
 ) -> None:
     """Validate FILE, record every request in the ledger, and run the job."""
-    from batchrunner import commands
-
     settings = RunSettings().merged(_overrides(**run))
     if not simulate and not detach:
         commands.api_key_for(settings)
@@ -225,8 +225,6 @@ def worker(
 ) -> None:
     """Work on jobs beside other workers (any machine, one shared PostgreSQL ledger): claim
     items, send them, and leave when no work is left."""
-    from batchrunner import commands
-
     if bool(jobs) == all_jobs:
         raise click.UsageError("give --job JOB (one or more) or --all")
     ledger = closed_at_the_end(Ledger(db))
@@ -249,8 +247,6 @@ def worker(
 @common
 def cancel(job: str | None, db: str) -> None:
     """Cancel JOB: its remote batches and its pending items; what finished stays."""
-    from batchrunner import commands
-
     ledger = closed_at_the_end(Ledger(db))
     job_id = ledger.find_job(job)
     count = commands.cancel_job(ledger, job_id)
@@ -260,34 +256,31 @@ def cancel(job: str | None, db: str) -> None:
 def _run_with_progress(
     ledger: Ledger, job_id: int, overrides: dict[str, Any], wait: bool, poll_s: float
 ) -> int:
-    from batchrunner import commands
+    """Run the job (in its mode) with a progress bar, then say how it ended."""
     from batchrunner.progress import ProgressBar
 
-    if ledger.job_mode(job_id) == "batch":
-        return _run_batches_with_progress(ledger, job_id, overrides, wait, poll_s)
     before = job_status(ledger.summary(job_id))
     done = before["total"] - before["counts"]["pending"] - before["counts"]["running"]
     bar = ProgressBar(before["total"], done)
     try:
-        report = commands.run_async(
-            functools.partial(
-                commands.run_job,
-                ledger,
-                job_id,
-                overrides,
-                on_flush=bar.on_flush,
-                handle_signals=True,
-            )
+        report = commands.run(
+            ledger,
+            job_id,
+            overrides,
+            wait=wait,
+            poll_s=poll_s,
+            progress=bar,
+            handle_signals=True,
         )
     finally:
         bar.close()
-    after = job_status(ledger.summary(job_id))
-    say(format_job(after))
-    code = commands.exit_code(ledger, report)
-    if report.state != "completed":
+    say(format_job(job_status(ledger.summary(job_id))))
+    if report.state == "submitted":
+        say(f"batches in progress; follow them with: batchrunner run {job_id} --wait")
+    elif report.state != "completed":
         reason = f" ({report.stop_reason})" if report.stop_reason else ""
         say(f"stopped early{reason}; resume with: batchrunner run {job_id}")
-    return code
+    return commands.exit_code(ledger, report)
 
 
 @cli.command()
@@ -297,7 +290,7 @@ def _run_with_progress(
 @click.option(
     "--assume-output",
     type=click.IntRange(0),
-    help=f"Output tokens of a request that sets no max_tokens [{DEFAULT_OUTPUT}].",
+    help=f"Output tokens of a request that sets no max_tokens [{TYPICAL_OUTPUT}].",
 )
 @click.option("--prices", help="JSON or TOML prices (USD per 1M tokens) for models.")
 @click.option("--json", "json_", is_flag=True, help="Print JSON.")
@@ -327,28 +320,6 @@ def estimate(
         click.echo(format_estimate(result))
 
 
-def _run_batches_with_progress(
-    ledger: Ledger, job_id: int, overrides: dict[str, Any], wait: bool, poll_s: float
-) -> int:
-    from batchrunner import commands
-    from batchrunner.progress import BatchProgressBar
-
-    bar = BatchProgressBar(ledger.summary(job_id).item_count)
-    try:
-        report = commands.run_batch_job(
-            ledger, job_id, overrides, wait=wait, poll_s=poll_s, on_progress=bar.update
-        )
-    finally:
-        bar.close()
-    say(format_job(job_status(ledger.summary(job_id))))
-    if report.state == "submitted":
-        say(f"batches in progress; follow them with: batchrunner run {job_id} --wait")
-    elif report.state != "completed":
-        reason = f" ({report.stop_reason})" if report.stop_reason else ""
-        say(f"stopped early{reason}; resume with: batchrunner run {job_id}")
-    return commands.exit_code(ledger, report)
-
-
 @cli.command()
 @click.argument("job", required=False)
 @click.option("--json", "json_", is_flag=True, help="Print JSON.")
@@ -359,9 +330,8 @@ def status(job: str | None, json_: bool, db: str) -> None:
     ids = [ledger.find_job(job)] if job else ledger.job_ids()
     statuses = []
     for job_id in ids:
+        _refresh_batches(ledger, job_id)
         summary = ledger.summary(job_id)  # one pass over the items: the costly part
-        if summary.mode == "batch":
-            _refresh_batches(ledger, job_id)
         workers, batches = ledger.runs_of(job_id), ledger.batches_of(job_id, BATCH_STATES)
         statuses.append(job_status(summary, workers=workers, batches=batches))
     if json_:
@@ -373,9 +343,8 @@ def status(job: str | None, json_: bool, db: str) -> None:
 
 
 def _refresh_batches(ledger: Ledger, job_id: int) -> None:
-    """A batch job's live batches as the API sees them now; the recorded state if it can't."""
-    from batchrunner import commands
-
+    """A batch job's live batches as the API sees them now; the recorded state if it can't
+    (and nothing to ask for other jobs)."""
     try:
         commands.refresh_batches(ledger, job_id)
     except Exception as exc:

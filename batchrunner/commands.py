@@ -1,32 +1,40 @@
 """The library behind each CLI command; tests call these directly, the CLI only adds printing.
 
-The runners, the openai SDK (batch mode) and the fake server are imported where they are used:
-together they are over half a second of start-up that `submit --detach` and `status` do not need.
+A job's mode is dispatched here and nowhere else: `run` (and `cancel_job`, `refresh_batches`)
+look at the job and take the concurrent or the batch path; the provider (providers.py) gives
+each path its backend, its dialect and its key.
+
+The runners, the backends (pyreqwest, the openai SDK), the price tables and the fake server are
+imported where they are used: together they are over half a second of start-up that `status`
+and `export` do not need.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from batchrunner.errors import UsageError
-from batchrunner.estimate import Estimate, EstimateBuilder
 from batchrunner.jobfile import FileSummary, JobDefaults, check_job_file, read_job_items
-from batchrunner.ledger import AttemptRecord, Ledger
+from batchrunner.ledger import Ledger
 from batchrunner.ledger.batches import SUBMITTED
-from batchrunner.pricing import price_table_from
+from batchrunner.ledger.models import BATCH, CONCURRENT
+from batchrunner.outcome import Outcome
+from batchrunner.providers import Provider, provider_for
 from batchrunner.redact import Redactor
-from batchrunner.settings import OPENAI_BASE_URL, RunSettings
+from batchrunner.runner.report import RunReport
+from batchrunner.settings import RunSettings
 
 if TYPE_CHECKING:
+    from batchrunner.estimate import Estimate
     from batchrunner.fake import FakeConfig
     from batchrunner.runner.batch import BatchProgress, BatchRunner
-    from batchrunner.runner.concurrent import RunReport
 
 SIMULATED_KEY = "sk-simulated-no-real-key"
 
@@ -95,6 +103,9 @@ def submit_job(
 
     The ledger is opened only once the file is known to be good: bad input touches nothing.
     `redact` masks the prompts on their way in, so neither the ledger nor the API sees them."""
+    from batchrunner.estimate import EstimateBuilder
+    from batchrunner.pricing import price_table_from
+
     summary = check_job_file(path, defaults)
     prices = price_table_from(settings.prices, "--prices") if settings.prices else None
     estimate = EstimateBuilder(path=path, overrides=prices)
@@ -131,14 +142,43 @@ def job_settings(ledger: Ledger, job_id: int, overrides: dict[str, Any]) -> RunS
 
 
 def api_key_for(settings: RunSettings) -> str | None:
-    """OPENAI_API_KEY; required only when talking to OpenAI itself."""
-    key = os.environ.get("OPENAI_API_KEY") or None
-    if key is None and settings.resolved_base_url() == OPENAI_BASE_URL:
-        raise UsageError(
-            "OPENAI_API_KEY is not set. Set it, point --base-url / OPENAI_BASE_URL at another "
-            "OpenAI-compatible server, or rehearse with `submit --simulate`."
+    """The provider's key (OPENAI_API_KEY); required only when talking to OpenAI itself."""
+    return provider_for(settings).api_key(settings)
+
+
+class Progress(Protocol):
+    """What a run reports as it goes (the CLI's progress bar), in either mode."""
+
+    def on_outcomes(self, outcomes: list[Outcome]) -> None:
+        """Concurrent mode: outcomes just committed."""
+
+    def on_batches(self, progress: BatchProgress) -> None:
+        """Batch mode: the items settled and what the live batches report done."""
+
+
+def run(
+    ledger: Ledger,
+    job_id: int,
+    overrides: dict[str, Any] | None = None,
+    *,
+    wait: bool = False,
+    poll_s: float = 5.0,
+    progress: Progress | None = None,
+    handle_signals: bool = False,
+) -> RunReport:
+    """Run (or resume) a job in its own mode, to the end or until it stops; in batch mode,
+    submit what is pending and settle what ended (all of it, with `wait`)."""
+    if ledger.job_mode(job_id) == BATCH:
+        on_batches = progress.on_batches if progress is not None else None
+        return run_batch_job(
+            ledger, job_id, overrides, wait=wait, poll_s=poll_s, on_progress=on_batches
         )
-    return key
+    on_flush = progress.on_outcomes if progress is not None else None
+    return run_async(
+        functools.partial(
+            run_job, ledger, job_id, overrides, on_flush=on_flush, handle_signals=handle_signals
+        )
+    )
 
 
 @asynccontextmanager
@@ -159,13 +199,15 @@ async def run_job(
     job_id: int,
     overrides: dict[str, Any] | None = None,
     *,
-    on_flush: Callable[[list[AttemptRecord]], None] | None = None,
+    on_flush: Callable[[list[Outcome]], None] | None = None,
     handle_signals: bool = False,
     fake_config: FakeConfig | None = None,
     shared: bool = False,
 ) -> RunReport:
-    """Run (or resume) a job's unfinished items to the end, or until it is stopped; `shared`
-    works on it beside other workers instead of alone."""
+    """Run (or resume) a concurrent job's unfinished items to the end, or until it is stopped;
+    `shared` works on it beside other workers instead of alone. (`run` takes either mode.)"""
+    if ledger.job_mode(job_id) != CONCURRENT:
+        raise UsageError(f"job {job_id} is a batch job: run it with `batchrunner run {job_id}`")
     settings = job_settings(ledger, job_id, overrides or {})
     _, simulated = ledger.job_options(job_id)
     if simulated:
@@ -207,7 +249,7 @@ async def run_worker(
 def _has_work(ledger: Ledger, job_id: int) -> bool:
     summary = ledger.summary(job_id)
     unfinished = summary.counts.get("pending", 0) + summary.counts.get("running", 0)
-    return summary.mode == "concurrent" and unfinished > 0
+    return summary.mode == CONCURRENT and unfinished > 0
 
 
 async def _run(
@@ -215,18 +257,18 @@ async def _run(
     job_id: int,
     settings: RunSettings,
     api_key: str | None,
-    on_flush: Callable[[list[AttemptRecord]], None] | None,
+    on_flush: Callable[[list[Outcome]], None] | None,
     handle_signals: bool,
     shared: bool = False,
 ) -> RunReport:
     from batchrunner.runner.concurrent import ConcurrentRunner
-    from batchrunner.runner.transport import HttpTransport
 
-    transport = HttpTransport(
-        settings.resolved_base_url(), api_key, settings.timeout, settings.concurrency
-    )
-    async with transport:
-        runner = ConcurrentRunner(ledger, job_id, settings, transport, on_flush, shared=shared)
+    provider = provider_for(settings)
+    backend = provider.request_backend(provider.base_url(settings), api_key, settings)
+    async with backend:
+        runner = ConcurrentRunner(
+            ledger, job_id, settings, backend, provider.dialect, on_flush, shared=shared
+        )
         return await runner.run(handle_signals=handle_signals)
 
 
@@ -243,6 +285,8 @@ def run_batch_job(
     """One pass over a Batch API job (submit what is pending, settle what ended), or, with
     `wait`, passes until every item is settled. A simulated job always waits: its remote
     batches live in this process's fake server."""
+    if ledger.job_mode(job_id) != BATCH:
+        raise UsageError(f"job {job_id} is a concurrent job: run it with `batchrunner run`")
     settings = job_settings(ledger, job_id, overrides or {})
     _, simulated = ledger.job_options(job_id)
     if simulated:
@@ -288,7 +332,10 @@ def refresh_batches(ledger: Ledger, job_id: int) -> bool:
 
 
 def cancel_job(ledger: Ledger, job_id: int) -> int:
-    """Cancel a job's remote batches (if any) and its pending items; return how many items."""
+    """Cancel a job's pending items, and in batch mode its remote batches; return how many
+    items. A concurrent job has nothing remote, so it needs no key."""
+    if ledger.job_mode(job_id) != BATCH:
+        return ledger.cancel_pending(job_id)
     settings = job_settings(ledger, job_id, {})
     _, simulated = ledger.job_options(job_id)
     key = SIMULATED_KEY if simulated else api_key_for(settings)
@@ -303,10 +350,10 @@ def _batch_runner(
     on_progress: Callable[[BatchProgress], None] | None = None,
 ) -> BatchRunner:
     from batchrunner.runner.batch import BatchRunner
-    from batchrunner.runner.batch_api import BatchApi
 
-    api = BatchApi(settings.resolved_base_url(), api_key, settings.timeout)
-    return BatchRunner(ledger, job_id, settings, api, on_progress)
+    provider: Provider = provider_for(settings)
+    backend = provider.batch_backend(provider.base_url(settings), api_key, settings)
+    return BatchRunner(ledger, job_id, settings, backend, provider.dialect, on_progress)
 
 
 def exit_code(ledger: Ledger, report: RunReport) -> int:

@@ -7,6 +7,9 @@
     ├── JobBusyError              another live run already works on this job (exit 2)
     ├── LedgerError               the ledger could not be read or written (disk full, locked);
     │                             the job stays resumable (exit 3)
+    ├── BackendError              a Files/Batch API call failed; `kind` (an ErrorKind) says
+    │                             what it means, and the batch runner decides from the rule
+    │                             table; one that reaches the CLI leaves the job resumable (exit 3)
     └── JobStopped                the run stopped early and the job is resumable (exit 3):
                                   interrupted, or the API refused the whole job (quota, auth)
 
@@ -16,12 +19,31 @@ Nothing else is caught and reworded: a traceback means a bug.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from batchrunner.failures import ErrorKind
 
 
 class BatchrunnerError(Exception):
     """Base of every deliberate error; `exit_code` is what the CLI returns."""
 
     exit_code = 2
+
+
+def describe_value(value: object) -> str:
+    """How a problem message names a JSON value it did not expect: "got an empty array"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string" if value else "an empty string"
+    if isinstance(value, list):
+        return "an array" if value else "an empty array"
+    return "an object"
 
 
 @dataclass(frozen=True)
@@ -61,6 +83,22 @@ class LedgerError(BatchrunnerError):
     """The ledger refused a read or a write; what was committed before is intact."""
 
     exit_code = 3
+
+
+class BackendError(BatchrunnerError):
+    """A Files/Batch API call that failed: refused by the API (with its HTTP status) or never
+    answered (no status)."""
+
+    exit_code = 3
+
+    def __init__(
+        self, kind: ErrorKind, message: str, code: str | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.code = code
+        self.status = status
 
 
 class JobStopped(BatchrunnerError):

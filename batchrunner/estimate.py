@@ -2,11 +2,11 @@
 
 The file is streamed through `jobfile.read_job_items` and only per-model totals are kept, so a
 file of millions of lines needs the memory of ten. Prompt tokens are counted with the model's
-real encoding (`tokens.prompt_tokens`). Output tokens cannot be known before the run, so each
-request counts its own cap (`max_completion_tokens` / `max_tokens` / `max_output_tokens`: an
-upper bound), else `assume_output`, else DEFAULT_OUTPUT for chat and responses; embeddings
-have none. Each request is priced on its own (tiered prices depend on its size), no input
-assumed cached, in both modes: concurrent (standard rates) and the Batch API.
+real encoding, and output tokens by the one demand rule (demand.py): each request counts its own
+cap (`max_completion_tokens` / `max_tokens` / `max_output_tokens`: an upper bound), else
+`assume_output`, else TYPICAL_OUTPUT for chat and responses; embeddings have none. Each request
+is priced on its own (tiered prices depend on its size), no input assumed cached, in both
+modes: concurrent (standard rates) and the Batch API.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import Any
 
 import orjson
 
+from batchrunner.demand import TYPICAL_OUTPUT, token_demand
 from batchrunner.errors import UsageError
-from batchrunner.jobfile import EMBEDDINGS, JobDefaults, JobItem, read_job_items
+from batchrunner.items import JobItem
+from batchrunner.jobfile import JobDefaults, read_job_items
 from batchrunner.pricing import Cost, PriceTable, Rates, rates_for
-from batchrunner.settings import DEFAULT_OUTPUT
-from batchrunner.tokens import output_allowance, prompt_tokens
 from batchrunner.usage import Usage, format_usd
 
 EXACT_FIRST = 1_000  # submit counts this many requests each, then samples
@@ -143,21 +143,20 @@ class EstimateBuilder:
     ) -> None:
         if assume_output is not None and assume_output < 0:
             raise UsageError(f"the assumed output must be 0 or more tokens, got {assume_output}")
-        assumed = DEFAULT_OUTPUT if assume_output is None else assume_output
+        assumed = TYPICAL_OUTPUT if assume_output is None else assume_output
         self.estimate = Estimate(path=path, assumed_output=assumed)
         self._overrides = overrides
         self._when = when
 
     def add(self, item: JobItem, into: dict[str, ModelEstimate] | None = None) -> None:
-        body = orjson.loads(item.body)
         rows = self.estimate.models if into is None else into
         row = rows.get(item.model)
         if row is None:
             row = rows[item.model] = ModelEstimate(item.model)
-        cap = 0 if item.url == EMBEDDINGS else output_allowance(body)
-        output = self.estimate.assumed_output if cap is None else cap
-        usage = Usage(input_tokens=prompt_tokens(item.url, body), output_tokens=output)
-        row.add(usage, cap is not None, self._when, self._overrides)
+        demand = token_demand(item.url, orjson.loads(item.body))
+        output = demand.output(self.estimate.assumed_output)
+        usage = Usage(input_tokens=demand.prompt, output_tokens=output)
+        row.add(usage, demand.capped, self._when, self._overrides)
 
     def passing(
         self,

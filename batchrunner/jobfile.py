@@ -21,33 +21,15 @@ from typing import Any
 
 import orjson
 
+from batchrunner.dialects.openai import CHAT, ENDPOINTS, body_problem, normalize_endpoint
 from batchrunner.duplicates import DuplicateFinder, confirm_duplicates
-from batchrunner.errors import JobFileError, Problem
+from batchrunner.errors import JobFileError, Problem, describe_value
+from batchrunner.items import JobItem
 
-CHAT = "/v1/chat/completions"
-EMBEDDINGS = "/v1/embeddings"
-RESPONSES = "/v1/responses"
-ENDPOINTS = (CHAT, EMBEDDINGS, RESPONSES)
-ENDPOINT_ALIASES = {
-    "chat": CHAT,
-    "chat/completions": CHAT,
-    "embeddings": EMBEDDINGS,
-    "responses": RESPONSES,
-}
-BATCH_LINE_KEYS = ("custom_id", "method", "url", "body")
 MAX_LINE_BYTES = 16 * 1024 * 1024
 MAX_PROBLEMS_SHOWN = 20
 UTF8_BOM = b"\xef\xbb\xbf"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-
-
-def normalize_endpoint(value: str) -> str:
-    """Accept "/v1/chat/completions", "v1/embeddings", "chat", "responses", ..."""
-    cleaned = value.strip()
-    key = cleaned.strip("/").removeprefix("v1/")
-    if key in ENDPOINT_ALIASES:
-        return ENDPOINT_ALIASES[key]
-    return cleaned
 
 
 @dataclass(frozen=True)
@@ -56,18 +38,6 @@ class JobDefaults:
 
     endpoint: str = CHAT
     model: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class JobItem:
-    """One validated request: the unit the ledger tracks and the runner sends."""
-
-    position: int  # the line number, so the export keeps the file's order
-    custom_id: str
-    url: str
-    body: bytes  # the request body as JSON, ready to send
-    extra: bytes | None  # other top-level keys of a Batch API line, as JSON
-    model: str
 
 
 @dataclass
@@ -85,51 +55,10 @@ class _LineError(Exception):
     """A problem with one line; becomes a `Problem` with the file and line attached."""
 
 
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string" if value else "an empty string"
-    if isinstance(value, list):
-        return "an array" if value else "an empty array"
-    return "an object"
-
-
 def _custom_id(value: object, key: str) -> str:
     if not isinstance(value, str) or not value:
-        raise _LineError(f"{key} must be a non-empty string, got {_kind(value)}")
+        raise _LineError(f"{key} must be a non-empty string, got {describe_value(value)}")
     return value
-
-
-def _check_body(url: str, body: dict[str, Any]) -> None:
-    model = body.get("model")
-    if model is None:
-        raise _LineError('missing "model" (put it in the body or pass --model)')
-    if not isinstance(model, str) or not model:
-        raise _LineError(f'"model" must be a non-empty string, got {_kind(model)}')
-    if url == CHAT:
-        messages = body.get("messages")
-        if messages is None:
-            raise _LineError('missing "messages" for /v1/chat/completions')
-        if not isinstance(messages, list) or not messages:
-            raise _LineError(f'"messages" must be a non-empty array, got {_kind(messages)}')
-        for index, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise _LineError(f'"messages"[{index}] must be an object with a "role"')
-    else:
-        if "input" not in body and not (url == RESPONSES and "prompt" in body):
-            raise _LineError(f'missing "input" for {url}')
-        value = body.get("input")
-        if url == EMBEDDINGS and not (
-            isinstance(value, str) or (isinstance(value, list) and value)
-        ):
-            raise _LineError(f'"input" must be a string or a non-empty array, got {_kind(value)}')
-        if url == RESPONSES and "input" in body and not isinstance(value, (str, list)):
-            raise _LineError(f'"input" must be a string or an array, got {_kind(value)}')
 
 
 def parse_line(raw: bytes, position: int, defaults: JobDefaults) -> JobItem:
@@ -162,7 +91,7 @@ def _parse(
         # orjson's own "line 1 column N" would contradict the file:line in front of it
         raise _LineError(f"invalid JSON at column {exc.pos + 1}: {exc.msg}") from None
     if not isinstance(obj, dict):
-        raise _LineError(f"expected a JSON object, got {_kind(obj)}")
+        raise _LineError(f"expected a JSON object, got {describe_value(obj)}")
 
     extra: dict[str, Any] | None = None
     if "body" in obj or "method" in obj:  # the Batch API line form; what is left is extra
@@ -173,7 +102,7 @@ def _parse(
             raise _LineError('missing "body"')
         body = obj.pop("body")
         if not isinstance(body, dict):
-            raise _LineError(f'"body" must be an object, got {_kind(body)}')
+            raise _LineError(f'"body" must be an object, got {describe_value(body)}')
         custom_id = (
             _custom_id(obj.pop("custom_id"), "custom_id") if "custom_id" in obj else str(position)
         )
@@ -189,21 +118,16 @@ def _parse(
         url = body.pop("url", defaults.endpoint)
     if url not in ENDPOINTS:  # most lines name one exactly
         if not isinstance(url, str):
-            raise _LineError(f'"url" must be a string, got {_kind(url)}')
+            raise _LineError(f'"url" must be a string, got {describe_value(url)}')
         url = normalize_endpoint(url)
         if url not in ENDPOINTS:
             raise _LineError(f'unknown url "{url}"; expected one of {", ".join(ENDPOINTS)}')
     if "model" not in body and defaults.model:
         body["model"] = defaults.model
-    _check_body(url, body)
+    problem = body_problem(url, body)
+    if problem is not None:
+        raise _LineError(problem)
     return custom_id, url, body, extra
-
-
-def request_hash(url: str, body: bytes) -> str:
-    """sha256 of the canonical JSON of url and body (sorted keys, no whitespace): the identity
-    of a request whatever the key order or spacing of its line, which `--reuse` matches on."""
-    canonical = orjson.dumps({"url": url, "body": orjson.loads(body)}, option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(canonical).hexdigest()
 
 
 def _open(path: str) -> Any:
@@ -342,17 +266,3 @@ def read_job_items(path: str, defaults: JobDefaults) -> Iterator[JobItem]:
             yield parse_line(raw, number, defaults)
         except _LineError as exc:  # the file changed since it was checked
             raise JobFileError([Problem(path, number, str(exc))]) from None
-
-
-def batch_line(custom_id: str, url: str, body: str, extra: str | None = None) -> bytes:
-    """One Batch API line (what a job file holds and what a batch input file needs), with the
-    stored body and extra keys spliced in as the JSON they were."""
-    line: dict[str, Any] = {
-        "custom_id": custom_id,
-        "method": "POST",
-        "url": url,
-        "body": orjson.Fragment(body),
-    }
-    if extra:
-        line.update(orjson.loads(extra))
-    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)

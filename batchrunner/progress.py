@@ -1,4 +1,9 @@
-"""The live progress bar of `submit` and `run`: done/total, items/s, tokens, cost, ETA."""
+"""The live progress bar of `submit` and `run`: done/total, items/s, tokens, cost, ETA.
+
+One bar for both modes (a `commands.Progress`): concurrent mode counts the outcomes the ledger
+writer has committed, so it only shows what is durable; batch mode shows the items settled
+plus what the live batches report done, never 100% while a batch is still finalizing.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,14 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from batchrunner.ledger import AttemptRecord
+from batchrunner.ledger.models import FAILED, SUCCEEDED
+from batchrunner.outcome import Outcome
 
 if TYPE_CHECKING:
     from batchrunner.runner.batch import BatchProgress
 
 
 class ProgressBar:
-    """Fed by the ledger writer after each commit, so it only counts what is durable."""
-
     def __init__(self, total: int, done: int, enabled: bool | None = None) -> None:
         self._bar = tqdm(
             total=total,
@@ -30,15 +34,16 @@ class ProgressBar:
         self.output_tokens = 0
         self.cost_usd: float | None = None
 
-    def on_flush(self, records: list[AttemptRecord]) -> None:
+    def on_outcomes(self, outcomes: list[Outcome]) -> None:
         finished = 0
-        for record in records:
-            if record.item_state in ("succeeded", "failed"):
+        for outcome in outcomes:
+            if outcome.state in (SUCCEEDED, FAILED):
                 finished += 1
-            self.input_tokens += record.input_tokens or 0
-            self.output_tokens += record.output_tokens or 0
-            if record.cost_usd is not None:
-                self.cost_usd = (self.cost_usd or 0.0) + record.cost_usd
+            result = outcome.result
+            self.input_tokens += result.input_tokens or 0
+            self.output_tokens += result.output_tokens or 0
+            if result.cost_usd is not None:
+                self.cost_usd = (self.cost_usd or 0.0) + result.cost_usd
         cost = f"${self.cost_usd:.4f}" if self.cost_usd is not None else "n/a"
         self._bar.set_postfix_str(
             f"tokens {self.input_tokens:,} in / {self.output_tokens:,} out, cost {cost}",
@@ -46,24 +51,7 @@ class ProgressBar:
         )
         self._bar.update(finished)
 
-    def close(self) -> None:
-        self._bar.close()
-
-
-class BatchProgressBar:
-    """Batch mode: items settled in the ledger plus what the live batches report done, never
-    100% while a batch is still finalizing; the postfix shows the batches' states."""
-
-    def __init__(self, total: int, enabled: bool | None = None) -> None:
-        self._bar = tqdm(
-            total=total,
-            unit="item",
-            file=sys.stderr,
-            disable=not enabled if enabled is not None else None,
-            dynamic_ncols=True,
-        )
-
-    def update(self, progress: BatchProgress) -> None:
+    def on_batches(self, progress: BatchProgress) -> None:
         shown = progress.settled + progress.in_flight_done
         if progress.states:  # a live batch: its items are not in the ledger yet
             shown = min(shown, progress.total - 1)

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from batchrunner.jobfile import JobItem
+from batchrunner.items import JobItem
 
 # sk-..., sk-proj-..., sk-svcacct-..., sk-ant-...: the shape of OpenAI-style secret keys.
 KEY = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{16,}")

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from yarl import URL
-
-OPENAI_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_OUTPUT = 256  # output tokens assumed for a chat/responses request that sets no cap
 
 
 @dataclass(frozen=True)
@@ -21,7 +17,7 @@ class RunSettings:
     timeout: float = 600.0  # seconds per request, as the openai SDK's default
     lease_s: float = 60.0  # a worker silent this long is dead: its items go to the others
     max_retry_wait: float = 60.0  # a longer Retry-After defers the item instead of a worker
-    base_url: str | None = None  # None: OPENAI_BASE_URL, else OpenAI itself
+    base_url: str | None = None  # None: the provider's env variable, else its own API
     budget: float | None = None  # USD over the job's whole life
     batch_max_requests: int = 50_000  # per Batch API input file
     batch_token_limit: int | None = None  # the account's enqueued prompt tokens per model
@@ -44,6 +40,3 @@ class RunSettings:
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> RunSettings:
         return cls().merged(data)
-
-    def resolved_base_url(self) -> str:
-        return (self.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")

@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 
-from batchrunner.ledger import JobSummary
+from batchrunner.ledger import BatchRow, JobSummary, WorkerStatus
 from batchrunner.ledger.models import FINISHED_STATES, ITEM_STATES
-from batchrunner.ledger.store import utcnow
+from batchrunner.ledger.records import utcnow
 from batchrunner.usage import format_usd
 
 
@@ -20,8 +20,8 @@ def _iso(moment: datetime | None) -> str | None:
 def job_status(
     summary: JobSummary,
     now: datetime | None = None,
-    workers: list[dict[str, Any]] | None = None,
-    batches: list[Any] | None = None,
+    workers: list[WorkerStatus] | None = None,
+    batches: list[BatchRow] | None = None,
 ) -> dict[str, Any]:
     """The `status --json` record of one job."""
     now = now or utcnow()
@@ -76,9 +76,12 @@ def job_status(
         "batches": [_batch(b) for b in batches or []],
         "workers": [
             {
-                **worker,
-                "started_at": _iso(worker["started_at"]),
-                "heartbeat_at": _iso(worker["heartbeat_at"]),
+                "id": worker.id,
+                "hostname": worker.hostname,
+                "pid": worker.pid,
+                "started_at": _iso(worker.started_at),
+                "heartbeat_at": _iso(worker.heartbeat_at),
+                "requests_last_minute": worker.requests_last_minute,
             }
             for worker in workers or []
         ],
@@ -128,7 +131,7 @@ def _counts_line(status: dict[str, Any]) -> str:
     return line
 
 
-def _batch(row: Any) -> dict[str, Any]:
+def _batch(row: BatchRow) -> dict[str, Any]:
     """One Batch API batch as `status --json` shows it; `usage` is what the API reported."""
     return {
         "id": row.id,

@@ -253,13 +253,3 @@ def prompt_tokens(url: str, body: Mapping[str, Any]) -> int:
     if url.endswith("/responses"):
         return _responses(body, encoder, name)
     return _chat(body, encoder, name)
-
-
-def output_allowance(body: Mapping[str, Any]) -> int | None:
-    """The output cap the request sets (`max_completion_tokens`, `max_tokens` or
-    `max_output_tokens`, in that order), or None when it sets none."""
-    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-    return None

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import importlib
+import json
 import os
 import platform
 import resource
@@ -26,7 +28,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -75,15 +77,44 @@ def batchrunner_revision() -> str:
     return f"{rev or 'unknown revision'} ({folder})"
 
 
+def batchrunner_origin() -> dict[str, str]:
+    """The measured batchrunner's `__file__` and revision (for a parent checking its child)."""
+    import batchrunner
+
+    return {"file": str(Path(batchrunner.__file__).resolve()), "revision": batchrunner_revision()}
+
+
+def machine_summary() -> str:
+    """When and on what: time, cores, CPU, Python, OS."""
+    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    return (
+        f"{now} | nproc {os.cpu_count()} | {cpu_model()} | Python "
+        f"{platform.python_version()} | {platform.system()} {platform.release()}"
+    )
+
+
 def print_header(title: str) -> None:
     """What the figures were measured on: print it before them."""
-    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     print(f"== {title}")
-    print(
-        f"   {now} | nproc {os.cpu_count()} | {cpu_model()} | Python "
-        f"{platform.python_version()} | {platform.system()} {platform.release()} | "
-        f"batchrunner {batchrunner_revision()}"
-    )
+    print(f"   {machine_summary()} | batchrunner {batchrunner_revision()}")
+
+
+@contextmanager
+def figures_output(as_json: bool) -> Iterator[dict[str, Any]]:
+    """`--json`: the human report goes to stderr, and one JSON object of the figures the body
+    put in the yielded dict goes to stdout at the end (with the measured batchrunner's
+    `__file__`; bench/revisions.py reads it). Without `as_json` the dict is simply ignored.
+    Nothing is printed to stdout when the body fails."""
+    figures: dict[str, Any] = {}
+    if not as_json:
+        yield figures
+        return
+    stdout = sys.stdout
+    with redirect_stdout(sys.stderr):
+        yield figures
+    figures.setdefault("batchrunner", batchrunner_origin())
+    stdout.write(json.dumps(figures) + "\n")
+    stdout.flush()
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -586,6 +617,42 @@ def batchrunner_e2e(
     )
 
 
+# The modules a concurrent run imports lazily. Each entry lists the places one module may live,
+# the refactored layout first, then the old one (034d182: batchrunner.runner.transport), so the
+# bench works with either revision of batchrunner.
+LAZY_RUN_MODULES: tuple[tuple[str, ...], ...] = (
+    ("batchrunner.backends.http", "batchrunner.runner.transport"),
+    ("batchrunner.runner.concurrent",),
+)
+
+
+def import_first(*names: str) -> str | None:
+    """Import the first of `names` that exists and return its name; None if none does.
+
+    Only "this module does not exist" moves on to the next name: an ImportError raised inside a
+    module that does exist (a missing dependency, a syntax error) propagates."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            if not missing or not (name == missing or name.startswith(missing + ".")):
+                raise
+            continue
+        return name
+    return None
+
+
+def import_attr(attribute: str, *modules: str) -> Any:
+    """`attribute` of the first of `modules` that exists and has it: list the refactored place
+    first, then the old one, and the bench works with either revision of batchrunner."""
+    for name in modules:
+        found = import_first(name)
+        if found is not None and hasattr(sys.modules[found], attribute):
+            return getattr(sys.modules[found], attribute)
+    raise ImportError(f"none of {', '.join(modules)} has {attribute}")
+
+
 def warm_imports(clients: Iterable[str] = ("a", "b", "c")) -> None:
     """Import the clients' modules up front, so no timed run pays for an import."""
     import aiohttp  # noqa: F401
@@ -595,11 +662,15 @@ def warm_imports(clients: Iterable[str] = ("a", "b", "c")) -> None:
     if "c" in clients:
         import anyio
 
-        # The run imports these lazily.
-        import batchrunner.runner.concurrent
-        import batchrunner.runner.transport  # noqa: F401
         from batchrunner.commands import run_async
 
+        for places in LAZY_RUN_MODULES:  # the run imports these lazily
+            if import_first(*places) is None:
+                print(
+                    f"warning: none of {', '.join(places)} exists in this batchrunner; the "
+                    "first timed run pays for importing it",
+                    file=sys.stderr,
+                )
         run_async(anyio.lowlevel.checkpoint)  # the first run also imports its loop's modules
 
 

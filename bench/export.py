@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 from common import (
@@ -24,6 +25,7 @@ from common import (
     ChildRun,
     batchrunner_command,
     chat_request,
+    import_attr,
     mib,
     print_header,
     print_table,
@@ -88,14 +90,16 @@ def make_ledger(db: Path, lines: int) -> int:
     """A job of `lines` succeeded items, through the Ledger API plus one UPDATE."""
     from sqlalchemy import text
 
-    from batchrunner.jobfile import JobItem
     from batchrunner.ledger import Ledger
-    from batchrunner.ledger.store import utcnow
     from batchrunner.settings import RunSettings
 
-    def items() -> Iterator[JobItem]:
+    # batchrunner.items since the refactor of issue 13, batchrunner.jobfile before (034d182).
+    job_item = import_attr("JobItem", "batchrunner.items", "batchrunner.jobfile")
+    utcnow = import_attr("utcnow", "batchrunner.ledger.records", "batchrunner.ledger.store")
+
+    def items() -> Iterator[Any]:
         for index in range(lines):
-            yield JobItem(
+            yield job_item(
                 position=index + 1,
                 custom_id=f"item-{index}",
                 url="/v1/chat/completions",

@@ -15,6 +15,12 @@ concurrency 8, 32, 128 and 512 and plots them to bench/throughput.png (needs mat
     python bench/throughput.py [--requests 20000] [--concurrency 128] [--rounds 1] [--quick]
     python bench/throughput.py --sweep [--sweep-requests 10000]
     python bench/throughput.py --only c          # one client, e.g. under a profiler
+    python bench/throughput.py --only c --json   # the figures as one JSON object on stdout
+
+--json (for bench/revisions.py) sends the human report to stderr and prints one JSON object on
+stdout: per client its name, items/s of each round and their median (for c also ingest and run
+seconds and the run phase's items/s per round), the per-round ratios, and the measured
+batchrunner's `__file__` and revision.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from common import (
     BENCH_DIR,
@@ -35,6 +42,7 @@ from common import (
     bounded,
     check_answers,
     cpu_shares,
+    figures_output,
     median,
     openai_sdk,
     print_header,
@@ -91,8 +99,16 @@ def run_order(clients: list[str]) -> list[str]:
     return [c for c in ("a", "c", "a2", "a3", "b", "b2") if c in clients]
 
 
-def main_comparison(args: argparse.Namespace, clients: list[str], server: ServerProcess) -> None:
+def main_comparison(
+    args: argparse.Namespace,
+    clients: list[str],
+    server: ServerProcess,
+    figures: dict[str, Any] | None = None,
+) -> None:
+    """Each client `--rounds` times, interleaved; prints medians and ratios, and puts the
+    figures in `figures` (for --json)."""
     rates: dict[str, list[float]] = {c: [] for c in clients}
+    cpu: dict[str, list[tuple[float, float]]] = {c: [] for c in clients}
     names: dict[str, str] = {}
     c_parts: list[tuple[float, float, float]] = []
     ratios: list[float] = []
@@ -105,6 +121,7 @@ def main_comparison(args: argparse.Namespace, clients: list[str], server: Server
             check_answers(result)
             by_client[client] = result
             rates[client].append(result.rate)
+            cpu[client].append((result.extra["client"], result.extra["server"]))
             names[client] = result.name
             if client == "c":
                 extra = result.extra
@@ -156,6 +173,33 @@ def main_comparison(args: argparse.Namespace, clients: list[str], server: Server
         print(f"c/a2 (both on uvloop, median of per-round ratios) = {median(uv_ratios):.2f}")
     if own_ratios:
         print(f"c/a3 (both on pyreqwest, median of per-round ratios) = {median(own_ratios):.2f}")
+    if figures is None:
+        return
+    by_name: dict[str, dict[str, Any]] = {}
+    for client in clients:
+        by_name[client] = {
+            "name": names[client],
+            "rates": rates[client],
+            "median": median(rates[client]),
+            "cpu_client": [share[0] for share in cpu[client]],
+            "cpu_server": [share[1] for share in cpu[client]],
+        }
+    if c_parts:
+        by_name["c"].update(
+            ingest_s=[p[0] for p in c_parts],
+            run_s=[p[1] for p in c_parts],
+            run_rates=[args.requests / p[1] for p in c_parts],
+            per_commit=[p[2] for p in c_parts],
+        )
+    figures.update(
+        script="throughput",
+        requests=args.requests,
+        concurrency=args.concurrency,
+        rounds=args.rounds,
+        server=args.server,
+        clients=by_name,
+        ratios={"c/a": ratios, "c/a2": uv_ratios, "c/a3": own_ratios},
+    )
 
 
 def sweep(args: argparse.Namespace, clients: list[str], server: ServerProcess) -> None:
@@ -193,10 +237,10 @@ def plot(
     results: dict[str, dict[int, float]], names: dict[str, str], count: int, path: Path
 ) -> None:
     try:
-        import matplotlib
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         print(f"matplotlib is not installed: no plot written (pip install matplotlib for {path})")
         return
@@ -235,7 +279,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, default=PLOT)
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per measurement")
     parser.add_argument("--quick", action="store_true", help="small sizes, well under a minute")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="report on stderr, figures as one JSON object on stdout (not with --sweep)",
+    )
     args = parser.parse_args(argv)
+    if args.json and args.sweep:
+        parser.error("--json is for the comparison, not --sweep")
     if args.quick:
         args.requests = min(args.requests, 2_000)
         args.sweep_requests = min(args.sweep_requests, 500)
@@ -259,15 +310,16 @@ def chosen_clients(only: str | None, report: Callable[[str], None]) -> list[str]
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.pop("OPENAI_API_KEY", None)  # never sent anywhere, not even to 127.0.0.1
-    print_header("throughput")
-    clients = chosen_clients(args.only, print)
-    warm_imports(clients)
-    with ServerProcess(args.server) as server:
-        print(f"   {args.server} server at {server.base_url}{server.placement}", flush=True)
-        if args.sweep:
-            sweep(args, clients, server)
-        else:
-            main_comparison(args, clients, server)
+    with figures_output(args.json) as figures:
+        print_header("throughput")
+        clients = chosen_clients(args.only, print)
+        warm_imports(clients)
+        with ServerProcess(args.server) as server:
+            print(f"   {args.server} server at {server.base_url}{server.placement}", flush=True)
+            if args.sweep:
+                sweep(args, clients, server)
+            else:
+                main_comparison(args, clients, server, figures)
 
 
 if __name__ == "__main__":

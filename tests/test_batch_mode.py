@@ -8,13 +8,15 @@ from typing import Any
 
 import pytest
 
+from batchrunner import RunReport
+from batchrunner.backends.base import RemoteBatch
+from batchrunner.backends.openai_batches import OpenAIBatches
 from batchrunner.commands import cancel_job, run_batch_job, submit_job
+from batchrunner.dialects import openai
 from batchrunner.fake import FakeServer
 from batchrunner.jobfile import JobDefaults
 from batchrunner.ledger import Ledger
 from batchrunner.runner.batch import BatchRunner
-from batchrunner.runner.batch_api import BatchApi, RemoteBatch
-from batchrunner.runner.concurrent import RunReport
 from batchrunner.settings import RunSettings
 from tests.conftest import chat_line, write_jsonl
 from tests.test_cli import invoke, status_json
@@ -182,7 +184,7 @@ def test_a_refused_batch_over_the_token_cap_waits_and_goes_again(
     assert set(fake.batch_api.lines_by_id.values()) == {1}
 
 
-class DiesAfterCreate(BatchApi):
+class DiesAfterCreate(OpenAIBatches):
     """The process is killed right after the API created the batch, before the ledger knew."""
 
     def create(self, input_file_id: str, endpoint: str, metadata: dict[str, str]) -> RemoteBatch:
@@ -190,19 +192,19 @@ class DiesAfterCreate(BatchApi):
         raise SystemExit("killed")
 
 
-class DiesBeforeCreate(BatchApi):
+class DiesBeforeCreate(OpenAIBatches):
     def create(self, input_file_id: str, endpoint: str, metadata: dict[str, str]) -> RemoteBatch:
         raise SystemExit("killed")
 
 
 @pytest.mark.parametrize("crash", [DiesAfterCreate, DiesBeforeCreate])
 def test_a_kill_around_create_never_makes_a_duplicate_batch(
-    tmp_path: Path, db_url: str, fake: FakeServer, crash: type[BatchApi]
+    tmp_path: Path, db_url: str, fake: FakeServer, crash: type[OpenAIBatches]
 ) -> None:
     ledger, job = submit(tmp_path, db_url, fake, [chat_line(i) for i in range(20)])
     settings = RunSettings(base_url=fake.base_url)
     with pytest.raises(SystemExit):
-        BatchRunner(ledger, job, settings, crash(fake.base_url, "sk-x")).run(wait=False)
+        BatchRunner(ledger, job, settings, crash(fake.base_url, "sk-x"), openai).run(wait=False)
     assert [b.state for b in ledger.batches_of(job)] == ["uploaded"]
     assert wait_for(Ledger(db_url), job).state == "completed"
     assert fake.batch_api.batches_created == 1
@@ -256,7 +258,9 @@ def test_cancel_after_a_kill_right_after_create_cancels_the_unrecorded_batch(
     ledger, job = submit(tmp_path, db_url, fake, [chat_line(i) for i in range(20)])
     settings = RunSettings(base_url=fake.base_url)
     with pytest.raises(SystemExit):
-        BatchRunner(ledger, job, settings, DiesAfterCreate(fake.base_url, "sk-x")).run(False)
+        BatchRunner(ledger, job, settings, DiesAfterCreate(fake.base_url, "sk-x"), openai).run(
+            False
+        )
     cancel_job(ledger, job)
     (remote,) = fake.batch_api.batches.values()
     assert remote.cancelled_at is not None  # the batch the ledger had not recorded

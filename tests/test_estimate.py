@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from batchrunner.demand import TYPICAL_OUTPUT
+from batchrunner.dialects.openai import CHAT
 from batchrunner.errors import JobFileError
 from batchrunner.estimate import (
-    DEFAULT_OUTPUT,
     EstimateBuilder,
     ModelEstimate,
     estimate_as_json,
@@ -22,7 +23,8 @@ from batchrunner.estimate import (
     estimate_job_file,
     format_estimate,
 )
-from batchrunner.jobfile import CHAT, JobDefaults, JobItem, read_job_items
+from batchrunner.items import JobItem
+from batchrunner.jobfile import JobDefaults, read_job_items
 from batchrunner.pricing import load_price_file, price_item
 from batchrunner.usage import Usage
 from tests.conftest import write_jsonl
@@ -65,7 +67,7 @@ def test_estimate_counts_tokens_and_prices_both_modes(tmp_path: Path) -> None:
     assert (embed.requests, embed.input_tokens, embed.output_tokens) == (1, 3, 0)
     assert embed.cost_batch == pytest.approx(_per_million(3, 0.01))
     local = estimate.models["my-local-model"]
-    assert (local.input_tokens, local.output_tokens) == (9, DEFAULT_OUTPUT)
+    assert (local.input_tokens, local.output_tokens) == (9, TYPICAL_OUTPUT)
     assert local.cost_concurrent is None and local.cost_batch is None
     assert (estimate.requests, estimate.input_tokens) == (5, 39)
     assert estimate.cost_concurrent is None and estimate.cost_batch is None  # never a partial sum

@@ -22,11 +22,12 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import event, inspect, select, text, update
 
 from batchrunner.errors import JobBusyError
-from batchrunner.jobfile import JobItem
-from batchrunner.ledger import AttemptRecord, Ledger
+from batchrunner.items import JobItem
+from batchrunner.ledger import Ledger
 from batchrunner.ledger import migrate as migrations
-from batchrunner.ledger.models import Base
-from batchrunner.ledger.store import items_t, runs_t, utcnow
+from batchrunner.ledger.models import Base, items_t, runs_t
+from batchrunner.ledger.records import utcnow
+from batchrunner.outcome import Outcome, Result
 
 LATEST = ScriptDirectory.from_config(migrations.alembic_config()).get_current_head()
 
@@ -63,22 +64,25 @@ def record(
     number: int,
     state: str | None,
     not_before: datetime | None = None,
-) -> AttemptRecord:
+) -> Outcome:
     now = utcnow()
-    return AttemptRecord(
+    return Outcome(
         item_id=item_id,
         job_id=job_id,
+        custom_id="",
         run_id=run_id,
         number=number,
         started_at=now,
         ended_at=now,
-        outcome="succeeded" if state == "succeeded" else "retry",
-        item_state=state,
-        http_status=200 if state == "succeeded" else 500,
-        input_tokens=10 if state == "succeeded" else None,
-        output_tokens=3 if state == "succeeded" else None,
-        error_kind=None if state == "succeeded" else "server_error",
+        attempt_outcome="succeeded" if state == "succeeded" else "retry",
+        state=state,
         not_before=not_before,
+        result=Result(
+            http_status=200 if state == "succeeded" else 500,
+            input_tokens=10 if state == "succeeded" else None,
+            output_tokens=3 if state == "succeeded" else None,
+            error_kind=None if state == "succeeded" else "server_error",
+        ),
     )
 
 
@@ -168,8 +172,8 @@ def test_outcomes_update_items_and_keep_every_attempt(ledger_url: str) -> None:
     job = new_job(ledger, 3)
     run = ledger.start_run(job, max_attempts=5)
     a, b, _unfinished = ledger.claim_pending(job, run, 3)
-    ledger.record_attempts([record(a.id, job, run, 1, None), record(b.id, job, run, 1, "failed")])
-    ledger.record_attempts([record(a.id, job, run, 2, "succeeded")])
+    ledger.record_outcomes([record(a.id, job, run, 1, None), record(b.id, job, run, 1, "failed")])
+    ledger.record_outcomes([record(a.id, job, run, 2, "succeeded")])
     assert ledger.end_run(job, run) == "stopped"  # c was claimed but never finished
     summary = ledger.summary(job)
     assert summary.counts == {"succeeded": 1, "failed": 1, "pending": 1}
@@ -181,7 +185,7 @@ def test_outcomes_update_items_and_keep_every_attempt(ledger_url: str) -> None:
 def test_results_written_through_the_driver_read_back_like_any_other_time(
     ledger_url: str,
 ) -> None:
-    """record_attempts bypasses SQLAlchemy's parameter processing; its times must still be
+    """record_outcomes bypasses SQLAlchemy's parameter processing; its times must still be
     stored the way SQLAlchemy stores them (on SQLite: text that sorts and compares with the
     text it writes itself, even for a time on a whole second)."""
     ledger = Ledger(ledger_url)
@@ -193,7 +197,7 @@ def test_results_written_through_the_driver_read_back_like_any_other_time(
     done.started_at = done.ended_at = on_the_second
     later = record(second.id, job, run, 1, "succeeded")
     later.started_at = later.ended_at = on_the_second + timedelta(microseconds=1)
-    ledger.record_attempts([done, later])
+    ledger.record_outcomes([done, later])
     with ledger.engine.connect() as conn:
         rows = conn.execute(
             select(items_t.c.id, items_t.c.finished_at)
@@ -209,7 +213,7 @@ def test_an_outcome_from_a_run_that_lost_the_item_changes_nothing(ledger_url: st
     job = new_job(ledger, 1)
     run = ledger.start_run(job, max_attempts=5)
     (item,) = ledger.claim_pending(job, run, 1)
-    ledger.record_attempts([record(item.id, job, "some-other-run", 1, "succeeded")])
+    ledger.record_outcomes([record(item.id, job, "some-other-run", 1, "succeeded")])
     assert ledger.summary(job).counts == {"running": 1}
     assert len(ledger.attempts_of(item.id)) == 1  # the attempt itself is still on record
 
@@ -262,7 +266,7 @@ def test_workers_share_a_job_and_a_silent_ones_items_come_back_after_its_lease(
     assert ledger.reclaim(job, lease_s=10) == 1  # past it: dead, its items are free again
     assert ledger.summary(job).counts == {"pending": 4, "running": 2}
     assert len(ledger.claim_pending(job, second, 10)) == 4
-    assert [w["id"] for w in ledger.runs_of(job, lease_s=10)] == [second]
+    assert [w.id for w in ledger.runs_of(job, lease_s=10)] == [second]
 
 
 def test_items_that_used_every_attempt_fail_at_the_next_start(ledger_url: str) -> None:
@@ -270,7 +274,7 @@ def test_items_that_used_every_attempt_fail_at_the_next_start(ledger_url: str) -
     job = new_job(ledger, 2)
     run = ledger.start_run(job, max_attempts=2)
     a, _ = ledger.claim_pending(job, run, 2)
-    ledger.record_attempts([record(a.id, job, run, 1, None), record(a.id, job, run, 2, None)])
+    ledger.record_outcomes([record(a.id, job, run, 1, None), record(a.id, job, run, 2, None)])
     ledger.end_run(job, run)
     ledger.start_run(job, max_attempts=2)
     assert ledger.summary(job).counts == {"failed": 1, "pending": 1}
@@ -295,7 +299,7 @@ def test_a_deferred_item_is_not_claimed_before_its_time(ledger_url: str) -> None
     run = ledger.start_run(job, max_attempts=5)
     a, b, c, _d = ledger.claim_pending(job, run, 4)
     later = utcnow().replace(microsecond=0) + timedelta(hours=1)
-    ledger.record_attempts(
+    ledger.record_outcomes(
         [
             record(a.id, job, run, 1, "pending", not_before=later),
             record(b.id, job, run, 1, "pending", not_before=utcnow() - timedelta(seconds=1)),
@@ -334,7 +338,7 @@ def test_only_a_hand_back_to_pending_keeps_not_before(ledger_url: str) -> None:
         record(items_[1].id, job, run, 1, "succeeded", not_before=later),
         record(items_[2].id, job, run, 1, "failed", not_before=later),
     )
-    ledger.record_attempts([retry, done, failed])
+    ledger.record_outcomes([retry, done, failed])
     for item in items_:
         assert item_column(ledger, item.id, "not_before") is None
     assert ledger.next_not_before(job) is None

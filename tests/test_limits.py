@@ -7,13 +7,9 @@ import time
 import anyio
 import pytest
 
-from batchrunner.runner.limits import (
-    ServerLimits,
-    Throttle,
-    parse_duration,
-    read_server_limits,
-    wait_from_message,
-)
+from batchrunner.dialects import ServerLimits
+from batchrunner.dialects.openai import parse_duration, read_server_limits, wait_from_message
+from batchrunner.runner.limits import Throttle
 
 
 @pytest.mark.parametrize(

@@ -7,16 +7,17 @@ import random
 import orjson
 import pytest
 
-from batchrunner.runner.retry import (
+from batchrunner.dialects.openai import judge_reply
+from batchrunner.failures import (
     BACKOFF_CAP_S,
     FAIL,
     RETRY,
     STOP,
     SUCCEED,
+    ErrorKind,
+    Verdict,
     backoff_delay,
     final_verdict,
-    judge_reply,
-    judge_transport_failure,
 )
 
 
@@ -56,7 +57,7 @@ def test_the_api_message_and_code_are_kept() -> None:
 
 
 def test_a_retry_on_the_last_attempt_fails_the_item() -> None:
-    verdict = judge_transport_failure("timeout", "no answer")
+    verdict = Verdict.failure(ErrorKind.TIMEOUT, None, "no answer")
     assert final_verdict(verdict, attempt=4, max_attempts=5).action == RETRY
     last = final_verdict(verdict, attempt=5, max_attempts=5)
     assert (last.action, last.kind, last.message) == (FAIL, "timeout", "no answer")

@@ -17,7 +17,8 @@ from batchrunner.cli import cli
 from batchrunner.commands import run_job, submit_job
 from batchrunner.export import write_results
 from batchrunner.fake import FakeServer
-from batchrunner.jobfile import JobDefaults, request_hash
+from batchrunner.items import request_hash
+from batchrunner.jobfile import JobDefaults
 from batchrunner.ledger import Ledger
 from batchrunner.settings import RunSettings
 from tests.conftest import chat_line, write_jsonl

@@ -12,14 +12,13 @@ import anyio
 import orjson
 import pytest
 
-from batchrunner import commands
+from batchrunner import RunReport, commands
 from batchrunner.commands import run_job, submit_job
 from batchrunner.export import write_results
 from batchrunner.fake import FakeServer
 from batchrunner.jobfile import JobDefaults
 from batchrunner.ledger import Ledger
 from batchrunner.runner import writer
-from batchrunner.runner.concurrent import RunReport
 from batchrunner.settings import RunSettings
 from tests.conftest import chat_line, write_jsonl
 
@@ -86,15 +85,20 @@ def test_transient_errors_are_retried_and_every_attempt_is_recorded(
     assert [fake.requests_by_id[f"item-{i}"] for i in range(5)] == [1, 3, 2, 2, 2]
     item_ids = {row.custom_id: row.id for row in ledger.iter_items(job)}
     flaky = ledger.attempts_of(item_ids["item-1"])
-    assert [(a.outcome, a.http_status) for a in flaky] == [
+    assert [(a.outcome, a.result.http_status) for a in flaky] == [
         ("retry", 500),
         ("retry", 500),
         ("succeeded", 200),
     ]
     (first_slow, _) = ledger.attempts_of(item_ids["item-4"])
-    assert first_slow.error_kind == "timeout" and "possibly billed" in first_slow.error_message
+    assert (
+        first_slow.result.error_kind == "timeout"
+        and "possibly billed" in first_slow.result.error_message
+    )
     (first_dropped, _) = ledger.attempts_of(item_ids["item-2"])
-    assert first_dropped.error_kind == "connection" and first_dropped.http_status is None
+    assert (
+        first_dropped.result.error_kind == "connection" and first_dropped.result.http_status is None
+    )
 
 
 def test_fatal_errors_fail_the_item_after_one_request(

@@ -16,30 +16,37 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, inspect
 
-from batchrunner.ledger import AttemptRecord, Ledger
+from batchrunner.ledger import Ledger
 from batchrunner.ledger import migrate as migrations
 from batchrunner.ledger.models import Base
-from batchrunner.ledger.store import SCHEMA_HEAD, utcnow
+from batchrunner.ledger.records import utcnow
+from batchrunner.ledger.store import SCHEMA_HEAD
+from batchrunner.outcome import Outcome, Result
 from tests.test_ledger import new_job
 
 INDEX = "ix_items_summary"
 MODELS = ["m1", "m1", "m2", "m1", "m2", "m1", "m1"]
 
 
-def outcome(item_id: int, job: int, run: str, number: int, state: str | None, **usage: Any) -> Any:
+def outcome(
+    item_id: int, job: int, run: str, number: int, state: str | None, **usage: Any
+) -> Outcome:
     now = utcnow()
-    return AttemptRecord(
+    return Outcome(
         item_id=item_id,
         job_id=job,
+        custom_id="",
         run_id=run,
         number=number,
         started_at=now,
         ended_at=now,
-        outcome=state or "retry",
-        item_state=state,
-        http_status=200 if state == "succeeded" else 500,
-        error_kind=None if state == "succeeded" else usage.pop("kind", "server_error"),
-        **usage,
+        attempt_outcome=state or "retry",
+        state=state,
+        result=Result(
+            http_status=200 if state == "succeeded" else 500,
+            error_kind=None if state == "succeeded" else usage.pop("kind", "server_error"),
+            **usage,
+        ),
     )
 
 
@@ -49,7 +56,7 @@ def work_on(ledger: Ledger, job: int) -> None:
     fractions, so sums do not depend on the order the database adds them in."""
     run = ledger.start_run(job, max_attempts=5)
     a, b, c, d, e, f = ledger.claim_pending(job, run, 6)
-    ledger.record_attempts(
+    ledger.record_outcomes(
         [
             outcome(a.id, job, run, 1, None),
             outcome(b.id, job, run, 1, "failed", kind="invalid_request"),
@@ -60,7 +67,7 @@ def work_on(ledger: Ledger, job: int) -> None:
             outcome(f.id, job, run, 1, "pending", input_tokens=1),
         ]
     )  # fmt: skip
-    ledger.record_attempts(
+    ledger.record_outcomes(
         [
             outcome(a.id, job, run, 2, "succeeded", input_tokens=10, output_tokens=3,
                     cost_usd=0.5),

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from batchrunner import RunReport
 from batchrunner.fake import FakeServer
 from batchrunner.runner import concurrent
-from batchrunner.runner.concurrent import RunReport
 from tests.conftest import chat_line
 from tests.test_run import exported, run, submit
 
@@ -81,9 +81,9 @@ def test_a_fault_mix_ends_with_every_item_succeeded_and_every_attempt_recorded(
         for row in ledger.iter_items(job)
         if row.attempts > 1
         for a in ledger.attempts_of(row.id)
-        if a.error_kind == "timeout"
+        if a.result.error_kind == "timeout"
     ]
-    assert timeouts and all("possibly billed" in a.error_message for a in timeouts)
+    assert timeouts and all("possibly billed" in a.result.error_message for a in timeouts)
 
 
 def test_insufficient_quota_stops_within_a_handful_and_run_finishes_later(
@@ -139,7 +139,7 @@ def test_a_long_retry_after_defers_the_item_instead_of_holding_a_worker(
     assert report.state == "completed" and ledger.summary(job).counts == {"succeeded": 6}
     ids = {row.custom_id: row.id for row in ledger.iter_items(job)}
     first, second = ledger.attempts_of(ids["item-0"])
-    assert (first.outcome, first.http_status, second.outcome) == ("retry", 503, "succeeded")
+    assert (first.outcome, first.result.http_status, second.outcome) == ("retry", 503, "succeeded")
     assert (second.started_at - first.ended_at).total_seconds() >= 1.4  # the server's 1.5 s
     others_done = max(ledger.attempts_of(ids[f"item-{i}"])[0].ended_at for i in range(1, 6))
     assert others_done < second.started_at  # the one worker went on with the others

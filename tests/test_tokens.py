@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from batchrunner.dialects.openai import output_cap
 from batchrunner.tokens import (
     IMAGE_TOKENS,
     count_text,
     encoding_for,
-    output_allowance,
     prompt_tokens,
 )
 
@@ -223,7 +223,7 @@ def test_embeddings_have_no_overhead() -> None:
     ],
 )
 def test_output_allowance(body: dict[str, object], expected: int | None) -> None:
-    assert output_allowance(body) == expected
+    assert output_cap(body) == expected
 
 
 def test_counting_is_fast_because_encoders_load_once() -> None:

@@ -13,9 +13,10 @@ import anyio
 import pytest
 import trustme
 
+from batchrunner.backends.base import Reply, TransportFailure
+from batchrunner.backends.http import HttpBackend
 from batchrunner.errors import UsageError
 from batchrunner.fake import FakeConfig, FakeServer
-from batchrunner.runner.transport import HttpTransport, Reply, TransportFailure
 
 BODY = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
 
@@ -28,7 +29,7 @@ async def post_once(ca: trustme.CA) -> Reply | TransportFailure:
     base_url = await server.start(ssl_context=context)
     assert base_url.startswith("https://127.0.0.1:")
     try:
-        async with HttpTransport(base_url, "sk-test", timeout=10, max_connections=2) as transport:
+        async with HttpBackend(base_url, "sk-test", timeout=10, max_connections=2) as transport:
             return await transport.post("/v1/chat/completions", BODY, "item-1")
     finally:
         await server.stop()
@@ -68,7 +69,7 @@ def post_to_raw_server(answer: bytes) -> Reply | TransportFailure:
     async def post() -> Reply | TransportFailure:
         server = await asyncio.start_server(reply, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        async with server, HttpTransport(f"http://127.0.0.1:{port}/v1", None, 10, 2) as transport:
+        async with server, HttpBackend(f"http://127.0.0.1:{port}/v1", None, 10, 2) as transport:
             return await transport.post("/v1/chat/completions", BODY, "item-1")
 
     return asyncio.run(post())
@@ -96,7 +97,7 @@ def test_header_values_that_are_not_text_count_as_not_sent() -> None:
 @pytest.mark.parametrize("base_url", ["not a url", "http://127.0.0.1:99999/v1", "ftp://x/v1"])
 def test_a_base_url_that_cannot_be_used_is_a_usage_error_at_once(base_url: str) -> None:
     async def enter() -> None:
-        async with HttpTransport(base_url, None, 10, 2):
+        async with HttpBackend(base_url, None, 10, 2):
             pass
 
     with pytest.raises(UsageError, match="is not usable"):
@@ -134,7 +135,7 @@ def test_requests_in_flight_are_abandoned_at_once_when_cancelled() -> None:
         base_url = await server.start()
         started = time.monotonic()
         try:
-            transport = HttpTransport(base_url, None, 60, 5)
+            transport = HttpBackend(base_url, None, 60, 5)
             async with transport, anyio.create_task_group() as group:
                 for index in range(5):
                     group.start_soon(transport.post, "/v1/chat/completions", BODY, f"i{index}")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from batchrunner.usage import Usage, format_usd, read_finish_reason, read_usage
+from batchrunner.dialects.openai import read_finish_reason, read_usage
+from batchrunner.usage import Usage, format_usd
 
 
 def test_chat_usage_with_cached_and_reasoning_tokens() -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from batchrunner.fake import FakeServer
 from batchrunner.ledger import Ledger
-from batchrunner.ledger.batches import attempts_t
+from batchrunner.ledger.models import attempts_t
 from tests.conftest import chat_line, write_jsonl
 
 pytestmark = pytest.mark.postgres

@@ -19,7 +19,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from batchrunner.tokens import output_allowance, prompt_tokens
+from batchrunner.dialects.openai import output_cap
+from batchrunner.tokens import prompt_tokens
 
 ECHO_PREFIX = "echo: "
 ECHO_LIMIT = 200
@@ -97,7 +98,7 @@ def complete(model: str, prompt_text: str, body: dict[str, Any], trigger: str | 
     visible = estimate_tokens(text)
     if trigger == "content_filter":
         return Completion(None, reasoning, reasoning, "content_filter")
-    allowance = output_allowance(body)
+    allowance = output_cap(body)
     if trigger == "length":
         allowance = min(allowance or visible, max(1, visible // 2) + reasoning)
     if allowance is not None and reasoning + visible > allowance:

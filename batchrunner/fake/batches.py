@@ -22,12 +22,20 @@ a batch reports its `usage` (the sum over its answered lines) as the real API do
 batches. `create_delay_s` and `upload_delay_s` hold the answer back once the batch or the file
 exists (setting them back to 0 lets held answers go), for tests that kill a client while its
 request is in flight.
+
+The logic is a core of plain methods (`upload_file`, `file_content`, `create_batch`,
+`list_batches`, `retrieve_batch`, `cancel_batch`...) that return the API's JSON as a dict, or a
+`Refusal` (HTTP status and error body); the aiohttp routes are thin wrappers around them, and
+fake/in_process.py calls them directly. Those direct calls come from other threads than the
+server's event loop, so the state is guarded by a lock (never held across an await); the holds
+are the HTTP routes' alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 import uuid
 from collections import Counter
@@ -52,6 +60,17 @@ USAGE_FIELDS = (
     "reasoning_tokens",
     "total_tokens",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An error answer: its HTTP status and body (JSON, or the bytes a gateway's HTML page is)."""
+
+    status: int
+    body: dict[str, Any] | bytes
+
+
+Answer = dict[str, Any] | Refusal  # what a core method gives: the API's JSON, or a refusal
 
 
 @dataclass
@@ -112,10 +131,13 @@ class FakeBatchApi:
         self.calls: Counter[str] = Counter()  # requests per route ("upload", "create", ...)
         self.total_calls = 0
         self._random = random.Random(server.config.seed)  # the order of the output lines
+        self._lock = threading.Lock()  # the state above, for callers on other threads
 
-    def _called(self, route: str) -> None:
-        self.calls[route] += 1
-        self.total_calls += 1
+    def called(self, route: str) -> None:
+        """Count one request to a route ("upload", "create", ...), however it came."""
+        with self._lock:
+            self.calls[route] += 1
+            self.total_calls += 1
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/files", self._upload)
@@ -127,94 +149,105 @@ class FakeBatchApi:
         app.router.add_get("/v1/batches/{batch_id}", self._retrieve)
         app.router.add_post("/v1/batches/{batch_id}/cancel", self._cancel)
 
-    # -- files ---------------------------------------------------------------------------------
+    # -- the core: plain values in and out, callable from any thread ----------------------------
 
-    async def _upload(self, request: web.Request) -> web.Response:
-        self._called("upload")
-        form = await request.post()
-        upload, purpose = form.get("file"), form.get("purpose")
-        if not isinstance(upload, web.FileField) or not isinstance(purpose, str):
-            return _error(400, "A multipart form with 'file' and 'purpose' is required.")
-        content = upload.file.read()
+    def upload_file(self, filename: str, purpose: str, content: bytes) -> Answer:
+        """Store a file; its description."""
         if len(content) > self.max_upload_bytes:
-            return _error(400, "File is too large.")
-        stored = self._store(upload.filename or "upload.jsonl", purpose, content)
-        await self._hold("upload_delay_s")
-        return _json(stored.describe())
+            return _refused(400, "File is too large.")
+        with self._lock:
+            return self._store(filename, purpose, content).describe()
 
-    def _store(self, filename: str, purpose: str, content: bytes) -> StoredFile:
-        stored = StoredFile(f"file-{uuid.uuid4().hex[:24]}", filename, purpose, content, _now())
-        self.files[stored.id] = stored
-        return stored
+    def file(self, file_id: str) -> Answer:
+        with self._lock:
+            stored = self.files.get(file_id)
+        return stored.describe() if stored else _refused(404, "No such File object.")
 
-    async def _file(self, request: web.Request) -> web.Response:
-        self._called("file")
-        stored = self.files.get(request.match_info["file_id"])
-        return _json(stored.describe()) if stored else _error(404, "No such File object.")
+    def file_content(self, file_id: str) -> bytes | Refusal:
+        with self._lock:
+            stored = self.files.get(file_id)
+        return stored.content if stored else _refused(404, "No such File object.")
 
-    async def _file_content(self, request: web.Request) -> web.Response:
-        self._called("content")
-        stored = self.files.get(request.match_info["file_id"])
-        if stored is None:
-            return _error(404, "No such File object.")
-        return web.Response(body=stored.content, content_type="application/octet-stream")
+    def delete_file(self, file_id: str) -> dict[str, Any]:
+        with self._lock:
+            deleted = self.files.pop(file_id, None) is not None
+        return {"id": file_id, "object": "file", "deleted": deleted}
 
-    async def _delete_file(self, request: web.Request) -> web.Response:
-        self._called("delete")
-        file_id = request.match_info["file_id"]
-        deleted = self.files.pop(file_id, None) is not None
-        return _json({"id": file_id, "object": "file", "deleted": deleted})
-
-    # -- batches -------------------------------------------------------------------------------
-
-    async def _create(self, request: web.Request) -> web.Response:
-        self._called("create")
+    def create_batch(self, payload: dict[str, Any]) -> Answer:
+        """Create a batch from a create request's JSON payload; its description."""
         config = self.server.config
         if config.force_status is not None:
             forced = forced_answer(config.force_status, config.force_code)
-            return web.Response(
-                body=orjson.dumps(forced.body),
-                status=forced.status,
-                content_type="application/json",
-            )
-        payload = await request.json()
-        stored = self.files.get(str(payload.get("input_file_id")))
+            return Refusal(forced.status, forced.body)
+        with self._lock:
+            stored = self.files.get(str(payload.get("input_file_id")))
         endpoint = payload.get("endpoint")
         if stored is None:
-            return _error(400, "Invalid 'input_file_id': no such file.")
+            return _refused(400, "Invalid 'input_file_id': no such file.")
         if endpoint not in ENDPOINTS or payload.get("completion_window") != "24h":
-            return _error(400, "Invalid 'endpoint' or 'completion_window'.")
+            return _refused(400, "Invalid 'endpoint' or 'completion_window'.")
         refusal = self._refusal(stored.content)
         if refusal is not None:
-            return _error(400, refusal)
-        lines, errors = _validate(stored.content, str(endpoint))
+            return _refused(400, refusal)
+        lines, errors = _validate(stored.content, str(endpoint))  # outside the lock: pure
         tokens = sum(answers.prompt_of(endpoint, line["body"])[1] for line in lines)
-        limit = self.server.config.batch_token_limit
-        if not errors and limit is not None:
-            enqueued = sum(b.prompt_tokens for b in self.batches.values() if self._is_active(b))
-            if enqueued + tokens > limit:
-                errors = [_token_limit_error(lines, limit)]
-        batch = FakeBatch(
-            id=f"batch_{uuid.uuid4().hex[:24]}",
-            input_file_id=stored.id,
-            endpoint=str(endpoint),
-            metadata=payload.get("metadata"),
-            created_at=_now(),
-            started=time.monotonic(),
-            lines=lines,
-            prompt_tokens=0 if errors else tokens,
-            errors=errors,
-        )
-        self.batches[batch.id] = batch
-        self.batches_created += 1
-        await self._hold("create_delay_s")
-        return _json(self._describe(batch))
+        limit = config.batch_token_limit
+        with self._lock:
+            if not errors and limit is not None:
+                active = (b for b in self.batches.values() if self._is_active(b))
+                if sum(b.prompt_tokens for b in active) + tokens > limit:
+                    errors = [_token_limit_error(lines, limit)]
+            batch = FakeBatch(
+                id=f"batch_{uuid.uuid4().hex[:24]}",
+                input_file_id=stored.id,
+                endpoint=str(endpoint),
+                metadata=payload.get("metadata"),
+                created_at=_now(),
+                started=time.monotonic(),
+                lines=lines,
+                prompt_tokens=0 if errors else tokens,
+                errors=errors,
+            )
+            self.batches[batch.id] = batch
+            self.batches_created += 1
+            return self._describe(batch)
 
-    async def _hold(self, knob: str) -> None:
-        """Hold an answer back for the knob's seconds, or until a test sets it back to 0."""
-        until = time.monotonic() + float(getattr(self, knob))
-        while getattr(self, knob) > 0 and time.monotonic() < until:
-            await asyncio.sleep(0.01)
+    def list_batches(self, limit: int = 20, after: str | None = None) -> dict[str, Any]:
+        """One page of batches, newest first, after the batch `after` when given."""
+        with self._lock:
+            newest_first = list(reversed(self.batches.values()))
+            if after is not None:
+                ids = [b.id for b in newest_first]
+                newest_first = newest_first[ids.index(after) + 1 :] if after in ids else []
+            data = [self._describe(b) for b in newest_first[:limit]]
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": len(newest_first) > limit,
+        }
+
+    def retrieve_batch(self, batch_id: str) -> Answer:
+        with self._lock:
+            batch = self.batches.get(batch_id)
+            return self._describe(batch) if batch else _refused(404, "No such batch.")
+
+    def cancel_batch(self, batch_id: str) -> Answer:
+        with self._lock:
+            batch = self.batches.get(batch_id)
+            if batch is None:
+                return _refused(404, "No such batch.")
+            if self._status(batch) in ("validating", "in_progress"):
+                batch.cancelled_at = time.monotonic()
+                batch.stamps["cancelling_at"] = _now()
+            return self._describe(batch)
+
+    def _store(self, filename: str, purpose: str, content: bytes) -> StoredFile:
+        """Keep a file (the lock held)."""
+        stored = StoredFile(f"file-{uuid.uuid4().hex[:24]}", filename, purpose, content, _now())
+        self.files[stored.id] = stored
+        return stored
 
     def _refusal(self, content: bytes) -> str | None:
         """Why `create` refuses the input file outright (too big, too many lines), if it does."""
@@ -232,40 +265,61 @@ class FakeBatchApi:
             )
         return None
 
+    # -- the HTTP routes: thin wrappers around the core -----------------------------------------
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        self.called("upload")
+        form = await request.post()
+        upload, purpose = form.get("file"), form.get("purpose")
+        if not isinstance(upload, web.FileField) or not isinstance(purpose, str):
+            return _response(
+                _refused(400, "A multipart form with 'file' and 'purpose' is required.")
+            )
+        answer = self.upload_file(upload.filename or "upload.jsonl", purpose, upload.file.read())
+        if not isinstance(answer, Refusal):
+            await self._hold("upload_delay_s")
+        return _response(answer)
+
+    async def _file(self, request: web.Request) -> web.Response:
+        self.called("file")
+        return _response(self.file(request.match_info["file_id"]))
+
+    async def _file_content(self, request: web.Request) -> web.Response:
+        self.called("content")
+        content = self.file_content(request.match_info["file_id"])
+        if isinstance(content, Refusal):
+            return _response(content)
+        return web.Response(body=content, content_type="application/octet-stream")
+
+    async def _delete_file(self, request: web.Request) -> web.Response:
+        self.called("delete")
+        return _response(self.delete_file(request.match_info["file_id"]))
+
+    async def _create(self, request: web.Request) -> web.Response:
+        self.called("create")
+        answer = self.create_batch(await request.json())
+        if not isinstance(answer, Refusal):
+            await self._hold("create_delay_s")
+        return _response(answer)
+
+    async def _hold(self, knob: str) -> None:
+        """Hold an answer back for the knob's seconds, or until a test sets it back to 0."""
+        until = time.monotonic() + float(getattr(self, knob))
+        while getattr(self, knob) > 0 and time.monotonic() < until:
+            await asyncio.sleep(0.01)
+
     async def _list(self, request: web.Request) -> web.Response:
-        self._called("list")
+        self.called("list")
         limit = int(request.query.get("limit", "20"))
-        after = request.query.get("after")
-        newest_first = list(reversed(self.batches.values()))
-        if after is not None:
-            ids = [b.id for b in newest_first]
-            newest_first = newest_first[ids.index(after) + 1 :] if after in ids else []
-        page = newest_first[:limit]
-        data = [self._describe(b) for b in page]
-        return _json(
-            {
-                "object": "list",
-                "data": data,
-                "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None,
-                "has_more": len(newest_first) > limit,
-            }
-        )
+        return _response(self.list_batches(limit, request.query.get("after")))
 
     async def _retrieve(self, request: web.Request) -> web.Response:
-        self._called("retrieve")
-        batch = self.batches.get(request.match_info["batch_id"])
-        return _json(self._describe(batch)) if batch else _error(404, "No such batch.")
+        self.called("retrieve")
+        return _response(self.retrieve_batch(request.match_info["batch_id"]))
 
     async def _cancel(self, request: web.Request) -> web.Response:
-        self._called("cancel")
-        batch = self.batches.get(request.match_info["batch_id"])
-        if batch is None:
-            return _error(404, "No such batch.")
-        if self._status(batch) in ("validating", "in_progress"):
-            batch.cancelled_at = time.monotonic()
-            batch.stamps["cancelling_at"] = _now()
-        return _json(self._describe(batch))
+        self.called("cancel")
+        return _response(self.cancel_batch(request.match_info["batch_id"]))
 
     # -- the clock -----------------------------------------------------------------------------
 
@@ -499,10 +553,17 @@ def _now() -> int:
     return int(time.time())
 
 
-def _json(body: dict[str, Any], status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
-
-
-def _error(status: int, message: str) -> web.Response:
+def _refused(status: int, message: str) -> Refusal:
     kind = "server_error" if status >= 500 else "invalid_request_error"
-    return _json(answers.error_body(message, kind, None), status)
+    return Refusal(status, answers.error_body(message, kind, None))
+
+
+def _response(answer: Answer) -> web.Response:
+    """An answer over HTTP: JSON, or a refusal with its status (HTML where a gateway's was)."""
+    if not isinstance(answer, Refusal):
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
+    if isinstance(answer.body, bytes):
+        return web.Response(body=answer.body, status=answer.status, content_type="text/html")
+    return web.Response(
+        body=orjson.dumps(answer.body), status=answer.status, content_type="application/json"
+    )

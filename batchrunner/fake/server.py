@@ -29,6 +29,7 @@ from urllib.parse import unquote
 import orjson
 from aiohttp import web
 
+from batchrunner.dialects.openai import output_cap
 from batchrunner.fake import answers
 from batchrunner.fake.batches import FakeBatchApi
 from batchrunner.fake.faults import (
@@ -38,7 +39,6 @@ from batchrunner.fake.faults import (
     forced_answer,
     rate_limited,
 )
-from batchrunner.tokens import output_allowance
 
 
 @dataclass
@@ -151,7 +151,7 @@ class FakeServer:
         output_trigger = trigger.name if trigger else None
 
         _, prompt_tokens = answers.prompt_of(request.path, body)
-        limits = self._take_limits(model, prompt_tokens + (output_allowance(body) or 0))
+        limits = self._take_limits(model, prompt_tokens + (output_cap(body) or 0))
         if isinstance(limits, ErrorAnswer):
             return self._error(request, limits)
 

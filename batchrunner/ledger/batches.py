@@ -8,26 +8,24 @@ nothing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from batchrunner.ledger.models import (
     CANCELLED,
-    FAILED,
     PENDING,
     RUNNING,
-    SUCCEEDED,
-    attempts_t,
     batches_t,
     items_t,
     jobs_t,
 )
-from batchrunner.ledger.records import QueriesMixin, utcnow
-from batchrunner.redact import mask, mask_answer
+from batchrunner.ledger.records import BatchRow, PackedItem, QueriesMixin, row_columns, utcnow
+from batchrunner.ledger.results import write_outcomes
+from batchrunner.outcome import Outcome
+from batchrunner.redact import mask
 
 PACKING, UPLOADED, SUBMITTED, SETTLED, ABANDONED = (
     "packing",
@@ -40,25 +38,6 @@ UNSETTLED = (PACKING, UPLOADED, SUBMITTED)
 BATCH_STATES = (*UNSETTLED, SETTLED, ABANDONED)
 ASSIGN_CHUNK = 500
 PAGE = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class SettledLine:
-    """One answered (or returned) line of a batch, ready to write."""
-
-    custom_id: str
-    state: str  # succeeded | failed | pending (or cancelled)
-    http_status: int | None = None
-    response: str | None = None
-    error_kind: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    input_tokens: int | None = None
-    cached_tokens: int | None = None
-    output_tokens: int | None = None
-    reasoning_tokens: int | None = None
-    cost_usd: float | None = None
-    finish_reason: str | None = None
 
 
 class BatchQueries(QueriesMixin):
@@ -106,6 +85,10 @@ class BatchQueries(QueriesMixin):
         return int(batch_id), assigned
 
     def update_batch(self, batch_id: int, **values: Any) -> None:
+        """Record what is known of a batch (its remote ids, status, counts, usage, errors);
+        the API's error messages are masked like every answer's."""
+        if values.get("errors"):
+            values["errors"] = mask(values["errors"])
         with self._write("update a batch in") as conn:
             conn.execute(
                 update(batches_t)
@@ -113,15 +96,14 @@ class BatchQueries(QueriesMixin):
                 .values(updated_at=utcnow(), **values)
             )
 
-    def batches_of(self, job_id: int, states: tuple[str, ...] = UNSETTLED) -> list[Any]:
+    def batches_of(self, job_id: int, states: tuple[str, ...] = UNSETTLED) -> list[BatchRow]:
         with self._read() as conn:
-            return list(
-                conn.execute(
-                    select(batches_t)
-                    .where(batches_t.c.job_id == job_id, batches_t.c.state.in_(states))
-                    .order_by(batches_t.c.id)
-                )
+            rows = conn.execute(
+                select(*row_columns(batches_t, BatchRow))
+                .where(batches_t.c.job_id == job_id, batches_t.c.state.in_(states))
+                .order_by(batches_t.c.id)
             )
+            return [BatchRow(*row) for row in rows]
 
     def enqueued_tokens(self, job_id: int) -> dict[str, int]:
         """Prompt tokens held by the job's unsettled batches, per model."""
@@ -133,34 +115,32 @@ class BatchQueries(QueriesMixin):
             )
             return {model: int(tokens or 0) for model, tokens in rows}
 
-    def batch_items(self, batch_id: int) -> Iterator[Any]:
+    def batch_items(self, batch_id: int) -> Iterator[PackedItem]:
         """The batch's items in file order (line N of its input file is the Nth), paged."""
         after = -1
         while True:
             with self._read() as conn:
-                rows = conn.execute(
-                    select(
-                        items_t.c.id,
-                        items_t.c.position,
-                        items_t.c.custom_id,
-                        items_t.c.url,
-                        items_t.c.body,
+                rows = [
+                    PackedItem(*row)
+                    for row in conn.execute(
+                        select(*row_columns(items_t, PackedItem))
+                        .where(items_t.c.batch_id == batch_id, items_t.c.position > after)
+                        .order_by(items_t.c.position)
+                        .limit(PAGE)
                     )
-                    .where(items_t.c.batch_id == batch_id, items_t.c.position > after)
-                    .order_by(items_t.c.position)
-                    .limit(PAGE)
-                ).all()
+                ]
             if not rows:
                 return
             yield from rows
             after = rows[-1].position
 
-    def settle_lines(self, job_id: int, batch_id: int, lines: Sequence[SettledLine]) -> int:
-        """Write answered lines: one attempt row each, and the item's new state. Lines for
-        items no longer in this batch are skipped. Returns how many items changed."""
+    def settle_batch_lines(self, job_id: int, batch_id: int, lines: Sequence[Outcome]) -> int:
+        """Write the outcomes of a batch's output lines, which name their items by custom_id:
+        one attempt row for each line that ran, and the item's new state. Lines for items no
+        longer in this batch are skipped, a repeated line counts once. Returns how many items
+        changed."""
         if not lines:
             return 0
-        now = utcnow()
         with self._write("record batch results in") as conn:
             held = {
                 row.custom_id: (row.id, row.attempts)
@@ -173,49 +153,15 @@ class BatchQueries(QueriesMixin):
                     )
                 )
             }
-            attempts, items = [], []
+            found = []
             for line in lines:
-                found = held.pop(line.custom_id, None)  # a duplicated line counts once
-                if found is None:
-                    continue
-                item_id, previous = found
-                values = _line_values(line)
-                values["error_message"], response = mask_answer(
-                    line.error_message, line.response, line.http_status
-                )
-                answered = line.state in (SUCCEEDED, FAILED)  # else never run: no attempt
-                if answered:
-                    attempts.append(
-                        {
-                            "item_id": item_id,
-                            "job_id": job_id,
-                            "run_id": None,
-                            "number": previous + 1,
-                            "started_at": now,
-                            "ended_at": now,
-                            "outcome": line.state,
-                            **values,
-                        }
-                    )
-                items.append(
-                    {
-                        "b_id": item_id,
-                        "b_batch": batch_id,
-                        "state": line.state,
-                        "batch_id": batch_id if answered else None,
-                        "attempts": previous + 1 if answered else previous,
-                        "response": response,
-                        "finish_reason": line.finish_reason,
-                        "updated_at": now,
-                        "finished_at": None if line.state == PENDING else now,
-                        **values,
-                    }
-                )
-            if attempts:
-                conn.execute(insert(attempts_t), attempts)
-            if items:
-                conn.execute(_fenced_item_update(items[0]), items)
-        return len(items)
+                item = held.pop(line.custom_id, None)
+                if item is not None:
+                    item_id, previous = item
+                    number = previous + 1 if line.is_attempt else previous
+                    found.append(replace(line, item_id=item_id, number=number))
+            write_outcomes(conn, found, "batch_id")
+        return len(found)
 
     def release_batch(self, batch_id: int, state: str, leftover: str = PENDING) -> int:
         """Close a batch: its items that got no answer go to `leftover` (pending to be sent
@@ -252,32 +198,3 @@ class BatchQueries(QueriesMixin):
                     .values(state=CANCELLED, updated_at=now, finished_at=now)
                 ).rowcount
             )
-
-
-def _line_values(line: SettledLine) -> dict[str, Any]:
-    return {
-        "http_status": line.http_status,
-        "error_kind": line.error_kind,
-        "error_code": line.error_code,
-        "error_message": line.error_message,
-        "input_tokens": line.input_tokens,
-        "cached_tokens": line.cached_tokens,
-        "output_tokens": line.output_tokens,
-        "reasoning_tokens": line.reasoning_tokens,
-        "cost_usd": line.cost_usd,
-    }
-
-
-def _fenced_item_update(sample: dict[str, Any]) -> Any:
-    return (
-        update(items_t)
-        .where(items_t.c.id == bindparam("b_id"), items_t.c.batch_id == bindparam("b_batch"))
-        .values({name: bindparam(name) for name in sample if not name.startswith("b_")})
-    )
-
-
-def problems_json(problems: Sequence[Any]) -> str:
-    """A failed batch's errors as stored: messages masked like every answer's."""
-    return json.dumps(
-        [{"code": p.code, "message": mask(p.message or ""), "line": p.line} for p in problems]
-    )

@@ -25,6 +25,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+CONCURRENT = "concurrent"  # a job's mode: one request per item
+BATCH = "batch"  # a job's mode: Batch API files
+MODES = (CONCURRENT, BATCH)
 PENDING = "pending"
 RUNNING = "running"
 SUCCEEDED = "succeeded"

@@ -1,4 +1,5 @@
-"""What the ledger hands out and takes in: plain records, kept apart from the SQL in store.py.
+"""What the ledger hands out and takes in: typed records, kept apart from the SQL. Rows leave
+the ledger as these dataclasses, never as SQLAlchemy rows, so a renamed column is a type error.
 
 Times are naive UTC throughout: both SQLite and PostgreSQL `timestamp without time zone` store
 them as given, so a value read back compares with `utcnow()` whatever the server's time zone.
@@ -6,15 +7,15 @@ them as given, so a value read back compares with `utcnow()` whatever the server
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, DateTime, Dialect
+from sqlalchemy import Column, Connection, DateTime, Dialect, Table
 
-from batchrunner.ledger.models import FINISHED_STATES, PENDING, RUNNING
+from batchrunner.outcome import Result
 
 # Turns a time into what the ledger's driver stores (SQLite: text; PostgreSQL: as is).
 TimeToSql = Callable[[datetime | None], Any]
@@ -50,124 +51,122 @@ class ClaimedItem:
     attempts: int
 
 
-@dataclass(slots=True)
-class AttemptRecord:
-    """One request's outcome. `item_state` is None while the item will be tried again.
+@dataclass(frozen=True, slots=True)
+class ItemRow:
+    """An item as the ledger holds it: its request, where it stands, and its result."""
 
-    An `item_state` of PENDING hands the item back to the ledger; with `not_before` set, no run
-    claims it before that time (a retry the runner does not want to wait for in memory).
-    """
+    id: int
+    job_id: int
+    position: int  # its line in the job file: exports keep the file's order
+    custom_id: str
+    url: str
+    model: str
+    body: str
+    extra: str | None  # the input line's other top-level keys, as JSON
+    state: str
+    run_id: str | None
+    batch_id: int | None
+    attempts: int
+    not_before: datetime | None
+    request_hash: str | None
+    reused: bool
+    created_at: datetime
+    updated_at: datetime | None
+    finished_at: datetime | None
+    result: Result
 
+
+# The items columns an ItemRow holds besides its result (a test checks they are all of them).
+ITEM_ROW_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ItemRow) if f.name != "result")
+
+
+def item_row(values: Sequence[Any]) -> ItemRow:
+    """An ItemRow from ITEM_ROW_COLUMNS then RESULT_COLUMNS, in that order."""
+    split = len(ITEM_ROW_COLUMNS)
+    return ItemRow(*values[:split], *[Result(*values[split:])])  # mypy cannot count a slice
+
+
+@dataclass(frozen=True, slots=True)
+class PackedItem:
+    """An item as a batch input line needs it."""
+
+    id: int
+    position: int
+    custom_id: str
+    url: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    """One request sent. Its result holds what the attempts table keeps: no answer (the item
+    has it), so finish_reason and response are None."""
+
+    id: int
     item_id: int
     job_id: int
-    run_id: str
+    run_id: str | None
     number: int
     started_at: datetime
     ended_at: datetime
     outcome: str
-    item_state: str | None
-    http_status: int | None = None
-    error_kind: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    finish_reason: str | None = None
-    input_tokens: int | None = None
-    cached_tokens: int | None = None
-    output_tokens: int | None = None
-    reasoning_tokens: int | None = None
-    cost_usd: float | None = None
-    latency_ms: float | None = None
-    response: str | None = None
-    not_before: datetime | None = None
-
-    def _details(self) -> tuple[Any, ...]:
-        """The error and usage of the attempt, in DETAIL_COLUMNS order: the attempt row and the
-        item row both end with them."""
-        return (
-            self.error_kind,
-            self.error_code,
-            self.error_message,
-            self.input_tokens,
-            self.cached_tokens,
-            self.output_tokens,
-            self.reasoning_tokens,
-            self.cost_usd,
-            self.latency_ms,
-        )
-
-    def attempt_row(self, time: TimeToSql) -> tuple[Any, ...]:
-        """The row for the attempts table, in ATTEMPT_COLUMNS order."""
-        return (
-            self.item_id,
-            self.job_id,
-            self.run_id,
-            self.number,
-            time(self.started_at),
-            time(self.ended_at),
-            self.outcome,
-            self.http_status,
-            *self._details(),
-        )
-
-    def item_row(self, time: TimeToSql) -> tuple[Any, ...]:
-        """The item's new values in ITEM_RESULT_COLUMNS order, then its id and this run's id
-        (the update only applies while this run holds the item).
-
-        Only a finished item gets `finished_at`: one handed back to pending is not done, and
-        counting it would inflate the run's rate in `status`.
-        """
-        back_to_pending = self.item_state == PENDING
-        return (
-            self.item_state or RUNNING,
-            None if back_to_pending else self.run_id,
-            time(self.not_before) if back_to_pending else None,
-            self.number,
-            self.http_status,
-            self.finish_reason,
-            self.response,
-            time(self.ended_at),
-            time(self.ended_at) if self.item_state in FINISHED_STATES else None,
-            *self._details(),
-            self.item_id,
-            self.run_id,
-        )
+    result: Result
 
 
-# Column orders of AttemptRecord.attempt_row and .item_row (before its two key values).
-DETAIL_COLUMNS = (
-    "error_kind",
-    "error_code",
-    "error_message",
-    "input_tokens",
-    "cached_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "latency_ms",
-)
-ATTEMPT_COLUMNS = (
-    "item_id",
-    "job_id",
-    "run_id",
-    "number",
-    "started_at",
-    "ended_at",
-    "outcome",
-    "http_status",
-    *DETAIL_COLUMNS,
-)
-ITEM_RESULT_COLUMNS = (
-    "state",
-    "run_id",
-    "not_before",
-    "attempts",
-    "http_status",
-    "finish_reason",
-    "response",
-    "updated_at",
-    "finished_at",
-    *DETAIL_COLUMNS,
-)
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """One process's run of a job."""
+
+    id: str
+    job_id: int
+    hostname: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """A live run as `status` shows it."""
+
+    id: str
+    hostname: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    requests_last_minute: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    """A Batch API batch as the ledger records it (see models.RemoteBatch for its states)."""
+
+    id: int
+    job_id: int
+    token: str
+    state: str
+    endpoint: str
+    model: str
+    request_count: int
+    prompt_tokens: int
+    remote_id: str | None
+    input_file_id: str | None
+    output_file_id: str | None
+    error_file_id: str | None
+    remote_status: str | None
+    completed: int
+    failed: int
+    errors: str | None  # JSON: the API's errors.data
+    usage: str | None  # JSON: the API's batch usage
+    created_at: datetime
+    updated_at: datetime | None
+    finished_at: datetime | None
+
+
+def row_columns(table: Table, row_type: type[Any]) -> list[Column[Any]]:
+    """The table's columns in the order of `row_type`'s fields, to select rows for it."""
+    return [table.c[f.name] for f in fields(row_type)]
 
 
 @dataclass

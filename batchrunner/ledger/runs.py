@@ -16,7 +16,6 @@ import os
 import socket
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
@@ -30,12 +29,12 @@ from batchrunner.ledger.models import (
     jobs_t,
     runs_t,
 )
-from batchrunner.ledger.records import QueriesMixin, utcnow
+from batchrunner.ledger.records import QueriesMixin, RunRow, WorkerStatus, row_columns, utcnow
 
 DEFAULT_LEASE_S = 60.0
 
 
-def run_is_live(run: Any, now: datetime, lease_s: float = DEFAULT_LEASE_S) -> bool:
+def run_is_live(run: RunRow, now: datetime, lease_s: float = DEFAULT_LEASE_S) -> bool:
     """A run is live while its heartbeat is fresh and, on this host, its process exists."""
     if run.ended_at is not None or now - run.heartbeat_at > timedelta(seconds=lease_s):
         return False
@@ -78,15 +77,7 @@ class RunQueries(QueriesMixin):
                     "ago); wait for it to finish or stop it first"
                 )
             _release_items_of_ended_runs(conn, job_id, now)
-            conn.execute(
-                update(items_t)
-                .where(
-                    items_t.c.job_id == job_id,
-                    items_t.c.state == PENDING,
-                    items_t.c.attempts >= max_attempts,
-                )
-                .values(state=FAILED, updated_at=now, finished_at=now)
-            )
+            _fail_exhausted(conn, job_id, max_attempts, now)
             conn.execute(
                 insert(runs_t),
                 {
@@ -104,6 +95,12 @@ class RunQueries(QueriesMixin):
                 .values(state=RUNNING, started_at=func.coalesce(jobs_t.c.started_at, now))
             )
         return run_id
+
+    def fail_exhausted(self, job_id: int, max_attempts: int) -> int:
+        """Fail the pending items that already used every attempt (their last error stays),
+        before they are sent again: a batch job's retried lines come back to pending."""
+        with self._write("fail items in") as conn:
+            return _fail_exhausted(conn, job_id, max_attempts, utcnow())
 
     def heartbeat(self, run_id: str) -> None:
         with self._write("update the heartbeat in") as conn:
@@ -165,18 +162,12 @@ class RunQueries(QueriesMixin):
                 ).scalar_one()
             )
 
-    def runs_of(self, job_id: int, lease_s: float = DEFAULT_LEASE_S) -> list[dict[str, Any]]:
+    def runs_of(self, job_id: int, lease_s: float = DEFAULT_LEASE_S) -> list[WorkerStatus]:
         """The job's live runs (workers) with their last heartbeat and their requests in the
         last minute, for `status`."""
         now = utcnow()
         with self._read() as conn:
-            runs = [
-                run
-                for run in conn.execute(
-                    select(runs_t).where(runs_t.c.job_id == job_id, runs_t.c.ended_at.is_(None))
-                )
-                if run_is_live(run, now, lease_s)
-            ]
+            runs = [run for run in _open_runs(conn, job_id) if run_is_live(run, now, lease_s)]
             recent: dict[str, int] = dict(
                 conn.execute(
                     select(attempts_t.c.run_id, func.count())
@@ -189,29 +180,49 @@ class RunQueries(QueriesMixin):
                 ).all()
             )
         return [
-            {
-                "id": run.id,
-                "hostname": run.hostname,
-                "pid": run.pid,
-                "started_at": run.started_at,
-                "heartbeat_at": run.heartbeat_at,
-                "requests_last_minute": int(recent.get(run.id, 0)),
-            }
+            WorkerStatus(
+                id=run.id,
+                hostname=run.hostname,
+                pid=run.pid,
+                started_at=run.started_at,
+                heartbeat_at=run.heartbeat_at,
+                requests_last_minute=int(recent.get(run.id, 0)),
+            )
             for run in runs
         ]
 
 
-def _end_dead_runs(conn: Connection, job_id: int, now: datetime, lease_s: float) -> list[Any]:
+def _open_runs(conn: Connection, job_id: int) -> list[RunRow]:
+    """The job's runs that have not said they ended."""
+    query = select(*row_columns(runs_t, RunRow)).where(
+        runs_t.c.job_id == job_id, runs_t.c.ended_at.is_(None)
+    )
+    return [RunRow(*row) for row in conn.execute(query)]
+
+
+def _end_dead_runs(conn: Connection, job_id: int, now: datetime, lease_s: float) -> list[RunRow]:
     """Mark the job's dead runs ended; return the live ones."""
     live = []
-    for run in conn.execute(
-        select(runs_t).where(runs_t.c.job_id == job_id, runs_t.c.ended_at.is_(None))
-    ):
+    for run in _open_runs(conn, job_id):
         if run_is_live(run, now, lease_s):
             live.append(run)
         else:
             conn.execute(update(runs_t).where(runs_t.c.id == run.id).values(ended_at=now))
     return live
+
+
+def _fail_exhausted(conn: Connection, job_id: int, max_attempts: int, now: datetime) -> int:
+    return int(
+        conn.execute(
+            update(items_t)
+            .where(
+                items_t.c.job_id == job_id,
+                items_t.c.state == PENDING,
+                items_t.c.attempts >= max_attempts,
+            )
+            .values(state=FAILED, updated_at=now, finished_at=now)
+        ).rowcount
+    )
 
 
 def _release_items_of_ended_runs(conn: Connection, job_id: int, now: datetime) -> None:

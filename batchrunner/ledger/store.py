@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from batchrunner.errors import LedgerError, UsageError
-from batchrunner.jobfile import JobItem, request_hash
+from batchrunner.items import JobItem, request_hash
 from batchrunner.ledger.batches import BatchQueries
 from batchrunner.ledger.engine import READ_ONLY, describe, open_engine
 from batchrunner.ledger.models import (
@@ -45,20 +45,24 @@ from batchrunner.ledger.models import (
     runs_t,
 )
 from batchrunner.ledger.records import (
-    ATTEMPT_COLUMNS,
-    ITEM_RESULT_COLUMNS,
-    AttemptRecord,
+    ITEM_ROW_COLUMNS,
+    AttemptRow,
     ClaimedItem,
+    ItemRow,
     JobSummary,
     ModelTotals,
+    RunRow,
     driver_sql,
+    item_row,
+    row_columns,
     time_to_sql,
     utcnow,
 )
+from batchrunner.ledger.results import ATTEMPT_RESULT_COLUMNS, reuse_answers, write_outcomes
 from batchrunner.ledger.runs import RunQueries, run_is_live
-from batchrunner.redact import mask_answer
+from batchrunner.outcome import RESULT_COLUMNS, Outcome, Result
 
-__all__ = ["AttemptRecord", "ClaimedItem", "JobSummary", "Ledger", "utcnow"]
+__all__ = ["ClaimedItem", "ItemRow", "JobSummary", "Ledger", "utcnow"]
 
 INSERT_CHUNK = 2000
 # What SQLite's terse reasons usually mean, and what to do.
@@ -173,7 +177,7 @@ class Ledger(BatchQueries, RunQueries):
             count = _insert_items(conn, job_id, items, now)
             conn.execute(update(jobs_t).where(jobs_t.c.id == job_id).values(item_count=count))
             if reuse:
-                _reuse_answers(conn, job_id, simulated, now)
+                reuse_answers(conn, job_id, simulated, now)
         return job_id
 
     def find_job(self, ref: str | int | None = None) -> int:
@@ -261,12 +265,13 @@ class Ledger(BatchQueries, RunQueries):
                 started_at=job.started_at,
                 finished_at=job.finished_at,
             )
-            run = conn.execute(
-                select(runs_t)
+            found = conn.execute(
+                select(*row_columns(runs_t, RunRow))
                 .where(runs_t.c.job_id == job_id)
                 .order_by(runs_t.c.started_at.desc())
                 .limit(1)
             ).first()
+            run = RunRow(*found) if found is not None else None
             since = run.started_at if run is not None else job.created_at
             summary.run_started_at = run.started_at if run is not None else None
             summary.live_run = run is not None and run_is_live(run, utcnow())
@@ -331,8 +336,6 @@ class Ledger(BatchQueries, RunQueries):
             summary.state = "stopped"  # its process died without saying so
         return summary
 
-    # -- runs ---------------------------------------------------------------------------------
-
     # -- items --------------------------------------------------------------------------------
 
     def claim_pending(self, job_id: int, run_id: str, limit: int) -> list[ClaimedItem]:
@@ -352,32 +355,21 @@ class Ledger(BatchQueries, RunQueries):
             earliest = conn.execute(next_not_before_query(job_id, utcnow())).scalar()
         return cast(datetime | None, earliest)
 
-    def record_attempts(self, records: list[AttemptRecord]) -> None:
-        """Write a batch of outcomes in one transaction: the attempt rows and the items.
-
-        Every outcome passes here, whatever mode produced it, so this is where keys echoed by a
-        server (in an error message or a non-200 body) are masked before they are stored."""
-        if not records:
+    def record_outcomes(self, outcomes: list[Outcome]) -> None:
+        """Write a batch of concurrent mode's outcomes in one transaction: the attempt rows
+        and the items (where this run still holds them)."""
+        if not outcomes:
             return
-        for record in records:
-            record.error_message, record.response = mask_answer(
-                record.error_message, record.response, record.http_status
-            )
         with self._write("record results in") as conn:
-            time = time_to_sql(conn.dialect)
-            conn.exec_driver_sql(
-                driver_sql(conn.dialect, RECORD_ATTEMPT), [r.attempt_row(time) for r in records]
-            )
-            conn.exec_driver_sql(
-                driver_sql(conn.dialect, RECORD_ITEM), [r.item_row(time) for r in records]
-            )
+            write_outcomes(conn, outcomes, "run_id")
 
-    def iter_items(self, job_id: int, states: tuple[str, ...] | None = None) -> Iterator[Any]:
+    def iter_items(self, job_id: int, states: tuple[str, ...] | None = None) -> Iterator[ItemRow]:
         """Page through a job's items in file order, PAGE_SIZE rows per query."""
+        columns = [items_t.c[name] for name in (*ITEM_ROW_COLUMNS, *RESULT_COLUMNS)]
         after = -1
         while True:
             query = (
-                select(items_t)
+                select(*columns)
                 .where(items_t.c.job_id == job_id, items_t.c.position > after)
                 .order_by(items_t.c.position)
                 .limit(PAGE_SIZE)
@@ -385,33 +377,27 @@ class Ledger(BatchQueries, RunQueries):
             if states is not None:
                 query = query.where(items_t.c.state.in_(states))
             with self._read() as conn:
-                rows = conn.execute(query).all()
+                rows = [item_row(row) for row in conn.execute(query)]
             if not rows:
                 return
             yield from rows
             after = rows[-1].position
 
-    def attempts_of(self, item_id: int) -> list[Any]:
+    def attempts_of(self, item_id: int) -> list[AttemptRow]:
+        keys = ("id", "item_id", "job_id", "run_id", "number", "started_at", "ended_at", "outcome")
         with self._read() as conn:
-            return list(
-                conn.execute(
-                    select(attempts_t)
-                    .where(attempts_t.c.item_id == item_id)
-                    .order_by(attempts_t.c.number)
-                )
+            rows = conn.execute(
+                select(*(attempts_t.c[name] for name in (*keys, *ATTEMPT_RESULT_COLUMNS)))
+                .where(attempts_t.c.item_id == item_id)
+                .order_by(attempts_t.c.number)
+            ).all()
+        return [
+            AttemptRow(
+                *row[: len(keys)],
+                *[Result(**dict(zip(ATTEMPT_RESULT_COLUMNS, row[len(keys) :], strict=True)))],
             )
-
-
-# Results go straight to the driver as tuples: SQLAlchemy's per-row parameter work was a large
-# share of the writer's time at thousands of results per second.
-RECORD_ATTEMPT = (
-    f"INSERT INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(ATTEMPT_COLUMNS))})"
-)
-RECORD_ITEM = (
-    f"UPDATE items SET {', '.join(f'{name} = ?' for name in ITEM_RESULT_COLUMNS)} "
-    "WHERE id = ? AND run_id = ?"
-)
+            for row in rows
+        ]
 
 
 def _claimable(job_id: int, now: datetime) -> list[ColumnElement[bool]]:
@@ -472,7 +458,7 @@ def next_not_before_query(job_id: int, now: datetime) -> Executable:
     )
 
 
-ITEM_COLUMNS = (
+INSERT_COLUMNS = (
     "job_id",
     "position",
     "custom_id",
@@ -487,7 +473,8 @@ ITEM_COLUMNS = (
     "created_at",
 )
 INSERT_ITEM = (
-    f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) VALUES ({', '.join('?' * len(ITEM_COLUMNS))})"
+    f"INSERT INTO items ({', '.join(INSERT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(INSERT_COLUMNS))})"
 )
 
 
@@ -539,55 +526,3 @@ def _refused(exc: DatabaseError) -> bool:
 
 def _os_reason(exc: OSError) -> str:
     return f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
-
-
-def _reuse_answers(conn: Connection, job_id: int, simulated: bool, now: datetime) -> int:
-    """Give each pending item of the job whose request (`request_hash`) already succeeded in an
-    earlier job that answer: succeeded, `reused`, no attempt, no cost now. The answer is the
-    earliest such item; a simulated job's answers serve only simulated jobs (they come from the
-    fake server).
-
-    request_hash has no index (it cost every answered item a random insert, see migration
-    0005), so the job's requests go into an indexed temporary table, one pass over the ledger's
-    succeeded items looks each up there, and the answers are copied by primary key: seconds on
-    a ledger of millions, once per `submit --reuse`, whatever the planner's statistics."""
-    postgres = conn.dialect.name == "postgresql"
-    temporary = "ON COMMIT DROP" if postgres else ""
-    statements = [
-        "CREATE TEMPORARY TABLE reuse_pairs (item_id INTEGER PRIMARY KEY, "
-        f"request_hash VARCHAR(64) NOT NULL, answer_id INTEGER) {temporary}",
-        "CREATE INDEX reuse_pairs_hash ON reuse_pairs (request_hash)",
-        "INSERT INTO reuse_pairs (item_id, request_hash) SELECT id, request_hash FROM items "
-        "WHERE job_id = ? AND state = 'pending' AND request_hash IS NOT NULL",
-        "CREATE TEMPORARY TABLE reuse_first (request_hash VARCHAR(64) PRIMARY KEY, "
-        f"answer_id INTEGER NOT NULL) {temporary}",
-        "INSERT INTO reuse_first (request_hash, answer_id) "
-        "SELECT earlier.request_hash, min(earlier.id) FROM items AS earlier "
-        "JOIN jobs ON jobs.id = earlier.job_id "
-        "WHERE earlier.state = 'succeeded' AND earlier.job_id != ? AND jobs.simulated = ? "
-        "AND earlier.request_hash IN (SELECT request_hash FROM reuse_pairs) "
-        "GROUP BY earlier.request_hash",
-    ]
-    parameters: list[tuple[Any, ...]] = [(), (), (job_id,), (), (job_id, simulated)]
-    for statement, values in zip(statements, parameters, strict=True):
-        conn.exec_driver_sql(driver_sql(conn.dialect, statement), values)
-    time = time_to_sql(conn.dialect)
-    result = conn.exec_driver_sql(
-        driver_sql(
-            conn.dialect,
-            "UPDATE items SET state = 'succeeded', reused = ?, http_status = answer.http_status, "
-            "finish_reason = answer.finish_reason, response = answer.response, "
-            "input_tokens = answer.input_tokens, cached_tokens = answer.cached_tokens, "
-            "output_tokens = answer.output_tokens, reasoning_tokens = answer.reasoning_tokens, "
-            "cost_usd = 0.0, updated_at = ?, finished_at = ? "
-            "FROM reuse_pairs JOIN reuse_first "
-            "ON reuse_first.request_hash = reuse_pairs.request_hash "
-            "JOIN items AS answer ON answer.id = reuse_first.answer_id "
-            "WHERE items.id = reuse_pairs.item_id",
-        ),
-        (True, time(now), time(now)),
-    )
-    if not postgres:  # a SQLite temporary table lives as long as the pooled connection
-        conn.exec_driver_sql("DROP TABLE reuse_pairs")
-        conn.exec_driver_sql("DROP TABLE reuse_first")
-    return result.rowcount

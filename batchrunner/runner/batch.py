@@ -1,8 +1,10 @@
-"""Batch API mode: pack pending items into batches, submit them, poll, and reconcile.
+"""Batch API mode: the ledger's state machine for batches. Pack pending items into batches,
+submit them, poll, and reconcile, through any `BatchBackend`; no SDK is seen here.
 
 Data flow: ledger (pending) -> plan files -> record the batch (intent) -> write and upload its
-input file -> create the remote batch -> poll -> download the output and error files ->
-reconcile every line into its item -> leftovers back to pending -> pack again.
+input file -> create the remote batch -> poll -> read the output and error files -> each line's
+verdict (the dialect) and rule (failures.py) -> outcome -> its item -> leftovers back to pending
+-> pack again.
 
 Each step is recorded before the next begins, so a kill at any moment is resumed without
 sending anything twice: a batch recorded as uploaded but not created is looked up by the token
@@ -11,53 +13,43 @@ in its metadata before a new one is created.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-import openai
 import orjson
 
-from batchrunner.jobfile import batch_line
-from batchrunner.ledger import Ledger
-from batchrunner.ledger.batches import (
-    ABANDONED,
-    PACKING,
-    SETTLED,
-    SUBMITTED,
-    UPLOADED,
-    SettledLine,
-    problems_json,
-)
-from batchrunner.ledger.models import CANCELLED, FAILED, PENDING
-from batchrunner.pricing import PriceTable, price_item, price_table_from
-from batchrunner.runner.batch_api import BatchApi, BatchProblem, RemoteBatch
-from batchrunner.runner.batch_lines import LineOutcome, read_line
+from batchrunner.backends.base import BatchBackend, BatchProblem, RemoteBatch
+from batchrunner.demand import token_demand
+from batchrunner.dialects import Dialect
+from batchrunner.errors import BackendError
+from batchrunner.failures import FAIL, RULES, STOP, ErrorKind, Verdict
+from batchrunner.ledger import BatchRow, Ledger
+from batchrunner.ledger.batches import ABANDONED, PACKING, SETTLED, SUBMITTED, UPLOADED
+from batchrunner.ledger.models import CANCELLED, FAILED, PENDING, SUCCEEDED
+from batchrunner.ledger.records import utcnow
+from batchrunner.outcome import Outcome
+from batchrunner.runner.answers import ATTEMPT_OUTCOMES, BATCH_STATES, AnswerReader, price_table
 from batchrunner.runner.batch_plan import (
     Candidate,
     PlanLimits,
     PlannedFile,
-    line_size,
     plan_files,
     within_token_cap,
 )
 from batchrunner.runner.budget import Budget
-from batchrunner.runner.concurrent import RunReport
+from batchrunner.runner.report import RunReport
 from batchrunner.settings import RunSettings
-from batchrunner.tokens import output_allowance, prompt_tokens
 
 EVENTS = logging.getLogger("batchrunner")
 JOB_KEY = "batchrunner_job"
 BATCH_KEY = "batchrunner_batch"
 SETTLE_CHUNK = 1000
-TOKEN_LIMIT_CODE = "token_limit_exceeded"
-STOP_ERRORS = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
 
 
 @dataclass
@@ -76,20 +68,23 @@ class BatchRunner:
         ledger: Ledger,
         job_id: int,
         settings: RunSettings,
-        api: BatchApi,
+        backend: BatchBackend,
+        dialect: Dialect,
         on_progress: Callable[[BatchProgress], None] | None = None,
     ) -> None:
         self._ledger = ledger
         self._job_id = job_id
         self._settings = settings
-        self._api = api
+        self._backend = backend
+        self._dialect = dialect
         self._on_progress = on_progress
         self._limits = PlanLimits(
-            max_requests=settings.batch_max_requests, max_tokens=settings.batch_token_limit
+            max_requests=min(settings.batch_max_requests, dialect.BATCH_MAX_REQUESTS),
+            max_bytes=dialect.BATCH_MAX_BYTES,
+            max_tokens=settings.batch_token_limit,
         )
-        self._prices: PriceTable | None = (
-            price_table_from(settings.prices, "--prices") if settings.prices else None
-        )
+        self._prices = price_table(settings.prices)
+        self._answers = AnswerReader(dialect, self._prices, batch=True)
         self._held_until: dict[str, float] = {}  # model -> monotonic time (token cap reached)
         self._stop_reason: str | None = None
         self._cancelled = False
@@ -136,12 +131,12 @@ class BatchRunner:
         for batch in self._ledger.batches_of(self._job_id):
             remote_id = batch.remote_id
             if remote_id is None and batch.state == UPLOADED:
-                found = self._api.find(BATCH_KEY, batch.token)  # created before a kill?
+                found = self._backend.find(BATCH_KEY, batch.token)  # created before a kill?
                 if found is not None:
                     self._record_created(batch.id, found)
                     remote_id = found.id
             if remote_id:
-                remote = self._api.cancel(remote_id)
+                remote = self._backend.cancel(remote_id)
                 self._ledger.update_batch(batch.id, remote_status=remote.status)
             else:  # never created: nothing remote to wait for
                 self._ledger.release_batch(batch.id, ABANDONED, leftover=CANCELLED)
@@ -159,6 +154,7 @@ class BatchRunner:
         if self._packed_once and self._settings.finish == "concurrent":
             return  # expired leftovers are finished concurrently, not repacked
         self._packed_once = True
+        self._ledger.fail_exhausted(self._job_id, self._settings.max_attempts)
         enqueued = self._ledger.enqueued_tokens(self._job_id)
         budget = self._batch_budget()
         for planned in plan_files(self._candidates(budget), self._limits):
@@ -188,13 +184,14 @@ class BatchRunner:
 
     def _candidates(self, budget: Budget | None) -> Iterator[Candidate]:
         counting = self._limits.max_tokens is not None or budget is not None
+        line_size = self._dialect.batch_line_size
         for row in self._ledger.iter_items(self._job_id, states=(PENDING,)):
-            body = orjson.loads(row.body) if counting else {}
-            tokens = prompt_tokens(row.url, body) if counting else 0
+            demand = token_demand(row.url, orjson.loads(row.body)) if counting else None
             size = line_size(row.custom_id, row.url, row.body)
             worst = 0.0
-            if budget is not None:
-                worst = budget.worst_case(row.model, tokens, output_allowance(body))
+            if budget is not None and demand is not None:
+                worst = budget.worst_case(row.model, demand)
+            tokens = demand.prompt if demand is not None else 0
             yield Candidate(row.id, row.url, row.model, size, tokens, worst)
 
     def _batch_budget(self) -> Budget | None:
@@ -211,12 +208,10 @@ class BatchRunner:
             budget.hold(self._worst_of[batch.id])
         return budget
 
-    def _worst_case(self, batch: Any, budget: Budget) -> float:
+    def _worst_case(self, batch: BatchRow, budget: Budget) -> float:
         total = 0.0
         for row in self._ledger.batch_items(batch.id):
-            body = orjson.loads(row.body)
-            tokens = prompt_tokens(row.url, body)
-            total += budget.worst_case(batch.model, tokens, output_allowance(body))
+            total += budget.worst_case(batch.model, token_demand(row.url, orjson.loads(row.body)))
         return total
 
     def _send(
@@ -228,31 +223,37 @@ class BatchRunner:
                 input_file_id = self._upload(batch_id)
                 self._ledger.update_batch(batch_id, state=UPLOADED, input_file_id=input_file_id)
             else:  # uploaded before a kill: it may have been created too
-                found = self._api.find(BATCH_KEY, token)
+                found = self._backend.find(BATCH_KEY, token)
                 if found is not None:
                     self._record_created(batch_id, found)
                     return
             metadata = {JOB_KEY: str(self._job_id), BATCH_KEY: token}
             try:
-                created = self._api.create(input_file_id, endpoint, metadata)
-            except (openai.APIConnectionError, openai.APITimeoutError):
-                found = self._api.find(BATCH_KEY, token)  # the answer was lost, not the batch?
+                created = self._backend.create(input_file_id, endpoint, metadata)
+            except BackendError as exc:
+                if exc.status is not None:  # the API answered: it refused
+                    raise
+                found = self._backend.find(BATCH_KEY, token)  # the answer was lost, not the batch?
                 if found is None:
                     raise
                 created = found
             self._record_created(batch_id, created)
-        except STOP_ERRORS as exc:
-            self._stop_reason = f"{type(exc).__name__}: {exc.message}"
-        except openai.RateLimitError as exc:
-            if exc.code == "insufficient_quota":
-                self._stop_reason = f"quota: {exc.message}"
-            else:
-                EVENTS.warning("batch %s not submitted yet: %s", batch_id, exc.message)
-        except openai.BadRequestError as exc:  # refused for good: too many lines, too big
-            self._ledger.release_batch(batch_id, ABANDONED)  # its items go back to pending
+        except BackendError as exc:
+            self._refused(batch_id, exc)
+
+    def _refused(self, batch_id: int, exc: BackendError) -> None:
+        """A call for one batch that failed, as the rule table says: stop the job, give the
+        batch up (refused for good: too many lines, too big; its items go back to pending and
+        the job stops, since every later batch would be refused alike), or try again on the
+        next pass."""
+        rule = RULES[exc.kind]
+        if rule.stops_job:
+            self._stop_reason = f"{exc.kind}: {exc.message}"
+        elif not rule.retry:
+            self._ledger.release_batch(batch_id, ABANDONED)
             self._stop_reason = f"batch refused by the API: {exc.message}"
-        except openai.APIError as exc:
-            EVENTS.warning("batch %s not submitted yet (will retry): %s", batch_id, exc)
+        else:
+            EVENTS.warning("batch %s not submitted yet (will retry): %s", batch_id, exc.message)
 
     def _record_created(self, batch_id: int, remote: RemoteBatch) -> None:
         self._ledger.update_batch(
@@ -264,8 +265,8 @@ class BatchRunner:
             path = Path(folder) / f"job{self._job_id}-batch{batch_id}.jsonl"
             with path.open("wb") as out:
                 for row in self._ledger.batch_items(batch_id):
-                    out.write(batch_line(row.custom_id, row.url, row.body))
-            return self._api.upload(path)
+                    out.write(self._dialect.batch_line(row.custom_id, row.url, row.body))
+            return self._backend.upload(path)
 
     # -- polling and reconciling -----------------------------------------------------------------
 
@@ -273,7 +274,9 @@ class BatchRunner:
         """Bring the recorded state of the submitted batches up to date (for `status`),
         without settling any: only `run` writes results."""
         for batch in self._ledger.batches_of(self._job_id, (SUBMITTED,)):
-            remote = self._api.retrieve(batch.remote_id)
+            if batch.remote_id is None:
+                continue
+            remote = self._backend.retrieve(batch.remote_id)
             self._ledger.update_batch(
                 batch.id,
                 remote_status=remote.status,
@@ -286,10 +289,12 @@ class BatchRunner:
         changed = False
         progress = BatchProgress(total=0, settled=0)
         for batch in self._ledger.batches_of(self._job_id, (SUBMITTED,)):
+            if batch.remote_id is None:
+                continue
             try:
-                remote = self._api.retrieve(batch.remote_id)
-            except openai.APIError as exc:
-                EVENTS.warning("could not poll batch %s: %s", batch.remote_id, exc)
+                remote = self._backend.retrieve(batch.remote_id)
+            except BackendError as exc:
+                EVENTS.warning("could not poll batch %s: %s", batch.remote_id, exc.message)
                 continue
             progress.states[remote.status] = progress.states.get(remote.status, 0) + 1
             if (remote.status, remote.completed, remote.failed) != (
@@ -320,11 +325,11 @@ class BatchRunner:
         summary = self._ledger.summary(self._job_id)
         progress.total = summary.item_count
         progress.settled = sum(
-            summary.counts.get(state, 0) for state in ("succeeded", FAILED, CANCELLED)
+            summary.counts.get(state, 0) for state in (SUCCEEDED, FAILED, CANCELLED)
         )
         self._on_progress(progress)
 
-    def _settle(self, batch: Any, remote: RemoteBatch) -> None:
+    def _settle(self, batch: BatchRow, remote: RemoteBatch) -> None:
         leftover = CANCELLED if self._cancelled else PENDING
         if remote.status == "failed":
             self._settle_failed(batch, remote.problems, leftover)
@@ -338,47 +343,56 @@ class BatchRunner:
         self._ledger.update_batch(batch.id, usage=usage)
         EVENTS.info("batch %s %s: %d back to %s", remote.id, remote.status, returned, leftover)
 
-    def _settle_file(self, batch: Any, file_id: str, scratch: Path, leftover: str) -> None:
-        chunk: list[SettledLine] = []
-        for raw in self._api.lines(file_id, scratch):
-            outcome = read_line(raw)
-            if outcome is None:
+    def _settle_file(self, batch: BatchRow, file_id: str, scratch: Path, leftover: str) -> None:
+        chunk: list[Outcome] = []
+        for raw in self._backend.lines(file_id, scratch):
+            line = self._dialect.read_batch_line(raw)
+            if line is None:
                 continue
-            chunk.append(self._settled(outcome, batch.model, leftover))
+            custom_id, verdict, status, body = line
+            chunk.append(self._outcome(batch, custom_id, verdict, status, body, leftover))
             if len(chunk) >= SETTLE_CHUNK:
-                self._ledger.settle_lines(self._job_id, batch.id, chunk)
+                self._ledger.settle_batch_lines(self._job_id, batch.id, chunk)
                 chunk = []
-        self._ledger.settle_lines(self._job_id, batch.id, chunk)
+        self._ledger.settle_batch_lines(self._job_id, batch.id, chunk)
 
-    def _settled(self, outcome: LineOutcome, model: str, leftover: str) -> SettledLine:
-        """The line as the ledger takes it; a line that was never run goes to `leftover`."""
-        usage = outcome.usage
-        cost = None
-        if outcome.state == "succeeded":
-            priced = price_item(
-                model, usage, batch=True, when=datetime.now(UTC), overrides=self._prices
-            )
-            cost = priced.usd if priced is not None else None
-        return SettledLine(
-            custom_id=outcome.custom_id,
-            state=leftover if outcome.state == PENDING else outcome.state,
-            http_status=outcome.http_status,
-            response=outcome.response,
-            error_kind=outcome.error_kind,
-            error_code=outcome.error_code,
-            error_message=outcome.error_message,
-            input_tokens=usage.input_tokens,
-            cached_tokens=usage.cached_tokens,
-            output_tokens=usage.output_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            cost_usd=cost,
-            finish_reason=outcome.finish_reason,
+    def _outcome(
+        self,
+        batch: BatchRow,
+        custom_id: str,
+        verdict: Verdict,
+        status: int | None,
+        body: str | None,
+        leftover: str,
+    ) -> Outcome:
+        """A line's outcome. A retryable line's item goes back to `leftover` (pending for the
+        next batch, or cancelled with its job); one line never stops a job, it fails."""
+        action = FAIL if verdict.action == STOP else verdict.action
+        state = BATCH_STATES[action]
+        rule = verdict.rule
+        now = utcnow()
+        outcome = Outcome(
+            job_id=self._job_id,
+            custom_id=custom_id,
+            state=leftover if state == PENDING else state,
+            attempt_outcome=ATTEMPT_OUTCOMES[action],
+            started_at=now,
+            ended_at=now,
+            batch_id=batch.id,
+            is_attempt=rule.is_attempt if rule is not None else True,
         )
+        outcome.result.http_status = status
+        self._answers.fill(outcome.result, verdict, batch.model, body)
+        return outcome
 
-    def _settle_failed(self, batch: Any, problems: tuple[BatchProblem, ...], leftover: str) -> None:
+    def _settle_failed(
+        self, batch: BatchRow, problems: tuple[BatchProblem, ...], leftover: str
+    ) -> None:
         """A batch the API refused: wait out a token cap, or fail the lines it names."""
-        self._ledger.update_batch(batch.id, errors=problems_json(problems))
-        if any(p.code == TOKEN_LIMIT_CODE for p in problems):
+        errors = json.dumps([asdict(problem) for problem in problems])
+        self._ledger.update_batch(batch.id, errors=errors)
+        kinds = [self._dialect.batch_problem_kind(p.code) for p in problems]
+        if any(RULES[kind].retry for kind in kinds):  # the enqueued-token cap: wait, resubmit
             self._held_until[batch.model] = time.monotonic() + self._settings.batch_hold_s
             self._ledger.release_batch(batch.id, SETTLED, leftover=leftover)
             return
@@ -386,21 +400,13 @@ class BatchRunner:
         general = [p for p in problems if p.line is None] or (
             [] if by_line else [BatchProblem(None, "the batch failed without a reason", None)]
         )
-        failed: list[SettledLine] = []
+        failed: list[Outcome] = []
         for number, row in enumerate(self._ledger.batch_items(batch.id), start=1):
             problem = by_line.get(number) or (general[0] if general else None)
             if problem is not None:
-                failed.append(_refused(row.custom_id, problem))
+                verdict = Verdict.failure(ErrorKind.BATCH_VALIDATION, problem.code, problem.message)
+                failed.append(self._outcome(batch, row.custom_id, verdict, None, None, leftover))
         for start in range(0, len(failed), SETTLE_CHUNK):
-            self._ledger.settle_lines(self._job_id, batch.id, failed[start : start + SETTLE_CHUNK])
+            chunk = failed[start : start + SETTLE_CHUNK]
+            self._ledger.settle_batch_lines(self._job_id, batch.id, chunk)
         self._ledger.release_batch(batch.id, SETTLED, leftover=leftover)
-
-
-def _refused(custom_id: str, problem: BatchProblem) -> SettledLine:
-    return SettledLine(
-        custom_id,
-        FAILED,
-        error_kind="batch_validation",
-        error_code=problem.code,
-        error_message=problem.message,
-    )

@@ -1,8 +1,8 @@
 """How pending items are cut into Batch API input files (pure: tested as a table).
 
 One endpoint and one model per file (the API requires it), and no file over the request count,
-the byte size or the enqueued-token cap; the caller holds a file back while the model's
-unfinished batches would push it over that cap.
+the byte size (the dialect's limits) or the enqueued-token cap; the caller holds a file back
+while the model's unfinished batches would push it over that cap.
 """
 
 from __future__ import annotations
@@ -10,15 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-MAX_REQUESTS = 50_000  # the Batch API's limit per file
-MAX_BYTES = 190 * 1024 * 1024  # 200 MB, less a margin for the multipart wrapping
-LINE_OVERHEAD = 64  # {"custom_id":..,"method":"POST","url":..,"body":..}\n around the body
-
 
 @dataclass(frozen=True, slots=True)
 class PlanLimits:
-    max_requests: int = MAX_REQUESTS
-    max_bytes: int = MAX_BYTES
+    max_requests: int
+    max_bytes: int
     max_tokens: int | None = None  # the account's enqueued-token cap for one model
 
 
@@ -58,10 +54,6 @@ class PlannedFile:
         self.size += candidate.line_bytes
         self.tokens += candidate.prompt_tokens
         self.worst_usd += candidate.worst_usd
-
-
-def line_size(custom_id: str, url: str, body: str) -> int:
-    return len(body.encode()) + len(custom_id.encode()) + len(url) + LINE_OVERHEAD
 
 
 def plan_files(candidates: Iterable[Candidate], limits: PlanLimits) -> Iterator[PlannedFile]:

@@ -1,7 +1,7 @@
 """A spending cap that is never overshot: reserve each request's worst case before sending.
 
-The worst case is the prompt at the input rate plus the output allowance (`max_tokens` and
-kin, else `WORST_CASE_OUTPUT`) at the output rate. When the answer comes back, the reservation
+The worst case is the prompt at the input rate plus the request's worst output (its cap, else
+demand.WORST_CASE_OUTPUT) at the output rate. When the answer comes back, the reservation
 is released and the real cost counted; a request whose outcome is unknown (a timeout after it
 was sent) keeps its whole reservation, since it may have been billed.
 """
@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from batchrunner.demand import TokenDemand
 from batchrunner.errors import UsageError
 from batchrunner.pricing import PriceTable, Rates, rates_for
-
-WORST_CASE_OUTPUT = 16_384  # tokens assumed for a request that sets no output cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +53,11 @@ class Budget:
         for model in models:
             self._rates_of(model)
 
-    def worst_case(self, model: str, prompt_tokens: int, allowance: int | None) -> float:
+    def worst_case(self, model: str, demand: TokenDemand) -> float:
         rates = self._rates_of(model)
-        output = WORST_CASE_OUTPUT if allowance is None else allowance
+        prompt = demand.prompt
         return (
-            prompt_tokens * rates.input.at(prompt_tokens) + output * rates.output.at(prompt_tokens)
+            prompt * rates.input.at(prompt) + demand.worst_output * rates.output.at(prompt)
         ) / 1e6
 
     def reserve(self, usd: float) -> Reservation | None:

@@ -1,7 +1,8 @@
-"""The concurrent runner: claim pending items from the ledger, send them through the transport
-under the rate limits, judge each answer, and record every attempt.
+"""The concurrent runner: claim pending items from the ledger, send them through a request
+backend under the rate limits, judge each answer, and record every attempt.
 
-Data flow: ledger (pending) -> feed -> workers -> transport -> verdict -> writer -> ledger.
+Data flow: ledger (pending) -> feed -> workers -> backend -> dialect's verdict -> rule table ->
+outcome -> writer -> ledger.
 """
 
 from __future__ import annotations
@@ -13,37 +14,34 @@ import signal
 import sys
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import anyio
+import orjson
 from anyio import CancelScope
 from anyio.abc import TaskGroup
 
+from batchrunner.backends.base import Reply, RequestBackend, TransportFailure
+from batchrunner.demand import TokenDemand, TypicalOutput, token_demand
+from batchrunner.dialects import Dialect, ServerLimits
 from batchrunner.errors import BatchrunnerError
-from batchrunner.ledger import AttemptRecord, ClaimedItem, Ledger
-from batchrunner.ledger.models import FAILED, PENDING, SUCCEEDED
-from batchrunner.ledger.store import utcnow
+from batchrunner.failures import RETRY, STOP, Verdict, backoff_delay, final_verdict
+from batchrunner.ledger import ClaimedItem, Ledger
+from batchrunner.ledger.models import PENDING
+from batchrunner.ledger.records import utcnow
 from batchrunner.logs import ATTEMPTS, EVENTS, log_attempt
-from batchrunner.pricing import price_item, price_table_from
-from batchrunner.runner.budget import Budget, Reservation
-from batchrunner.runner.limits import ServerLimits, Throttle
-from batchrunner.runner.retry import (
-    FAIL,
-    RETRY,
-    STOP,
-    SUCCEED,
-    Verdict,
-    backoff_delay,
-    final_verdict,
-    judge_reply,
-    judge_transport_failure,
+from batchrunner.outcome import Outcome
+from batchrunner.runner.answers import (
+    ATTEMPT_OUTCOMES,
+    CONCURRENT_STATES,
+    AnswerReader,
+    price_table,
 )
-from batchrunner.runner.tokens import RequestTokens, TokenEstimator
-from batchrunner.runner.transport import HttpTransport, Reply, TransportFailure
+from batchrunner.runner.budget import Budget, Reservation
+from batchrunner.runner.limits import Throttle
+from batchrunner.runner.report import RunReport
 from batchrunner.runner.writer import LedgerWriter
 from batchrunner.settings import RunSettings
-from batchrunner.usage import read_finish_reason, read_usage
 
 HEARTBEAT_S = 10.0
 CLAIM_PAGE = 500
@@ -52,15 +50,6 @@ CLAIM_PAGE = 500
 # --rpm, workers started at once drew 63 429s, started at this rate 31 (bench/limits.py); and
 # their first answers come back spread out rather than in one burst.
 WORKER_STARTS_PER_S = 5_000.0
-OUTCOMES = {SUCCEED: "succeeded", RETRY: "retry", FAIL: "failed", STOP: "stopped"}
-ITEM_STATES = {SUCCEED: SUCCEEDED, RETRY: None, FAIL: FAILED, STOP: PENDING}
-
-
-@dataclass
-class RunReport:
-    job_id: int
-    state: str  # completed | stopped
-    stop_reason: str | None
 
 
 class ConcurrentRunner:
@@ -71,8 +60,9 @@ class ConcurrentRunner:
         ledger: Ledger,
         job_id: int,
         settings: RunSettings,
-        transport: HttpTransport,
-        on_flush: Callable[[list[AttemptRecord]], None] | None = None,
+        backend: RequestBackend,
+        dialect: Dialect,
+        on_flush: Callable[[list[Outcome]], None] | None = None,
         seed: int | None = None,
         shared: bool = False,
     ) -> None:
@@ -81,11 +71,13 @@ class ConcurrentRunner:
         self._claim_page = min(CLAIM_PAGE, 2 * settings.concurrency) if shared else CLAIM_PAGE
         self._job_id = job_id
         self._settings = settings
-        self._transport = transport
+        self._backend = backend
+        self._dialect = dialect
         self._throttle = Throttle(settings.rpm, settings.tpm)
-        self._prices = price_table_from(settings.prices, "--prices") if settings.prices else None
+        self._prices = price_table(settings.prices)
+        self._answers = AnswerReader(dialect, self._prices, batch=False)
         self._budget: Budget | None = None
-        self._tokens = TokenEstimator()
+        self._typical_output = TypicalOutput()
         self._writer = LedgerWriter(ledger, on_flush, backlog=2 * settings.concurrency)
         # Claimed items wait here for a worker: a plain deque, because a stream's per-item
         # checkpoints cost more than the rest of the hand-over.
@@ -303,9 +295,10 @@ class ConcurrentRunner:
         body = item.body.encode()
         attempt = item.attempts
         while True:
-            needs = self._tokens.estimate(item) if self._needs_estimate else None
+            needs = self._demand(item) if self._needs_demand else None
+            typical = self._typical_output.tokens
             await self._throttle.acquire(
-                needs.total if needs and self._throttle.counts_tokens else 0
+                needs.expected(typical) if needs and self._throttle.counts_tokens else 0
             )
             reservation = self._reserve(item, needs)
             if self._stopping.is_set():
@@ -314,20 +307,20 @@ class ConcurrentRunner:
                 return
             attempt += 1
             started = utcnow()
-            answer = await self._transport.post(item.url, body, item.custom_id)
+            answer = await self._backend.post(item.url, body, item.custom_id)
             verdict = self._judge(answer)
             verdict = final_verdict(verdict, attempt, self._settings.max_attempts)
-            record = self._record(item, attempt, started, answer, verdict)
-            self._account(needs, reservation, record, answer)
+            outcome = self._outcome(item, attempt, started, answer, verdict)
+            self._account(needs, typical, reservation, outcome, verdict)
             if ATTEMPTS.isEnabledFor(logging.INFO):
-                self._log(item, record)
+                self._log(item, outcome)
             if verdict.action == STOP:
                 self.stop(f"{verdict.kind}: {verdict.message}")
             if verdict.action == RETRY and self._defers(verdict):
-                record.item_state = PENDING  # back to the ledger until the server's time
-                record.not_before = utcnow() + timedelta(seconds=verdict.retry_after or 0)
-            await self._writer.write(record)
-            if verdict.action != RETRY or record.item_state == PENDING:
+                outcome.state = PENDING  # back to the ledger until the server's time
+                outcome.not_before = utcnow() + timedelta(seconds=verdict.retry_after or 0)
+            await self._writer.write(outcome)
+            if verdict.action != RETRY or outcome.state == PENDING:
                 return
             with anyio.move_on_after(backoff_delay(attempt, self._rng, verdict.retry_after)):
                 await self._stopping.wait()
@@ -339,14 +332,17 @@ class ConcurrentRunner:
         return (verdict.retry_after or 0.0) > self._settings.max_retry_wait
 
     @property
-    def _needs_estimate(self) -> bool:
+    def _needs_demand(self) -> bool:
         return self._budget is not None or self._throttle.counts_tokens
 
-    def _reserve(self, item: ClaimedItem, needs: RequestTokens | None) -> Reservation | None:
+    def _demand(self, item: ClaimedItem) -> TokenDemand:
+        return token_demand(item.url, orjson.loads(item.body))
+
+    def _reserve(self, item: ClaimedItem, needs: TokenDemand | None) -> Reservation | None:
         """Hold the request's worst-case cost; stop the job when the budget cannot."""
         if self._budget is None or needs is None:
             return None
-        worst = self._budget.worst_case(item.model, needs.prompt, needs.allowance)
+        worst = self._budget.worst_case(item.model, needs)
         reservation = self._budget.reserve(worst)
         if reservation is None:
             self.stop(f"budget: {self._budget.describe()}; the next request could pass the limit")
@@ -354,84 +350,81 @@ class ConcurrentRunner:
 
     def _account(
         self,
-        needs: RequestTokens | None,
+        needs: TokenDemand | None,
+        typical: int,
         reservation: Reservation | None,
-        record: AttemptRecord,
-        answer: Reply | TransportFailure,
+        outcome: Outcome,
+        verdict: Verdict,
     ) -> None:
         """Tell the throttle and the budget what the request really used."""
-        if record.output_tokens is not None:
-            self._tokens.observe_output(record.output_tokens)
-            if needs is not None and needs.guessed:
-                actual = (record.input_tokens or 0) + record.output_tokens
-                self._throttle.settle(needs.total, actual)
+        result = outcome.result
+        if result.output_tokens is not None:
+            self._typical_output.observe(result.output_tokens)
+            if needs is not None and not needs.capped:
+                actual = (result.input_tokens or 0) + result.output_tokens
+                self._throttle.settle(needs.expected(typical), actual)
         if reservation is not None and self._budget is not None:
-            possibly_billed = isinstance(answer, TransportFailure) and answer.kind == "timeout"
-            self._budget.settle(reservation, record.cost_usd, billed=possibly_billed)
+            rule = verdict.rule
+            billed = rule is not None and rule.possibly_billed
+            self._budget.settle(reservation, result.cost_usd, billed=billed)
 
     def _judge(self, answer: Reply | TransportFailure) -> Verdict:
-        """The verdict on one answer; the throttle learns from its headers and its 429s."""
+        """The verdict on one answer; the throttle learns from its headers and pauses every
+        worker where the rule table says."""
         if not isinstance(answer, Reply):
-            return judge_transport_failure(answer.kind, answer.message)
+            return Verdict.failure(answer.kind, None, answer.message)
         if answer.limits is not None:
             before = self._throttle.requests_per_minute, self._throttle.tokens_per_minute
             self._throttle.observe(answer.limits)
             after = self._throttle.requests_per_minute, self._throttle.tokens_per_minute
             if after != before:
                 EVENTS.info("server limits: %s requests/min, %s tokens/min", *after)
-        verdict = judge_reply(answer.status, answer.body, answer.retry_after)
-        if verdict.kind == "rate_limit":
-            self._throttle.rate_limited(verdict.retry_after)
+        verdict = self._dialect.judge_reply(answer.status, answer.body, answer.retry_after)
+        rule = verdict.rule
+        if rule is not None and rule.pauses_all:
+            wait = verdict.retry_after if verdict.retry_after is not None else rule.min_wait_s
+            self._throttle.rate_limited(wait)
         return verdict
 
-    def _record(
+    def _outcome(
         self,
         item: ClaimedItem,
         attempt: int,
         started: datetime,
         answer: Reply | TransportFailure,
         verdict: Verdict,
-    ) -> AttemptRecord:
+    ) -> Outcome:
         reply = answer if isinstance(answer, Reply) else None
-        record = AttemptRecord(
-            item_id=item.id,
+        outcome = Outcome(
             job_id=self._job_id,
-            run_id=self._run_id,
-            number=attempt,
+            custom_id=item.custom_id,
+            state=CONCURRENT_STATES[verdict.action],
+            attempt_outcome=ATTEMPT_OUTCOMES[verdict.action],
             started_at=started,
             ended_at=utcnow(),
-            outcome=OUTCOMES[verdict.action],
-            item_state=ITEM_STATES[verdict.action],
-            http_status=reply.status if reply else None,
-            latency_ms=round(answer.latency_ms, 2),
+            run_id=self._run_id,
+            item_id=item.id,
+            number=attempt,
         )
-        if verdict.action == SUCCEED and verdict.body is not None and reply is not None:
-            usage = read_usage(verdict.body)
-            cost = price_item(item.model, usage, when=datetime.now(UTC), overrides=self._prices)
-            record.cost_usd = cost.usd if cost is not None else None
-            record.input_tokens = usage.input_tokens
-            record.cached_tokens = usage.cached_tokens
-            record.output_tokens = usage.output_tokens
-            record.reasoning_tokens = usage.reasoning_tokens
-            record.finish_reason = read_finish_reason(verdict.body)
-            record.response = reply.body.decode()
-        else:
-            record.error_kind = verdict.kind
-            record.error_code = verdict.code
-            record.error_message = verdict.message
-        return record
+        result = outcome.result
+        result.http_status = reply.status if reply else None
+        result.latency_ms = round(answer.latency_ms, 2)
+        response = reply.body.decode() if reply else None
+        self._answers.fill(result, verdict, item.model, response)
+        return outcome
 
-    def _log(self, item: ClaimedItem, record: AttemptRecord) -> None:
+    def _log(self, item: ClaimedItem, outcome: Outcome) -> None:
+        result = outcome.result
         log_attempt(
             job=self._job_id,
             custom_id=item.custom_id,
-            attempt=record.number,
-            outcome=record.outcome,
-            status=record.http_status,
-            error=record.error_kind,
-            latency_ms=record.latency_ms,
-            input_tokens=record.input_tokens,
-            output_tokens=record.output_tokens,
+            attempt=outcome.number,
+            outcome=outcome.attempt_outcome,
+            status=result.http_status,
+            error=result.error_kind,
+            latency_ms=result.latency_ms,
+            input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens,
         )
 
 

@@ -1,9 +1,10 @@
 """Run at the account's limit without tripping it: requests/min and tokens/min.
 
 Two sources of limits: what the user configured (`--rpm`, `--tpm`) and what the server reports
-in its `x-ratelimit-*` headers; the tighter one wins, and a server that reports limits is
-throttled even when nothing was configured. A 429 pauses every worker until the time the server
-names, then the rate ramps back up from half over `RAMP_S`.
+in its rate-limit headers (the dialect reads them into `ServerLimits`); the tighter one wins,
+and a server that reports limits is throttled even when nothing was configured. A 429 pauses
+every worker until the time the server names, then the rate ramps back up from half over
+`RAMP_S`.
 
 Built on aiolimiter, around its sharp edges:
 - its bucket starts empty, so `AsyncLimiter(rpm, 60)` would let a whole minute's requests
@@ -18,79 +19,22 @@ Built on aiolimiter, around its sharp edges:
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import anyio
 from aiolimiter import AsyncLimiter
 
+from batchrunner.dialects import ServerLimits
+from batchrunner.failures import RULES, ErrorKind
+
 BURST_S = 0.25  # a bucket holds this much of a second: small bursts, even when rebuilt
 PAUSE_CAP_S = 60.0  # longer waits defer the item instead of pausing every worker
-DEFAULT_PAUSE_S = 1.0  # a 429 that names no time
+DEFAULT_PAUSE_S = RULES[ErrorKind.RATE_LIMIT].min_wait_s  # a 429 that names no time
 RAMP_S = 10.0
 RAMP_START = 0.5
 RAMP_STEPS = 5
 EMPTY_REFILL_SHARE = 0.02
-DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?\s*(?:ms|h|m|s)(?:\d+(?:\.\d+)?(?:ms|m|s))*)")
-UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float | None:
-    """OpenAI's durations: `120ms`, `1s`, `6m0s`, `1h2m3.5s`; None if it is not one."""
-    text = text.strip().replace(" ", "")
-    parts = DURATION_PART.findall(text)
-    if not parts or "".join(value + unit for value, unit in parts) != text:
-        return None
-    return sum(float(value) * UNIT_SECONDS[unit] for value, unit in parts)
-
-
-def wait_from_message(message: str | None) -> float | None:
-    """The wait in a 429 message: "... Please try again in 20ms. ..."."""
-    if not message:
-        return None
-    match = TRY_AGAIN.search(message)
-    return parse_duration(match.group(1)) if match else None
-
-
-@dataclass(frozen=True, slots=True)
-class ServerLimits:
-    """What one answer's `x-ratelimit-*` headers say; None where a header was missing."""
-
-    limit_requests: int | None = None
-    remaining_requests: int | None = None
-    reset_requests: float | None = None
-    limit_tokens: int | None = None
-    remaining_tokens: int | None = None
-    reset_tokens: float | None = None
-
-    @property
-    def empty(self) -> bool:
-        return self == ServerLimits()
-
-
-def read_server_limits(headers: Mapping[str, str]) -> ServerLimits:
-    def number(name: str) -> int | None:
-        value = headers.get(name)
-        try:
-            return int(float(value)) if value is not None else None
-        except ValueError:
-            return None
-
-    def duration(name: str) -> float | None:
-        value = headers.get(name)
-        return parse_duration(value) if value is not None else None
-
-    return ServerLimits(
-        limit_requests=number("x-ratelimit-limit-requests"),
-        remaining_requests=number("x-ratelimit-remaining-requests"),
-        reset_requests=duration("x-ratelimit-reset-requests"),
-        limit_tokens=number("x-ratelimit-limit-tokens"),
-        remaining_tokens=number("x-ratelimit-remaining-tokens"),
-        reset_tokens=duration("x-ratelimit-reset-tokens"),
-    )
 
 
 class _Rate:

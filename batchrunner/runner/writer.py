@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 import anyio
 
-from batchrunner.ledger import AttemptRecord, Ledger
+from batchrunner.ledger import Ledger
+from batchrunner.outcome import Outcome
 
 MAX_BATCH = 2000
 # A commit waits this long for half the backlog to gather: commits of a few outcomes each write
@@ -26,13 +27,13 @@ class LedgerWriter:
     def __init__(
         self,
         ledger: Ledger,
-        on_flush: Callable[[list[AttemptRecord]], None] | None = None,
+        on_flush: Callable[[list[Outcome]], None] | None = None,
         backlog: int = MAX_BATCH,
     ) -> None:
         self._ledger = ledger
         self._on_flush = on_flush
         self._backlog = max(1, backlog)
-        self._pending: list[AttemptRecord] = []
+        self._pending: list[Outcome] = []
         self._committing = 0  # outcomes in the transaction under way
         self._wakeup = anyio.Event()
         self._room = anyio.Event()
@@ -40,7 +41,7 @@ class LedgerWriter:
         self._closed = False
         self._error: BaseException | None = None
 
-    async def write(self, record: AttemptRecord) -> None:
+    async def write(self, record: Outcome) -> None:
         """Queue `record` for the next commit; wait only while `backlog` outcomes are queued or
         being committed."""
         while self.uncommitted >= self._backlog and self._error is None:
@@ -88,7 +89,7 @@ class LedgerWriter:
         self._committing = len(batch)
         try:
             with anyio.CancelScope(shield=True):  # a commit, once begun, is never abandoned
-                await anyio.to_thread.run_sync(self._ledger.record_attempts, batch)
+                await anyio.to_thread.run_sync(self._ledger.record_outcomes, batch)
         except BaseException as exc:
             self._error = exc
             raise

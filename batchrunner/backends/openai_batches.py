@@ -1,51 +1,49 @@
-"""The Files and Batch API through the openai SDK, in provider-neutral types.
+"""The batch backend for OpenAI's Files and Batch API, through the openai SDK.
 
 Reads (retrieve, list, download) may be retried by the SDK; `create` may not: a retried create
 after a lost answer could start the same batch twice. A failed create is instead resolved by
 looking the batch up by the metadata token it was created with (`find`).
+
+The SDK's exceptions stop here: each becomes a `BackendError` whose kind the dialect gives the
+same HTTP answer online (an SDK that never got an answer: timeout or connection).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import openai
+import orjson
 from openai.types import Batch
+
+from batchrunner.backends.base import BatchProblem, RemoteBatch
+from batchrunner.dialects.openai import judge_reply
+from batchrunner.errors import BackendError
+from batchrunner.failures import ErrorKind
 
 READ_RETRIES = 3
 LIST_PAGE = 100
 LIST_PAGES_MAX = 20  # how far back `find` looks: the newest 2,000 batches
-TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
-@dataclass(frozen=True, slots=True)
-class BatchProblem:
-    code: str | None
-    message: str | None
-    line: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteBatch:
-    """What the API says about one batch."""
-
-    id: str
-    status: str
-    total: int = 0
-    completed: int = 0
-    failed: int = 0
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    problems: tuple[BatchProblem, ...] = ()
-    metadata: dict[str, str] = field(default_factory=dict)
-    usage: dict[str, Any] | None = None
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL
+@contextmanager
+def _translated() -> Iterator[None]:
+    """The SDK's exceptions as `BackendError`s."""
+    try:
+        yield
+    except openai.APIStatusError as exc:
+        error = {"type": exc.type, "code": exc.code, "message": exc.message}
+        verdict = judge_reply(exc.status_code, orjson.dumps({"error": error}), None)
+        kind = verdict.kind or ErrorKind.BAD_RESPONSE  # a "status error" with status 200
+        raise BackendError(kind, exc.message, verdict.code, exc.status_code) from None
+    except openai.APITimeoutError as exc:  # before its base class, APIConnectionError
+        raise BackendError(ErrorKind.TIMEOUT, exc.message) from None
+    except openai.APIConnectionError as exc:
+        raise BackendError(ErrorKind.CONNECTION, exc.message) from None
+    except openai.APIError as exc:  # an answer the SDK could not read
+        raise BackendError(ErrorKind.BAD_RESPONSE, exc.message) from None
 
 
 def _remote(batch: Batch) -> RemoteBatch:
@@ -69,7 +67,9 @@ def _remote(batch: Batch) -> RemoteBatch:
     )
 
 
-class BatchApi:
+class OpenAIBatches:
+    """A `BatchBackend` over the openai SDK (any server with OpenAI's Files and Batch API)."""
+
     def __init__(self, base_url: str, api_key: str | None, timeout: float = 600.0) -> None:
         client = openai.OpenAI(
             api_key=api_key or "none", base_url=base_url, timeout=timeout, max_retries=0
@@ -78,39 +78,44 @@ class BatchApi:
         self._retrying = client.with_options(max_retries=READ_RETRIES)
 
     def upload(self, path: Path) -> str:
-        with path.open("rb") as handle:
+        with _translated(), path.open("rb") as handle:
             return self._retrying.files.create(file=(path.name, handle), purpose="batch").id
 
     def create(self, input_file_id: str, endpoint: str, metadata: dict[str, str]) -> RemoteBatch:
-        batch = self._once.batches.create(
-            input_file_id=input_file_id,
-            endpoint=endpoint,  # type: ignore[arg-type]
-            completion_window="24h",
-            metadata=metadata,
-        )
+        with _translated():
+            batch = self._once.batches.create(
+                input_file_id=input_file_id,
+                endpoint=endpoint,  # type: ignore[arg-type]
+                completion_window="24h",
+                metadata=metadata,
+            )
         return _remote(batch)
 
     def find(self, key: str, value: str) -> RemoteBatch | None:
         """The newest batch whose metadata has key=value, among the recent ones."""
-        page = self._retrying.batches.list(limit=LIST_PAGE)
-        for _ in range(LIST_PAGES_MAX):
-            for batch in page.data:
-                if (batch.metadata or {}).get(key) == value:
-                    return _remote(batch)
-            if not page.has_next_page():
-                return None
-            page = page.get_next_page()
+        with _translated():
+            page = self._retrying.batches.list(limit=LIST_PAGE)
+            for _ in range(LIST_PAGES_MAX):
+                for batch in page.data:
+                    if (batch.metadata or {}).get(key) == value:
+                        return _remote(batch)
+                if not page.has_next_page():
+                    return None
+                page = page.get_next_page()
         return None
 
     def retrieve(self, batch_id: str) -> RemoteBatch:
-        return _remote(self._retrying.batches.retrieve(batch_id))
+        with _translated():
+            return _remote(self._retrying.batches.retrieve(batch_id))
 
     def cancel(self, batch_id: str) -> RemoteBatch:
-        return _remote(self._retrying.batches.cancel(batch_id))
+        with _translated():
+            return _remote(self._retrying.batches.cancel(batch_id))
 
     def download(self, file_id: str, destination: Path) -> None:
         """Stream a file to disk: output files can be hundreds of MB."""
         with (
+            _translated(),
             self._retrying.files.with_streaming_response.content(file_id) as response,
             destination.open("wb") as out,
         ):

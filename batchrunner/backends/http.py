@@ -1,4 +1,5 @@
-"""The lean per-item POST: pyreqwest (Rust's reqwest and hyper) and orjson, no SDK on the hot path.
+"""The request backend for OpenAI-compatible servers: pyreqwest (Rust's reqwest and hyper) and
+orjson, no SDK on the hot path.
 
 Bare loops on one core against a local server (bench/throughput.py): the openai SDK manages
 700-1,200 requests/s, aiohttp about 10,000, pyreqwest about 25,000 at half aiohttp's CPU per
@@ -11,8 +12,6 @@ from __future__ import annotations
 import os
 import ssl
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
@@ -27,63 +26,34 @@ from pyreqwest.exceptions import (
     RequestTimeoutError,
 )
 
+from batchrunner.backends.base import Reply, TransportFailure
+from batchrunner.dialects.openai import (
+    CLIENT_REQUEST_ID,
+    MAX_CLIENT_REQUEST_ID,
+    auth_headers,
+    endpoint_url,
+    has_rate_limits,
+    read_server_limits,
+    retry_after_seconds,
+)
 from batchrunner.errors import UsageError
-from batchrunner.runner.limits import ServerLimits, read_server_limits
-
-MAX_CLIENT_REQUEST_ID = 512
-RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens")
+from batchrunner.failures import ErrorKind
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    status: int
-    body: bytes
-    latency_ms: float
-    retry_after: float | None
-    limits: ServerLimits | None = None  # the x-ratelimit-* headers, when the server sent any
-
-
-@dataclass(frozen=True, slots=True)
-class TransportFailure:
-    """No usable answer: kind is timeout, connection or bad_response."""
-
-    kind: str
-    message: str
-    latency_ms: float
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """`retry-after-ms` (OpenAI) or `retry-after` in seconds, if the server sent one."""
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is not None:
-            try:
-                return max(0.0, float(value) * scale)
-            except ValueError:
-                continue
-    return None
-
-
-def endpoint_url(base_url: str, url: str) -> str:
-    """Join like the SDK does: base_url ends in /v1, job urls start with /v1."""
-    return base_url.rstrip("/") + url.removeprefix("/v1")
-
-
-class HttpTransport:
-    """One HTTP client for a run; `post` returns a `Reply` or a `TransportFailure`."""
+class HttpBackend:
+    """One HTTP client for a run (a `RequestBackend`); `post` returns a `Reply` or a
+    `TransportFailure`."""
 
     def __init__(
         self, base_url: str, api_key: str | None, timeout: float, max_connections: int
     ) -> None:
         self._base_url = base_url
-        self._headers = {"Content-Type": "application/json"}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._headers = {"Content-Type": "application/json", **auth_headers(api_key)}
         self._timeout = timeout
         self._max_connections = max_connections
         self._client: Client | None = None
 
-    async def __aenter__(self) -> HttpTransport:
+    async def __aenter__(self) -> HttpBackend:
         builder = (
             ClientBuilder()
             .max_connections(self._max_connections)
@@ -120,11 +90,11 @@ class HttpTransport:
             await self._client.close()
 
     async def post(self, url: str, body: bytes, custom_id: str) -> Reply | TransportFailure:
-        assert self._client is not None, "use HttpTransport as an async context manager"
+        assert self._client is not None, "use HttpBackend as an async context manager"
         request = self._client.post(endpoint_url(self._base_url, url)).body_bytes(body)
         request_id = quote(custom_id, safe="")
         if len(request_id) <= MAX_CLIENT_REQUEST_ID:
-            request = request.header("X-Client-Request-Id", request_id)
+            request = request.header(CLIENT_REQUEST_ID, request_id)
         started = time.perf_counter()
         try:
             response = await request.build().send()
@@ -132,20 +102,21 @@ class HttpTransport:
         except RequestTimeoutError:  # pyreqwest may call a slow answer a connect timeout too
             elapsed = time.perf_counter() - started
             return TransportFailure(
-                "timeout",
+                ErrorKind.TIMEOUT,
                 f"no answer within {elapsed:.0f}s; outcome unknown, possibly billed",
                 elapsed * 1000,
             )
         except DecodeError as exc:
             reason = _reason(exc)
-            return TransportFailure("bad_response", f"broken response body: {reason}", _ms(started))
+            message = f"broken response body: {reason}"
+            return TransportFailure(ErrorKind.BAD_RESPONSE, message, _ms(started))
         except RequestError as exc:
-            return TransportFailure("connection", f"connection error: {_reason(exc)}", _ms(started))
+            message = f"connection error: {_reason(exc)}"
+            return TransportFailure(ErrorKind.CONNECTION, message, _ms(started))
         answer_headers = response.headers
         try:
             retry_after = retry_after_seconds(answer_headers)
-            has_limits = _has_any(answer_headers, RATE_HEADERS)
-            limits = read_server_limits(answer_headers) if has_limits else None
+            limits = read_server_limits(answer_headers) if has_rate_limits(answer_headers) else None
         except ValueError:  # a header value that is not text: as if the server had sent none
             retry_after, limits = None, None
         return Reply(
@@ -175,10 +146,6 @@ def _extra_root_certificates() -> dict[str, bytes]:
                     found[str(entry)] = pem
                     seen.add(pem)
     return found
-
-
-def _has_any(headers: Mapping[str, str], names: tuple[str, ...]) -> bool:
-    return any(name in headers for name in names)
 
 
 def _ms(started: float) -> float:

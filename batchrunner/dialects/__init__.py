@@ -1,0 +1,51 @@
+"""Providers' wire formats. A dialect is a module of pure functions (dialects/openai.py is the
+one there is); the runners take it as a `Dialect`, so that another provider's module can stand
+in for it. `ServerLimits` is what any dialect reads out of a server's rate-limit headers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from batchrunner.failures import ErrorKind, Verdict
+from batchrunner.usage import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What one answer's rate-limit headers say; None where a header was missing."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens: float | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self == ServerLimits()
+
+
+class Dialect(Protocol):
+    """What the runners ask of a provider's wire format."""
+
+    NAME: str
+    BATCH_MAX_REQUESTS: int
+    BATCH_MAX_BYTES: int
+
+    def judge_reply(self, status: int, body: bytes, retry_after: float | None) -> Verdict: ...
+
+    def read_usage(self, body: dict[str, Any]) -> Usage: ...
+
+    def read_finish_reason(self, body: dict[str, Any]) -> str | None: ...
+
+    def batch_line(
+        self, custom_id: str, url: str, body: str, extra: str | None = None
+    ) -> bytes: ...
+
+    def batch_line_size(self, custom_id: str, url: str, body: str) -> int: ...
+
+    def read_batch_line(self, raw: bytes) -> tuple[str, Verdict, int | None, str | None] | None: ...
+
+    def batch_problem_kind(self, code: str | None) -> ErrorKind: ...

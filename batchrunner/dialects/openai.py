@@ -1,0 +1,352 @@
+"""What OpenAI's wire format means, in one place (pure): the endpoints and their body checks,
+usage and finish_reason, error bodies and what each answer means (failures.ErrorKind), the
+headers (auth, rate limits, retry-after), and the Batch API's line format and limits.
+
+Everything else in batchrunner is provider-neutral and reaches this module through the
+`Dialect` protocol (dialects/__init__.py); another provider gets a module of its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from batchrunner.dialects import ServerLimits
+from batchrunner.errors import describe_value
+from batchrunner.failures import ErrorKind, Verdict
+from batchrunner.usage import Usage
+
+NAME = "openai"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+BASE_URL_ENV = "OPENAI_BASE_URL"
+API_KEY_ENV = "OPENAI_API_KEY"
+
+# -- endpoints and their bodies ----------------------------------------------------------------
+
+CHAT = "/v1/chat/completions"
+EMBEDDINGS = "/v1/embeddings"
+RESPONSES = "/v1/responses"
+ENDPOINTS = (CHAT, EMBEDDINGS, RESPONSES)
+ENDPOINT_ALIASES = {
+    "chat": CHAT,
+    "chat/completions": CHAT,
+    "embeddings": EMBEDDINGS,
+    "responses": RESPONSES,
+}
+OUTPUT_CAP_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
+def normalize_endpoint(value: str) -> str:
+    """Accept "/v1/chat/completions", "v1/embeddings", "chat", "responses", ..."""
+    cleaned = value.strip()
+    key = cleaned.strip("/").removeprefix("v1/")
+    if key in ENDPOINT_ALIASES:
+        return ENDPOINT_ALIASES[key]
+    return cleaned
+
+
+def is_embeddings(url: str) -> bool:
+    """Embeddings answer with vectors: no output tokens, no output cap."""
+    return url.endswith("/embeddings")
+
+
+def body_problem(url: str, body: dict[str, Any]) -> str | None:
+    """What is wrong with a request body for its endpoint, or None."""
+    model = body.get("model")
+    if model is None:
+        return 'missing "model" (put it in the body or pass --model)'
+    if not isinstance(model, str) or not model:
+        return f'"model" must be a non-empty string, got {describe_value(model)}'
+    if url == CHAT:
+        messages = body.get("messages")
+        if messages is None:
+            return 'missing "messages" for /v1/chat/completions'
+        if not isinstance(messages, list) or not messages:
+            return f'"messages" must be a non-empty array, got {describe_value(messages)}'
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                return f'"messages"[{index}] must be an object with a "role"'
+        return None
+    if "input" not in body and not (url == RESPONSES and "prompt" in body):
+        return f'missing "input" for {url}'
+    value = body.get("input")
+    if url == EMBEDDINGS and not (isinstance(value, str) or (isinstance(value, list) and value)):
+        return f'"input" must be a string or a non-empty array, got {describe_value(value)}'
+    if url == RESPONSES and "input" in body and not isinstance(value, (str, list)):
+        return f'"input" must be a string or an array, got {describe_value(value)}'
+    return None
+
+
+def output_cap(body: Mapping[str, Any]) -> int | None:
+    """The output cap the request sets (`max_completion_tokens`, `max_tokens` or
+    `max_output_tokens`, in that order), or None when it sets none."""
+    for key in OUTPUT_CAP_KEYS:
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+# -- answers -----------------------------------------------------------------------------------
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def read_usage(body: dict[str, Any]) -> Usage:
+    """Tokens of a chat, responses or embeddings answer alike."""
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return Usage()
+    if "input_tokens" in usage:  # /v1/responses
+        input_details = usage.get("input_tokens_details") or {}
+        output_details = usage.get("output_tokens_details") or {}
+        return Usage(
+            input_tokens=_int(usage.get("input_tokens")),
+            cached_tokens=_int(input_details.get("cached_tokens")) or 0,
+            output_tokens=_int(usage.get("output_tokens")),
+            reasoning_tokens=_int(output_details.get("reasoning_tokens")) or 0,
+        )
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    completion = _int(usage.get("completion_tokens"))
+    return Usage(  # /v1/chat/completions, and /v1/embeddings (no completion tokens)
+        input_tokens=_int(usage.get("prompt_tokens")),
+        cached_tokens=_int(prompt_details.get("cached_tokens")) or 0,
+        output_tokens=completion if completion is not None else 0,
+        reasoning_tokens=_int(completion_details.get("reasoning_tokens")) or 0,
+    )
+
+
+def read_finish_reason(body: dict[str, Any]) -> str | None:
+    """The chat finish_reason, or the responses API's incomplete reason."""
+    choices = body.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        reason = choices[0].get("finish_reason")
+        return reason if isinstance(reason, str) else None
+    if body.get("object") == "response" and body.get("status") == "incomplete":
+        details = body.get("incomplete_details") or {}
+        reason = details.get("reason")
+        if reason == "max_output_tokens":
+            return "length"
+        return reason if isinstance(reason, str) else "incomplete"
+    return None
+
+
+def output_text(response: dict[str, Any]) -> str | None:
+    """The answer's text, for spreadsheet users: chat content or responses output_text."""
+    choices = response.get("choices")
+    if isinstance(choices, list) and choices:
+        message = choices[0].get("message") or {}
+        content = message.get("content")
+        return content if isinstance(content, str) else None
+    texts = [
+        part.get("text", "")
+        for entry in response.get("output") or []
+        if isinstance(entry, dict) and entry.get("type") == "message"
+        for part in entry.get("content") or []
+        if isinstance(part, dict) and part.get("type") == "output_text"
+    ]
+    return "".join(texts) if texts else None
+
+
+def api_error(body: bytes) -> tuple[str | None, str | None, str | None]:
+    """(type, code, message) of an OpenAI-style error body, whatever its shape."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body[:300].decode("utf-8", "replace").strip()
+        return None, None, text or None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict):
+        kind, code, message = error.get("type"), error.get("code"), error.get("message")
+        return (
+            kind if isinstance(kind, str) else None,
+            str(code) if code is not None else None,
+            message if isinstance(message, str) else None,
+        )
+    if isinstance(error, str):
+        return None, None, error
+    return None, None, body[:300].decode("utf-8", "replace")
+
+
+STOP_STATUSES = {401: ErrorKind.AUTH, 403: ErrorKind.PERMISSION, 404: ErrorKind.NOT_FOUND}
+
+
+def judge_reply(status: int, body: bytes, retry_after: float | None) -> Verdict:
+    """What an HTTP answer means (failures.py's table says what to do about it)."""
+    if status == 200:
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return Verdict.failure(
+                ErrorKind.BAD_RESPONSE, None, "the 200 answer's body is not JSON"
+            )
+        if not isinstance(parsed, dict):
+            return Verdict.failure(
+                ErrorKind.BAD_RESPONSE, None, "the 200 answer's body is not an object"
+            )
+        return Verdict.success(parsed)
+    error_type, code, message = api_error(body)
+    message = message or f"HTTP {status}"
+    if status == 429:
+        if "insufficient_quota" in (code, error_type):
+            return Verdict.failure(ErrorKind.QUOTA, code or error_type, message)
+        wait = retry_after if retry_after is not None else wait_from_message(message)
+        return Verdict.failure(ErrorKind.RATE_LIMIT, code, message, wait)
+    if status in STOP_STATUSES:
+        return Verdict.failure(STOP_STATUSES[status], code, message)
+    if status in (408, 409) or status >= 500:
+        kind = ErrorKind.TIMEOUT if status == 408 else ErrorKind.SERVER_ERROR
+        return Verdict.failure(kind, code or str(status), message, retry_after)
+    return Verdict.failure(ErrorKind.INVALID_REQUEST, code or error_type, message)
+
+
+# -- headers -----------------------------------------------------------------------------------
+
+CLIENT_REQUEST_ID = "X-Client-Request-Id"
+MAX_CLIENT_REQUEST_ID = 512
+RATE_LIMIT_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens")
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?\s*(?:ms|h|m|s)(?:\d+(?:\.\d+)?(?:ms|m|s))*)")
+UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def endpoint_url(base_url: str, url: str) -> str:
+    """Join like the SDK does: base_url ends in /v1, job urls start with /v1."""
+    return base_url.rstrip("/") + url.removeprefix("/v1")
+
+
+def parse_duration(text: str) -> float | None:
+    """OpenAI's durations: `120ms`, `1s`, `6m0s`, `1h2m3.5s`; None if it is not one."""
+    text = text.strip().replace(" ", "")
+    parts = DURATION_PART.findall(text)
+    if not parts or "".join(value + unit for value, unit in parts) != text:
+        return None
+    return sum(float(value) * UNIT_SECONDS[unit] for value, unit in parts)
+
+
+def wait_from_message(message: str | None) -> float | None:
+    """The wait in a 429 message: "... Please try again in 20ms. ..."."""
+    if not message:
+        return None
+    match = TRY_AGAIN.search(message)
+    return parse_duration(match.group(1)) if match else None
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """`retry-after-ms` (OpenAI) or `retry-after` in seconds, if the server sent one."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                continue
+    return None
+
+
+def has_rate_limits(headers: Mapping[str, str]) -> bool:
+    """Whether an answer carries rate-limit headers worth reading (most carry none)."""
+    return any(name in headers for name in RATE_LIMIT_HEADERS)
+
+
+def read_server_limits(headers: Mapping[str, str]) -> ServerLimits:
+    """The `x-ratelimit-*` headers; empty where the server sent none."""
+
+    def number(name: str) -> int | None:
+        value = headers.get(name)
+        try:
+            return int(float(value)) if value is not None else None
+        except ValueError:
+            return None
+
+    def duration(name: str) -> float | None:
+        value = headers.get(name)
+        return parse_duration(value) if value is not None else None
+
+    return ServerLimits(
+        limit_requests=number("x-ratelimit-limit-requests"),
+        remaining_requests=number("x-ratelimit-remaining-requests"),
+        reset_requests=duration("x-ratelimit-reset-requests"),
+        limit_tokens=number("x-ratelimit-limit-tokens"),
+        remaining_tokens=number("x-ratelimit-remaining-tokens"),
+        reset_tokens=duration("x-ratelimit-reset-tokens"),
+    )
+
+
+# -- the Batch API -----------------------------------------------------------------------------
+
+BATCH_MAX_REQUESTS = 50_000  # per input file
+BATCH_MAX_BYTES = 190 * 1024 * 1024  # 200 MB, less a margin for the multipart wrapping
+BATCH_LINE_OVERHEAD = 64  # {"custom_id":..,"method":"POST","url":..,"body":..}\n around the body
+BATCH_TOKEN_LIMIT_CODE = "token_limit_exceeded"  # a failed batch's error: the enqueued cap
+
+
+def batch_line(custom_id: str, url: str, body: str, extra: str | None = None) -> bytes:
+    """One Batch API line (what a job file holds and what a batch input file needs), with the
+    stored body and extra keys spliced in as the JSON they were."""
+    line: dict[str, Any] = {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": url,
+        "body": orjson.Fragment(body),
+    }
+    if extra:
+        line.update(orjson.loads(extra))
+    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def batch_line_size(custom_id: str, url: str, body: str) -> int:
+    """The bytes `batch_line` will take, near enough to plan files under the size limit."""
+    return len(body.encode()) + len(custom_id.encode()) + len(url) + BATCH_LINE_OVERHEAD
+
+
+def read_batch_line(raw: bytes) -> tuple[str, Verdict, int | None, str | None] | None:
+    """One line of an output or error file: (custom_id, verdict, HTTP status, body as text),
+    or None when it is not a line the API writes.
+
+    | line                                       | verdict                                 |
+    |--------------------------------------------|-----------------------------------------|
+    | response.status_code 200, an object body    | succeed                                 |
+    | response.status_code other                  | as the same HTTP answer online          |
+    | top-level error (batch_expired, cancelled)  | never run (ErrorKind.NOT_RUN)           |
+    """
+    try:
+        line = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(line, dict) or not isinstance(line.get("custom_id"), str):
+        return None
+    custom_id = line["custom_id"]
+    response = line.get("response")
+    if isinstance(response, dict) and isinstance(response.get("status_code"), int):
+        status = response["status_code"]
+        body_text = orjson.dumps(response.get("body")).decode()
+        return custom_id, judge_reply(status, body_text.encode(), None), status, body_text
+    error = line.get("error")
+    if isinstance(error, dict):
+        code = error.get("code")
+        message = error.get("message")
+        verdict = Verdict.failure(
+            ErrorKind.NOT_RUN,
+            str(code) if code is not None else None,
+            message if isinstance(message, str) else None,
+        )
+        return custom_id, verdict, None, None
+    return None
+
+
+def batch_problem_kind(code: str | None) -> ErrorKind:
+    """What one entry of a failed batch's errors means for the lines it names."""
+    if code == BATCH_TOKEN_LIMIT_CODE:
+        return ErrorKind.TOKEN_LIMIT
+    return ErrorKind.BATCH_VALIDATION

@@ -1,0 +1,161 @@
+"""Writing results: every `Outcome`, from either mode, goes through `write_outcomes`, and
+`--reuse` copies earlier answers. The result columns come from outcome.RESULT_COLUMNS; no
+statement here spells them out.
+
+Outcomes go straight to the driver as tuples (executemany): SQLAlchemy's per-row parameter work
+was a large share of the writer's time at thousands of results per second. An item's row is
+updated only while its holder still holds it (`run_id` in concurrent mode, `batch_id` in batch
+mode), so a late answer for an item that was taken back changes no result; its attempt row is
+still written (what was paid for stays visible).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from sqlalchemy import Connection
+
+from batchrunner.ledger.models import CANCELLED, FINISHED_STATES, PENDING, RUNNING, attempts_t
+from batchrunner.ledger.records import TimeToSql, driver_sql, time_to_sql
+from batchrunner.outcome import RESULT_COLUMNS, Outcome, result_values
+from batchrunner.redact import mask_answer
+
+Holder = Literal["run_id", "batch_id"]
+
+# The attempt row: who and when, then the result columns the attempts table has.
+ATTEMPT_KEYS = ("item_id", "job_id", "run_id", "number", "started_at", "ended_at", "outcome")
+ATTEMPT_RESULT_COLUMNS: Final = tuple(name for name in RESULT_COLUMNS if name in attempts_t.c)
+RECORD_ATTEMPT = (
+    f"INSERT INTO attempts ({', '.join(ATTEMPT_KEYS + ATTEMPT_RESULT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * (len(ATTEMPT_KEYS) + len(ATTEMPT_RESULT_COLUMNS)))})"
+)
+_attempt_index = [RESULT_COLUMNS.index(name) for name in ATTEMPT_RESULT_COLUMNS]
+# The item row: its holder, state and counters, then every result column.
+ITEM_STATE_COLUMNS = ("state", "not_before", "attempts", "updated_at", "finished_at")
+
+
+def _record_item(holder: Holder) -> str:
+    columns = (holder, *ITEM_STATE_COLUMNS, *RESULT_COLUMNS)
+    settings = ", ".join(f"{name} = ?" for name in columns)
+    return f"UPDATE items SET {settings} WHERE id = ? AND {holder} = ?"
+
+
+RECORD_ITEM = {holder: _record_item(holder) for holder in ("run_id", "batch_id")}
+GIVEN_BACK = (PENDING, CANCELLED)  # states in which an item leaves its holder
+
+
+def write_outcomes(conn: Connection, outcomes: Sequence[Outcome], holder: Holder) -> None:
+    """Write a batch of outcomes whose items are known (`item_id`, `number`): an attempt row
+    for each that was an attempt, and each item's new state where `holder` still holds it.
+
+    Every result passes here, whatever mode produced it, so this is where keys echoed by a
+    server (in an error message or a non-200 body) are masked before they are stored."""
+    time = time_to_sql(conn.dialect)
+    attempts, items = [], []
+    for outcome in outcomes:
+        result = outcome.result
+        result.error_message, result.response = mask_answer(
+            result.error_message, result.response, result.http_status
+        )
+        values = result_values(result)
+        if outcome.is_attempt:
+            attempts.append(_attempt_row(outcome, values, time))
+        items.append(_item_row(outcome, values, holder, time))
+    if attempts:
+        conn.exec_driver_sql(driver_sql(conn.dialect, RECORD_ATTEMPT), attempts)
+    if items:
+        conn.exec_driver_sql(driver_sql(conn.dialect, RECORD_ITEM[holder]), items)
+
+
+def _attempt_row(outcome: Outcome, values: tuple[Any, ...], time: TimeToSql) -> tuple[Any, ...]:
+    return (
+        outcome.item_id,
+        outcome.job_id,
+        outcome.run_id,
+        outcome.number,
+        time(outcome.started_at),
+        time(outcome.ended_at),
+        outcome.attempt_outcome,
+        *[values[index] for index in _attempt_index],
+    )
+
+
+def _item_row(
+    outcome: Outcome, values: tuple[Any, ...], holder: Holder, time: TimeToSql
+) -> tuple[Any, ...]:
+    """The item's holder (cleared when the item is given back), state, counters and result,
+    then the key of the update: its id and holder.
+
+    Only a finished item gets `finished_at`: one handed back to pending is not done, and
+    counting it would inflate the run's rate in `status`."""
+    held_by = outcome.run_id if holder == "run_id" else outcome.batch_id
+    state = outcome.state or RUNNING
+    given_back = state in GIVEN_BACK
+    return (
+        None if given_back else held_by,
+        state,
+        time(outcome.not_before) if state == PENDING else None,
+        outcome.number,
+        time(outcome.ended_at),
+        time(outcome.ended_at) if state in FINISHED_STATES else None,
+        *values,
+        outcome.item_id,
+        held_by,
+    )
+
+
+# An answer `--reuse` copies: its result, less what belonged to its own request.
+NOT_REUSED = ("cost_usd", "latency_ms")
+REUSED_COLUMNS = tuple(name for name in RESULT_COLUMNS if name not in NOT_REUSED)
+
+
+def reuse_answers(conn: Connection, job_id: int, simulated: bool, now: datetime) -> int:
+    """Give each pending item of the job whose request (`request_hash`) already succeeded in an
+    earlier job that answer: succeeded, `reused`, no attempt, no cost now. The answer is the
+    earliest such item; a simulated job's answers serve only simulated jobs (they come from the
+    fake server).
+
+    request_hash has no index (it cost every answered item a random insert, see migration
+    0005), so the job's requests go into an indexed temporary table, one pass over the ledger's
+    succeeded items looks each up there, and the answers are copied by primary key: seconds on
+    a ledger of millions, once per `submit --reuse`, whatever the planner's statistics."""
+    postgres = conn.dialect.name == "postgresql"
+    temporary = "ON COMMIT DROP" if postgres else ""
+    statements = [
+        "CREATE TEMPORARY TABLE reuse_pairs (item_id INTEGER PRIMARY KEY, "
+        f"request_hash VARCHAR(64) NOT NULL, answer_id INTEGER) {temporary}",
+        "CREATE INDEX reuse_pairs_hash ON reuse_pairs (request_hash)",
+        "INSERT INTO reuse_pairs (item_id, request_hash) SELECT id, request_hash FROM items "
+        "WHERE job_id = ? AND state = 'pending' AND request_hash IS NOT NULL",
+        "CREATE TEMPORARY TABLE reuse_first (request_hash VARCHAR(64) PRIMARY KEY, "
+        f"answer_id INTEGER NOT NULL) {temporary}",
+        "INSERT INTO reuse_first (request_hash, answer_id) "
+        "SELECT earlier.request_hash, min(earlier.id) FROM items AS earlier "
+        "JOIN jobs ON jobs.id = earlier.job_id "
+        "WHERE earlier.state = 'succeeded' AND earlier.job_id != ? AND jobs.simulated = ? "
+        "AND earlier.request_hash IN (SELECT request_hash FROM reuse_pairs) "
+        "GROUP BY earlier.request_hash",
+    ]
+    parameters: list[tuple[Any, ...]] = [(), (), (job_id,), (), (job_id, simulated)]
+    for statement, values in zip(statements, parameters, strict=True):
+        conn.exec_driver_sql(driver_sql(conn.dialect, statement), values)
+    time = time_to_sql(conn.dialect)
+    copied = ", ".join(f"{name} = answer.{name}" for name in REUSED_COLUMNS)
+    result = conn.exec_driver_sql(
+        driver_sql(
+            conn.dialect,
+            f"UPDATE items SET state = 'succeeded', reused = ?, {copied}, "
+            "cost_usd = 0.0, updated_at = ?, finished_at = ? "
+            "FROM reuse_pairs JOIN reuse_first "
+            "ON reuse_first.request_hash = reuse_pairs.request_hash "
+            "JOIN items AS answer ON answer.id = reuse_first.answer_id "
+            "WHERE items.id = reuse_pairs.item_id",
+        ),
+        (True, time(now), time(now)),
+    )
+    if not postgres:  # a SQLite temporary table lives as long as the pooled connection
+        conn.exec_driver_sql("DROP TABLE reuse_pairs")
+        conn.exec_driver_sql("DROP TABLE reuse_first")
+    return result.rowcount

@@ -1,0 +1,78 @@
+"""From a verdict to an outcome's result, one way for both modes: the answer's usage, cost and
+finish_reason, or the error's kind, code and message.
+
+What a verdict does to its item differs by mode only where the mode differs: concurrent mode
+retries in place and can stop the job; batch mode can only hand a line's item back for the next
+batch, and one line never stops a job (the rest of the batch was answered).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Final
+
+from batchrunner.dialects import Dialect
+from batchrunner.failures import FAIL, RETRY, STOP, SUCCEED, Action, Verdict
+from batchrunner.ledger.models import FAILED, PENDING, SUCCEEDED
+from batchrunner.outcome import Result
+from batchrunner.pricing import PriceTable, price_item, price_table_from
+from batchrunner.usage import Usage
+
+# What an attempt row says of each action.
+ATTEMPT_OUTCOMES: Final[dict[Action, str]] = {
+    SUCCEED: "succeeded",
+    RETRY: "retry",
+    FAIL: "failed",
+    STOP: "stopped",
+}
+# The item's next state in concurrent mode: None is "this run tries it again".
+CONCURRENT_STATES: Final[dict[Action, str | None]] = {
+    SUCCEED: SUCCEEDED,
+    RETRY: None,
+    FAIL: FAILED,
+    STOP: PENDING,  # the job stops; the item waits for `run`
+}
+# ... and in batch mode: a retry is the next batch's, a stop proves only this line failed.
+BATCH_STATES: Final[dict[Action, str]] = {
+    SUCCEED: SUCCEEDED,
+    RETRY: PENDING,
+    FAIL: FAILED,
+    STOP: FAILED,
+}
+
+
+def price_table(prices: dict[str, dict[str, float]] | None) -> PriceTable | None:
+    """The job's --prices table (stored with its options), if it has one."""
+    return price_table_from(prices, "--prices") if prices else None
+
+
+class AnswerReader:
+    """Reads answers in one provider's dialect and prices them at one mode's rates."""
+
+    def __init__(self, dialect: Dialect, prices: PriceTable | None, batch: bool) -> None:
+        self._dialect = dialect
+        self._prices = prices
+        self._batch = batch
+
+    def fill(self, result: Result, verdict: Verdict, model: str, response: str | None) -> None:
+        """Put what `verdict` says into `result`: for a success its usage, cost, finish_reason
+        and `response` (the body as received); else its error."""
+        if verdict.action == SUCCEED and verdict.body is not None:
+            usage = self._dialect.read_usage(verdict.body)
+            result.cost_usd = self.cost(model, usage)
+            result.input_tokens = usage.input_tokens
+            result.cached_tokens = usage.cached_tokens
+            result.output_tokens = usage.output_tokens
+            result.reasoning_tokens = usage.reasoning_tokens
+            result.finish_reason = self._dialect.read_finish_reason(verdict.body)
+            result.response = response
+        else:
+            result.error_kind = verdict.kind.value if verdict.kind is not None else None
+            result.error_code = verdict.code
+            result.error_message = verdict.message
+
+    def cost(self, model: str, usage: Usage) -> float | None:
+        priced = price_item(
+            model, usage, batch=self._batch, when=datetime.now(UTC), overrides=self._prices
+        )
+        return priced.usd if priced is not None else None
