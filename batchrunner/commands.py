@@ -24,7 +24,7 @@ from batchrunner.errors import UsageError
 from batchrunner.jobfile import FileSummary, JobDefaults, check_job_file, read_job_items
 from batchrunner.ledger import Ledger
 from batchrunner.ledger.batches import SUBMITTED
-from batchrunner.ledger.models import BATCH, CONCURRENT
+from batchrunner.ledger.models import BATCH, CANCELLED, CONCURRENT
 from batchrunner.outcome import Outcome
 from batchrunner.providers import Provider, provider_for
 from batchrunner.redact import Redactor
@@ -335,6 +335,7 @@ def cancel_job(ledger: Ledger, job_id: int) -> int:
     """Cancel a job's pending items, and in batch mode its remote batches; return how many
     items. A concurrent job has nothing remote, so it needs no key."""
     if ledger.job_mode(job_id) != BATCH:
+        ledger.update_job_state(job_id, CANCELLED)
         return ledger.cancel_pending(job_id)
     settings = job_settings(ledger, job_id, {})
     _, simulated = ledger.job_options(job_id)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from batchrunner.cli import cli
 from batchrunner.ledger import Ledger
@@ -132,7 +132,7 @@ def ledger_with_a_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def submit(path: Path, db_url: str, *extra: str) -> object:
+def submit(path: Path, db_url: str, *extra: str) -> Result:
     return CliRunner().invoke(
         cli, ["submit", str(path), "--db", db_url, *extra], catch_exceptions=False
     )

@@ -277,12 +277,6 @@ def test_a_server_that_is_not_listening_is_a_connection_failure() -> None:
     assert (failed.value.kind, failed.value.status) == (ErrorKind.CONNECTION, None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="the fake checks FakeConfig.api_key on the online routes only (server.py's "
-    "_answer), not on /v1/files or /v1/batches",
-)
 def test_a_wrong_key_is_an_auth_failure(tmp_path: Path) -> None:
     with run_in_thread(quick_config(api_key="sk-right")) as keyed:
         backend = OpenAIBatches(keyed.base_url, "sk-wrong", timeout=10)

@@ -156,8 +156,11 @@ def test_a_kill_while_a_request_is_in_flight_is_resumed_without_a_duplicate(
     common = cli_args(db, fake)
     proc = batchrunner("submit", str(job), "--mode", "batch", *common, stderr=tmp_path / "err")
     try:
-        held = (lambda: len(api.files) == 1) if moment == "upload" else (lambda: len(api.batches))
-        assert wait_for(lambda: bool(held()) or proc.poll() is not None, timeout=30)
+
+        def held() -> bool:
+            return len(api.files) == 1 if moment == "upload" else bool(api.batches)
+
+        assert wait_for(lambda: held() or proc.poll() is not None, timeout=30)
         assert proc.poll() is None, (tmp_path / "err").read_text()
     finally:
         proc.send_signal(signal.SIGKILL)

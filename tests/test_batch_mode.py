@@ -13,7 +13,7 @@ from batchrunner.backends.base import RemoteBatch
 from batchrunner.backends.openai_batches import OpenAIBatches
 from batchrunner.commands import cancel_job, run_batch_job, submit_job
 from batchrunner.dialects import openai
-from batchrunner.fake import FakeServer
+from batchrunner.fake import FakeConfig, FakeServer, InProcessBatches
 from batchrunner.jobfile import JobDefaults
 from batchrunner.ledger import Ledger
 from batchrunner.runner.batch import BatchRunner
@@ -23,7 +23,7 @@ from tests.test_cli import invoke, status_json
 from tests.test_run import exported, run
 
 POLL_S = 0.05
-FAST = {"batch_hold_s": 0.2}
+FAST: dict[str, Any] = {"batch_hold_s": 0.2}
 
 
 def submit(
@@ -266,3 +266,62 @@ def test_cancel_after_a_kill_right_after_create_cancels_the_unrecorded_batch(
     assert remote.cancelled_at is not None  # the batch the ledger had not recorded
     assert wait_for(ledger, job).state == "completed"
     assert ledger.summary(job).counts == {"cancelled": 20}
+
+
+def test_a_retryable_line_goes_again_in_the_next_batch_up_to_max_attempts(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    """A batch output line is judged by the same table as an online answer: a 500 is worth
+    another try (in the next batch, as an attempt), a 400 is not."""
+    lines = [chat_line(0), chat_line(1, "[fake:500x1] once"), chat_line(2, "[fake:500] always")]
+    lines.append(chat_line(3, "[fake:400] refused"))
+    ledger, job = submit(tmp_path, db_url, fake, lines, max_attempts=3)
+    assert wait_for(ledger, job).state == "completed"
+    records = {r["custom_id"]: r for r in exported(ledger, job)}
+    assert [(r["status"], r["attempts"]) for r in records.values()] == [
+        ("succeeded", 1),
+        ("succeeded", 2),
+        ("failed", 3),
+        ("failed", 1),
+    ]
+    assert records["item-2"]["error"]["kind"] == "server_error"
+    assert records["item-3"]["error"]["kind"] == "invalid_request"
+    assert fake.batch_api.batches_created == 3  # all four, then items 1 and 2, then item 2
+    item_ids = {row.custom_id: row.id for row in ledger.iter_items(job)}
+    flaky = ledger.attempts_of(item_ids["item-1"])
+    assert [(a.outcome, a.result.http_status) for a in flaky] == [
+        ("retry", 500),
+        ("succeeded", 200),
+    ]
+
+
+def test_the_batch_runner_runs_a_job_through_the_in_process_backend_alike(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    """The state machine over the second BatchBackend: the fake's Batch API called in this
+    process, on a server that was never started (no HTTP at all), gives the same ledger as
+    the SDK over HTTP does for the same file."""
+    lines = [chat_line(i) for i in range(120)]
+    lines[7] = chat_line(7, "[fake:batch_invalid]")
+    unstarted = FakeServer(FakeConfig(seed=7))
+    unstarted.config.batch_expire_after = 30
+    ledger, job = submit(tmp_path, db_url, fake, lines, batch_max_requests=50)
+    settings = RunSettings(base_url="http://127.0.0.1:9/v1", batch_max_requests=50, **FAST)
+    runner = BatchRunner(ledger, job, settings, InProcessBatches(unstarted), openai)
+    started = time.monotonic()
+    assert runner.run(wait=True, poll_s=POLL_S).state == "completed"
+    assert time.monotonic() - started < 60
+    fake.config.batch_expire_after = 30
+    over_http, again = submit(tmp_path, db_url, fake, lines, batch_max_requests=50)
+    assert wait_for(over_http, again).state == "completed"
+    assert [comparable_outcome(r) for r in exported(ledger, job)] == [
+        comparable_outcome(r) for r in exported(over_http, again)
+    ]
+    assert unstarted.batch_api.calls["create"] == fake.batch_api.calls["create"] > 3
+    assert set(unstarted.batch_api.lines_by_id.values()) == {1}
+    assert unstarted.total_requests == 0 and unstarted.base_url == ""
+
+
+def comparable_outcome(record: dict[str, Any]) -> tuple[Any, ...]:
+    error = record["error"]
+    return (record["custom_id"], record["status"], record["attempts"], error and error["kind"])

@@ -35,7 +35,7 @@ def status_json(db_url: str, *job: str) -> dict[str, Any]:
     return parsed
 
 
-def exported_records(db_url: str) -> list[dict[str, object]]:
+def exported_records(db_url: str) -> list[dict[str, Any]]:
     result = invoke("export", "results", "--db", db_url)
     return [orjson.loads(line) for line in result.stdout.splitlines()]
 
@@ -160,6 +160,21 @@ def test_without_a_key_submit_refuses_before_recording(
     result = invoke("submit", str(job), "--db", f"sqlite:///{db_path}")
     assert result.exit_code == 2 and "OPENAI_API_KEY is not set" in result.stderr
     assert not db_path.exists()
+
+
+def test_cancel_of_a_concurrent_job_needs_no_key(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A concurrent job has nothing remote to cancel: no key, no request."""
+    job = write_jsonl(tmp_path / "j.jsonl", [chat_line(i) for i in range(3)])
+    assert invoke("submit", str(job), "--detach", "--db", db_url).exit_code == 0
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("OPENAI_BASE_URL")  # OpenAI itself: where a key would be required
+    result = invoke("cancel", "--db", db_url)
+    assert result.exit_code == 0, result.stderr
+    assert "cancelled 3 pending items of job 1" in result.stderr
+    status = status_json(db_url, "1")["jobs"][0]
+    assert (status["state"], status["counts"]["cancelled"]) == ("cancelled", 3)
 
 
 def test_unknown_job_is_a_usage_error(db_url: str) -> None:

@@ -86,6 +86,7 @@ def test_assume_output_and_a_price_file(tmp_path: Path) -> None:
     local = estimate.models["my-local-model"]
     assert local.cost_concurrent == pytest.approx(_per_million(9, 1) + _per_million(100, 2))
     assert local.batch_discount_assumed  # the file gives no batch rates
+    assert local.cost_concurrent is not None
     assert local.cost_batch == pytest.approx(local.cost_concurrent / 2)
     assert estimate.unpriced_models == []
     assert estimate.batch_assumed_models == ["my-local-model"]

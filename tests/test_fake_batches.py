@@ -49,7 +49,7 @@ def start(
 
 
 def wait(api: openai.OpenAI, batch: Batch) -> tuple[Batch, list[str]]:
-    seen = [batch.status]
+    seen: list[str] = [batch.status]
     deadline = time.monotonic() + 10
     while batch.status not in TERMINAL and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -24,12 +24,12 @@ def client(server: FakeServer, key: str = "sk-anything") -> openai.OpenAI:
     return openai.OpenAI(api_key=key, base_url=server.base_url, max_retries=0, timeout=10)
 
 
-def ask(server: FakeServer, text: str, request_id: str = "r-1", **body: object) -> object:
+def ask(server: FakeServer, text: str, request_id: str = "r-1", **body: Any) -> object:
     return client(server).chat.completions.create(
         model=str(body.pop("model", "gpt-4o-mini")),
         messages=[{"role": "user", "content": text}],
         extra_headers={"X-Client-Request-Id": request_id},
-        **body,  # type: ignore[arg-type]
+        **body,
     )
 
 

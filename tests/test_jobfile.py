@@ -8,12 +8,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from batchrunner.dialects.openai import normalize_endpoint
 from batchrunner.errors import JobFileError
 from batchrunner.jobfile import (
     MAX_PROBLEMS_SHOWN,
     JobDefaults,
     check_job_file,
-    normalize_endpoint,
     read_job_items,
 )
 from tests.conftest import chat_line, write_jsonl

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,16 @@ from batchrunner.errors import JobBusyError
 from batchrunner.items import JobItem
 from batchrunner.ledger import Ledger
 from batchrunner.ledger import migrate as migrations
-from batchrunner.ledger.models import Base, items_t, runs_t
-from batchrunner.ledger.records import utcnow
-from batchrunner.outcome import Outcome, Result
+from batchrunner.ledger.models import Base, attempts_t, batches_t, items_t, runs_t
+from batchrunner.ledger.records import (
+    ITEM_ROW_COLUMNS,
+    AttemptRow,
+    BatchRow,
+    RunRow,
+    utcnow,
+)
+from batchrunner.ledger.results import ATTEMPT_RESULT_COLUMNS
+from batchrunner.outcome import RESULT_COLUMNS, Outcome, Result
 
 LATEST = ScriptDirectory.from_config(migrations.alembic_config()).get_current_head()
 
@@ -431,3 +439,16 @@ def test_claims_and_waits_are_answered_from_the_partial_indexes(ledger_url: str)
 
         assert "ix_items_pending" in plan(claim, claim_params)
         assert "ix_items_deferred" in plan(wait, wait_params)
+
+
+def test_typed_rows_hold_every_column_of_their_table() -> None:
+    """Rows leave the ledger as dataclasses: each holds all of its table (a new column that a
+    row forgets fails here), and the result columns are Result's, spelled once."""
+    items = {c.name for c in items_t.columns}
+    assert set(ITEM_ROW_COLUMNS) | set(RESULT_COLUMNS) == items
+    assert not set(ITEM_ROW_COLUMNS) & set(RESULT_COLUMNS)
+    assert [f.name for f in fields(BatchRow)] == [c.name for c in batches_t.columns]
+    assert {f.name for f in fields(RunRow)} == {c.name for c in runs_t.columns}
+    attempt_keys = {f.name for f in fields(AttemptRow)} - {"result"}
+    assert attempt_keys | set(ATTEMPT_RESULT_COLUMNS) == {c.name for c in attempts_t.columns}
+    assert set(RESULT_COLUMNS) - set(ATTEMPT_RESULT_COLUMNS) == {"finish_reason", "response"}

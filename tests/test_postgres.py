@@ -18,14 +18,16 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, event, insert, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 
 from batchrunner.cli import cli
 from batchrunner.errors import JobBusyError, UsageError
 from batchrunner.fake import FakeServer
 from batchrunner.ledger import Ledger
 from batchrunner.ledger.engine import open_engine
-from batchrunner.ledger.store import claim_statement, items_t, jobs_t, runs_t, utcnow
+from batchrunner.ledger.models import items_t, jobs_t, runs_t
+from batchrunner.ledger.records import utcnow
+from batchrunner.ledger.store import claim_statement
 from tests.conftest import chat_line, write_jsonl
 from tests.test_ledger import new_job
 
@@ -34,7 +36,7 @@ pytestmark = pytest.mark.filterwarnings("error::sqlalchemy.exc.SAWarning")
 
 def test_the_postgres_claim_locks_and_fences_its_pick_and_sqlite_needs_neither() -> None:
     statement = claim_statement("postgresql", 1, "run", 10, utcnow())
-    sql = str(statement.compile(dialect=postgresql.dialect()))
+    sql = str(statement.compile(dialect=create_engine("postgresql+psycopg://").dialect))
     assert "WITH claimable AS MATERIALIZED" in sql
     assert "FOR UPDATE SKIP LOCKED" in sql
     assert "UPDATE items SET" in sql and "RETURNING" in sql

@@ -91,9 +91,8 @@ def test_transient_errors_are_retried_and_every_attempt_is_recorded(
         ("succeeded", 200),
     ]
     (first_slow, _) = ledger.attempts_of(item_ids["item-4"])
-    assert (
-        first_slow.result.error_kind == "timeout"
-        and "possibly billed" in first_slow.result.error_message
+    assert first_slow.result.error_kind == "timeout" and "possibly billed" in (
+        first_slow.result.error_message or ""
     )
     (first_dropped, _) = ledger.attempts_of(item_ids["item-2"])
     assert (

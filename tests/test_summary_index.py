@@ -91,7 +91,7 @@ def check(ledger: Ledger, job: int) -> None:
 
 
 def indexes(ledger: Ledger) -> set[str]:
-    return {ix["name"] for ix in inspect(ledger.engine).get_indexes("items")}
+    return {str(ix["name"]) for ix in inspect(ledger.engine).get_indexes("items")}
 
 
 def test_schema_head_is_the_newest_migration() -> None:

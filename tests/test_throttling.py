@@ -83,7 +83,7 @@ def test_a_fault_mix_ends_with_every_item_succeeded_and_every_attempt_recorded(
         for a in ledger.attempts_of(row.id)
         if a.result.error_kind == "timeout"
     ]
-    assert timeouts and all("possibly billed" in a.result.error_message for a in timeouts)
+    assert timeouts and all("possibly billed" in (a.result.error_message or "") for a in timeouts)
 
 
 def test_insufficient_quota_stops_within_a_handful_and_run_finishes_later(

@@ -168,7 +168,7 @@ def test_chat_overhead_rule() -> None:
         "messages": [{"role": "user", "name": "bob", "content": "hello world"}],
     }
     assert prompt_tokens(CHAT, named) == 9 + 1 + 1  # "bob" is 1 token, a name 1 more
-    two = {"model": "gpt-4o", "messages": one["messages"] * 2}
+    two = {"model": "gpt-4o", "messages": [*one["messages"], *one["messages"]]}
     assert prompt_tokens(CHAT, two) == 9 + 6
 
 

@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 TERMINAL_BATCH_STATES = ("completed", "failed", "expired", "cancelled")
+# How far back `BatchBackend.find` looks, in list pages: the newest 2,000 batches.
+FIND_PAGE = 100
+FIND_PAGES_MAX = 20
 
 
 @dataclass(frozen=True, slots=True)

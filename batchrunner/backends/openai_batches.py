@@ -18,14 +18,12 @@ import openai
 import orjson
 from openai.types import Batch
 
-from batchrunner.backends.base import BatchProblem, RemoteBatch
+from batchrunner.backends.base import FIND_PAGE, FIND_PAGES_MAX, BatchProblem, RemoteBatch
 from batchrunner.dialects.openai import judge_reply
 from batchrunner.errors import BackendError
 from batchrunner.failures import ErrorKind
 
 READ_RETRIES = 3
-LIST_PAGE = 100
-LIST_PAGES_MAX = 20  # how far back `find` looks: the newest 2,000 batches
 
 
 @contextmanager
@@ -94,8 +92,8 @@ class OpenAIBatches:
     def find(self, key: str, value: str) -> RemoteBatch | None:
         """The newest batch whose metadata has key=value, among the recent ones."""
         with _translated():
-            page = self._retrying.batches.list(limit=LIST_PAGE)
-            for _ in range(LIST_PAGES_MAX):
+            page = self._retrying.batches.list(limit=FIND_PAGE)
+            for _ in range(FIND_PAGES_MAX):
                 for batch in page.data:
                     if (batch.metadata or {}).get(key) == value:
                         return _remote(batch)

@@ -22,16 +22,12 @@ from typing import Any, TypeVar
 
 import orjson
 
-from batchrunner.backends.base import BatchProblem, RemoteBatch
+from batchrunner.backends.base import FIND_PAGE, FIND_PAGES_MAX, BatchProblem, RemoteBatch
 from batchrunner.dialects.openai import judge_reply
 from batchrunner.errors import BackendError
 from batchrunner.failures import ErrorKind
 from batchrunner.fake.batches import Refusal
 from batchrunner.fake.server import FakeServer
-
-# How `find` pages, as backends/openai_batches.py does (not imported: that pulls in the SDK).
-LIST_PAGE = 100
-LIST_PAGES_MAX = 20
 
 T = TypeVar("T")
 
@@ -67,8 +63,8 @@ class InProcessBatches:
     def find(self, key: str, value: str) -> RemoteBatch | None:
         """The newest batch whose metadata has key=value, among the recent ones."""
         after: str | None = None
-        for _ in range(LIST_PAGES_MAX):
-            page = self._ask("list", partial(self._api.list_batches, LIST_PAGE, after))
+        for _ in range(FIND_PAGES_MAX):
+            page = self._ask("list", partial(self._api.list_batches, FIND_PAGE, after))
             for batch in page["data"]:
                 if (batch["metadata"] or {}).get(key) == value:
                     return _remote(batch)

@@ -30,6 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from batchrunner.errors import LedgerError, UsageError
 from batchrunner.items import JobItem, request_hash
@@ -416,7 +417,7 @@ def _claimable(job_id: int, now: datetime) -> list[ColumnElement[bool]]:
 
 def claim_statement(
     dialect: str, job_id: int, run_id: str, limit: int, now: datetime
-) -> Executable:
+) -> ReturningUpdate[Any]:
     """UPDATE ... RETURNING of the next `limit` claimable items, in file order.
 
     On PostgreSQL the pick is `SELECT ... FOR UPDATE SKIP LOCKED` in a MATERIALIZED CTE: the

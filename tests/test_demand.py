@@ -1,0 +1,52 @@
+"""The one token-demand rule, as a table: what each kind of request asks of a limit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from batchrunner.demand import TYPICAL_OUTPUT, WORST_CASE_OUTPUT, TypicalOutput, token_demand
+from batchrunner.dialects.openai import CHAT, EMBEDDINGS, RESPONSES
+from batchrunner.tokens import prompt_tokens
+
+MESSAGES = [{"role": "user", "content": "Why is the sky blue?"}]
+
+
+@pytest.mark.parametrize(
+    ("url", "extra", "cap", "expected_output", "worst_output"),
+    [
+        (CHAT, {}, None, TYPICAL_OUTPUT, WORST_CASE_OUTPUT),
+        (CHAT, {"max_tokens": 50}, 50, 50, 50),
+        (CHAT, {"max_completion_tokens": 70, "max_tokens": 50}, 70, 70, 70),
+        (CHAT, {"max_tokens": 0}, 0, 0, 0),
+        (CHAT, {"max_tokens": True}, None, TYPICAL_OUTPUT, WORST_CASE_OUTPUT),
+        (RESPONSES, {"max_output_tokens": 30}, 30, 30, 30),
+        (RESPONSES, {}, None, TYPICAL_OUTPUT, WORST_CASE_OUTPUT),
+        (EMBEDDINGS, {}, 0, 0, 0),
+    ],
+)
+def test_demand_table(
+    url: str, extra: dict[str, Any], cap: int | None, expected_output: int, worst_output: int
+) -> None:
+    body: dict[str, Any] = {"model": "gpt-4o-mini", **extra}
+    body.update({"input": "Why is the sky blue?"} if url != CHAT else {"messages": MESSAGES})
+    demand = token_demand(url, body)
+    assert demand.prompt == prompt_tokens(url, body) > 0
+    assert demand.cap == cap and demand.capped == (cap is not None)
+    assert demand.output() == expected_output
+    assert demand.expected() == demand.prompt + expected_output
+    assert demand.worst_output == worst_output
+
+
+def test_an_uncapped_request_expects_what_the_run_has_seen() -> None:
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES}
+    typical = TypicalOutput()
+    assert typical.tokens == TYPICAL_OUTPUT
+    for tokens in (100, 200, 301):
+        typical.observe(tokens)
+    assert typical.tokens == 200
+    demand = token_demand(CHAT, body)
+    assert demand.expected(typical.tokens) == demand.prompt + 200
+    capped = token_demand(CHAT, {**body, "max_tokens": 9})
+    assert capped.expected(typical.tokens) == capped.prompt + 9  # a cap is a cap

@@ -1,0 +1,61 @@
+"""The rule table, read as a table: every kind of failure, what it means in each mode."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchrunner.failures import FAIL, RETRY, RULES, STOP, ErrorKind, Verdict, action_of
+from batchrunner.ledger.models import FAILED, PENDING, SUCCEEDED
+from batchrunner.runner.answers import ATTEMPT_OUTCOMES, BATCH_STATES, CONCURRENT_STATES
+
+# kind: (concurrent action, item state after it in concurrent mode, in batch mode,
+#        pauses every worker, possibly billed, an attempt)
+TABLE = {
+    ErrorKind.RATE_LIMIT: (RETRY, None, PENDING, True, False, True),
+    ErrorKind.QUOTA: (STOP, PENDING, FAILED, False, False, True),
+    ErrorKind.AUTH: (STOP, PENDING, FAILED, False, False, True),
+    ErrorKind.PERMISSION: (STOP, PENDING, FAILED, False, False, True),
+    ErrorKind.NOT_FOUND: (STOP, PENDING, FAILED, False, False, True),
+    ErrorKind.INVALID_REQUEST: (FAIL, FAILED, FAILED, False, False, True),
+    ErrorKind.TIMEOUT: (RETRY, None, PENDING, False, True, True),
+    ErrorKind.CONNECTION: (RETRY, None, PENDING, False, False, True),
+    ErrorKind.SERVER_ERROR: (RETRY, None, PENDING, False, False, True),
+    ErrorKind.BAD_RESPONSE: (RETRY, None, PENDING, False, False, True),
+    ErrorKind.NOT_RUN: (RETRY, None, PENDING, False, False, False),
+    ErrorKind.BATCH_VALIDATION: (FAIL, FAILED, FAILED, False, False, True),
+    ErrorKind.TOKEN_LIMIT: (RETRY, None, PENDING, False, False, True),
+}
+
+
+def test_every_kind_has_a_rule_and_a_row_here() -> None:
+    assert set(RULES) == set(ErrorKind) == set(TABLE)
+
+
+@pytest.mark.parametrize("kind", list(ErrorKind))
+def test_what_each_kind_means_in_each_mode(kind: ErrorKind) -> None:
+    action, concurrent, batch, pauses, billed, attempt = TABLE[kind]
+    rule = RULES[kind]
+    assert action_of(kind) == action
+    assert CONCURRENT_STATES[action] == concurrent
+    # a batch line never stops a job: a stop-the-job kind fails just that line's item
+    assert BATCH_STATES[FAIL if action == STOP else action] == batch
+    assert (rule.pauses_all, rule.possibly_billed, rule.is_attempt) == (pauses, billed, attempt)
+    assert not (rule.retry and rule.stops_job)
+
+
+def test_a_success_succeeds_in_both_modes_and_says_so_in_its_attempt() -> None:
+    verdict = Verdict.success({"choices": []})
+    assert (verdict.kind, verdict.rule) == (None, None)
+    assert CONCURRENT_STATES[verdict.action] == BATCH_STATES[verdict.action] == SUCCEEDED
+    assert ATTEMPT_OUTCOMES[verdict.action] == "succeeded"
+
+
+def test_a_rate_limit_without_a_time_pauses_for_the_rules_minimum() -> None:
+    assert RULES[ErrorKind.RATE_LIMIT].min_wait_s == 1.0
+    assert all(rule.min_wait_s == 0 for kind, rule in RULES.items() if kind != "rate_limit")
+
+
+def test_kinds_are_stored_as_their_plain_names() -> None:
+    """What the ledger holds in error_kind, and what status groups failures by."""
+    assert [str(kind) for kind in ErrorKind] == [kind.value for kind in ErrorKind]
+    assert str(ErrorKind.NOT_RUN) == "batch" and str(ErrorKind.TIMEOUT) == "timeout"
