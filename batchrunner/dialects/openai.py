@@ -16,7 +16,7 @@ import orjson
 
 from batchrunner.dialects import ServerLimits
 from batchrunner.errors import describe_value
-from batchrunner.failures import ErrorKind, Verdict
+from batchrunner.failures import SUCCEED, ErrorKind, Verdict
 from batchrunner.usage import Usage
 
 NAME = "openai"
@@ -190,7 +190,7 @@ def judge_reply(status: int, body: bytes, retry_after: float | None) -> Verdict:
             return Verdict.failure(
                 ErrorKind.BAD_RESPONSE, None, "the 200 answer's body is not an object"
             )
-        return Verdict.success(parsed)
+        return Verdict(SUCCEED, body=parsed)
     error_type, code, message = api_error(body)
     message = message or f"HTTP {status}"
     if status == 429:

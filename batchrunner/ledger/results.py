@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, Final, Literal
 
 from sqlalchemy import Connection
@@ -27,11 +28,11 @@ Holder = Literal["run_id", "batch_id"]
 # The attempt row: who and when, then the result columns the attempts table has.
 ATTEMPT_KEYS = ("item_id", "job_id", "run_id", "number", "started_at", "ended_at", "outcome")
 ATTEMPT_RESULT_COLUMNS: Final = tuple(name for name in RESULT_COLUMNS if name in attempts_t.c)
+_attempt_result_values = attrgetter(*ATTEMPT_RESULT_COLUMNS)
 RECORD_ATTEMPT = (
     f"INSERT INTO attempts ({', '.join(ATTEMPT_KEYS + ATTEMPT_RESULT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * (len(ATTEMPT_KEYS) + len(ATTEMPT_RESULT_COLUMNS)))})"
 )
-_attempt_index = [RESULT_COLUMNS.index(name) for name in ATTEMPT_RESULT_COLUMNS]
 # The item row: its holder, state and counters, then every result column.
 ITEM_STATE_COLUMNS = ("state", "not_before", "attempts", "updated_at", "finished_at")
 
@@ -59,32 +60,30 @@ def write_outcomes(conn: Connection, outcomes: Sequence[Outcome], holder: Holder
         result.error_message, result.response = mask_answer(
             result.error_message, result.response, result.http_status
         )
-        values = result_values(result)
+        ended = time(outcome.ended_at)  # the driver's form, once: most of a row's cost
         if outcome.is_attempt:
-            attempts.append(_attempt_row(outcome, values, time))
-        items.append(_item_row(outcome, values, holder, time))
+            attempts.append(_attempt_row(outcome, ended, time))
+        items.append(_item_row(outcome, holder, ended, time))
     if attempts:
         conn.exec_driver_sql(driver_sql(conn.dialect, RECORD_ATTEMPT), attempts)
     if items:
         conn.exec_driver_sql(driver_sql(conn.dialect, RECORD_ITEM[holder]), items)
 
 
-def _attempt_row(outcome: Outcome, values: tuple[Any, ...], time: TimeToSql) -> tuple[Any, ...]:
+def _attempt_row(outcome: Outcome, ended: Any, time: TimeToSql) -> tuple[Any, ...]:
     return (
         outcome.item_id,
         outcome.job_id,
         outcome.run_id,
         outcome.number,
         time(outcome.started_at),
-        time(outcome.ended_at),
+        ended,
         outcome.attempt_outcome,
-        *[values[index] for index in _attempt_index],
+        *_attempt_result_values(outcome.result),
     )
 
 
-def _item_row(
-    outcome: Outcome, values: tuple[Any, ...], holder: Holder, time: TimeToSql
-) -> tuple[Any, ...]:
+def _item_row(outcome: Outcome, holder: Holder, ended: Any, time: TimeToSql) -> tuple[Any, ...]:
     """The item's holder (cleared when the item is given back), state, counters and result,
     then the key of the update: its id and holder.
 
@@ -98,9 +97,9 @@ def _item_row(
         state,
         time(outcome.not_before) if state == PENDING else None,
         outcome.number,
-        time(outcome.ended_at),
-        time(outcome.ended_at) if state in FINISHED_STATES else None,
-        *values,
+        ended,
+        ended if state in FINISHED_STATES else None,
+        *result_values(outcome.result),
         outcome.item_id,
         held_by,
     )

@@ -296,7 +296,7 @@ class ConcurrentRunner:
         attempt = item.attempts
         while True:
             needs = self._demand(item) if self._needs_demand else None
-            typical = self._typical_output.tokens
+            typical = self._typical_output.tokens if needs is not None else 0
             await self._throttle.acquire(
                 needs.expected(typical) if needs and self._throttle.counts_tokens else 0
             )
