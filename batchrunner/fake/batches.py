@@ -45,21 +45,25 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from batchrunner.dialects.openai import ENDPOINTS
 from batchrunner.fake import answers
+from batchrunner.fake.batch_files import (
+    ENDED,
+    USAGE_FIELDS,
+    first_model,
+    now,
+    output_line,
+    request_id,
+    token_limit_error,
+    usage_of,
+    validate_input,
+)
 from batchrunner.fake.faults import error_answer, forced_answer
 
 if TYPE_CHECKING:
     from batchrunner.fake.server import FakeServer
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
-ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
-USAGE_FIELDS = (
-    "input_tokens",
-    "cached_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,20 +193,20 @@ class FakeBatchApi:
         refusal = self._refusal(stored.content)
         if refusal is not None:
             return _refused(400, refusal)
-        lines, errors = _validate(stored.content, str(endpoint))  # outside the lock: pure
+        lines, errors = validate_input(stored.content, str(endpoint))  # outside the lock: pure
         tokens = sum(answers.prompt_of(endpoint, line["body"])[1] for line in lines)
         limit = config.batch_token_limit
         with self._lock:
             if not errors and limit is not None:
                 active = (b for b in self.batches.values() if self._is_active(b))
                 if sum(b.prompt_tokens for b in active) + tokens > limit:
-                    errors = [_token_limit_error(lines, limit)]
+                    errors = [token_limit_error(lines, limit)]
             batch = FakeBatch(
                 id=f"batch_{uuid.uuid4().hex[:24]}",
                 input_file_id=stored.id,
                 endpoint=str(endpoint),
                 metadata=payload.get("metadata"),
-                created_at=_now(),
+                created_at=now(),
                 started=time.monotonic(),
                 lines=lines,
                 prompt_tokens=0 if errors else tokens,
@@ -240,12 +244,12 @@ class FakeBatchApi:
                 return _refused(404, "No such batch.")
             if self._status(batch) in ("validating", "in_progress"):
                 batch.cancelled_at = time.monotonic()
-                batch.stamps["cancelling_at"] = _now()
+                batch.stamps["cancelling_at"] = now()
             return self._describe(batch)
 
     def _store(self, filename: str, purpose: str, content: bytes) -> StoredFile:
         """Keep a file (the lock held)."""
-        stored = StoredFile(f"file-{uuid.uuid4().hex[:24]}", filename, purpose, content, _now())
+        stored = StoredFile(f"file-{uuid.uuid4().hex[:24]}", filename, purpose, content, now())
         self.files[stored.id] = stored
         return stored
 
@@ -254,13 +258,13 @@ class FakeBatchApi:
         if len(content) > self.max_bytes:
             return (
                 f"The batch input file is larger than the {self.max_bytes} maximum for the "
-                f"{_first_model(content)} model. Please try again with a smaller batch."
+                f"{first_model(content)} model. Please try again with a smaller batch."
             )
         requests = sum(1 for raw in content.splitlines() if raw.strip())
         if requests > self.max_lines:
             return (
                 f"The batch input file has {requests} requests, more than the {self.max_lines} "
-                f"maximum for the {_first_model(content)} model. Please try again with a "
+                f"maximum for the {first_model(content)} model. Please try again with a "
                 "smaller batch."
             )
         return None
@@ -344,13 +348,13 @@ class FakeBatchApi:
                 return "cancelling"
             return self._settle(batch, "cancelled", done)
         if elapsed < validating + working:
-            batch.stamps.setdefault("in_progress_at", _now())
+            batch.stamps.setdefault("in_progress_at", now())
             done = self._done_lines(batch, elapsed)
             batch.counts["completed"] = done  # progress as the real API reports it
             return "in_progress"
         if elapsed < validating + working + finishing:
-            batch.stamps.setdefault("in_progress_at", _now())
-            batch.stamps.setdefault("finalizing_at", _now())
+            batch.stamps.setdefault("in_progress_at", now())
+            batch.stamps.setdefault("finalizing_at", now())
             return "finalizing"
         expire_after = config.batch_expire_after
         if expire_after is not None and expire_after < len(batch.lines):
@@ -374,14 +378,18 @@ class FakeBatchApi:
                 continue
             if index >= answered:
                 code = "batch_expired" if status == "expired" else "batch_cancelled"
-                failures.append(_line(custom_id, None, {"code": code, "message": _ENDED[code]}))
+                failures.append(
+                    output_line(custom_id, None, {"code": code, "message": ENDED[code]})
+                )
                 continue
             self.lines_by_id[custom_id] += 1
             status_code, body = self._answer(line)
-            response = {"status_code": status_code, "request_id": _request_id(), "body": body}
-            (outputs if status_code == 200 else failures).append(_line(custom_id, response, None))
+            response = {"status_code": status_code, "request_id": request_id(), "body": body}
+            (outputs if status_code == 200 else failures).append(
+                output_line(custom_id, response, None)
+            )
             if status_code == 200:
-                for name, tokens in _usage_of(body).items():
+                for name, tokens in usage_of(body).items():
                     batch.usage[name] += tokens
         self._random.shuffle(outputs)  # the real API keeps no input order
         self._random.shuffle(failures)
@@ -393,7 +401,7 @@ class FakeBatchApi:
             batch.output_file_id = self._store("output.jsonl", "batch_output", b"".join(outputs)).id
         if failures:
             batch.error_file_id = self._store("errors.jsonl", "batch_output", b"".join(failures)).id
-        batch.stamps[f"{status}_at"] = _now()
+        batch.stamps[f"{status}_at"] = now()
         batch.settled = status
         return status
 
@@ -449,108 +457,6 @@ _STAMPS = (
     "cancelling_at",
     "cancelled_at",
 )
-_ENDED = {
-    "batch_expired": "This request could not be executed before the completion window expired.",
-    "batch_cancelled": "This request was not executed because the batch was cancelled.",
-}
-
-
-def _validate(content: bytes, endpoint: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The input file's lines, or the validation errors the real API would list."""
-    lines: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    models: set[str] = set()
-    for number, raw in enumerate(content.splitlines(), start=1):
-        problem = None
-        try:
-            line = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            line, problem = None, "This line is not parseable as valid JSON."
-        if problem is None and not isinstance(line, dict):
-            problem = "Each line must be a JSON object."
-        elif problem is None and isinstance(line, dict):
-            body = line.get("body")
-            custom_id = line.get("custom_id")
-            if line.get("url") != endpoint or line.get("method") != "POST":
-                problem = f"The url must be {endpoint} and the method POST."
-            elif not isinstance(custom_id, str) or custom_id in seen:
-                problem = "Each custom_id must be a unique string."
-            elif not isinstance(body, dict) or not body.get("model"):
-                problem = "The body must be an object naming a model."
-            elif b"[fake:batch_invalid]" in raw:
-                problem = "This line was rejected on purpose ([fake:batch_invalid])."
-            else:
-                seen.add(custom_id)
-                models.add(str(body["model"]))
-                lines.append({**line, "raw": raw})
-        if problem is not None:
-            errors.append(_batch_error("invalid_request", problem, number))
-    if len(models) > 1:
-        errors.append(_batch_error("mixed_models", "Every line must use one model.", None))
-    return lines, errors
-
-
-def _first_model(content: bytes) -> str:
-    """The model the file's first line names (the real API quotes it in its refusals)."""
-    for raw in content.splitlines():
-        if raw.strip():
-            try:
-                line = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                break
-            body = line.get("body") if isinstance(line, dict) else None
-            if isinstance(body, dict) and isinstance(body.get("model"), str):
-                return str(body["model"])
-            break
-    return "requested"
-
-
-def _usage_of(body: dict[str, Any]) -> dict[str, int]:
-    """One answer's tokens, whichever endpoint's usage shape it has (chat, responses,
-    embeddings), under the batch usage's names."""
-    usage = body.get("usage")
-    if not isinstance(usage, dict):
-        return {}
-    prompt = usage.get("input_tokens", usage.get("prompt_tokens")) or 0
-    output = usage.get("output_tokens", usage.get("completion_tokens")) or 0
-    prompt_details = usage.get("input_tokens_details") or usage.get("prompt_tokens_details") or {}
-    output_details = (
-        usage.get("output_tokens_details") or usage.get("completion_tokens_details") or {}
-    )
-    return {
-        "input_tokens": int(prompt),
-        "cached_tokens": int(prompt_details.get("cached_tokens") or 0),
-        "output_tokens": int(output),
-        "reasoning_tokens": int(output_details.get("reasoning_tokens") or 0),
-        "total_tokens": int(usage.get("total_tokens") or prompt + output),
-    }
-
-
-def _batch_error(code: str, message: str, line: int | None) -> dict[str, Any]:
-    return {"code": code, "message": message, "param": None, "line": line}
-
-
-def _token_limit_error(lines: list[dict[str, Any]], limit: int) -> dict[str, Any]:
-    model = lines[0]["body"].get("model") if lines else "the model"
-    message = (
-        f"Enqueued token limit reached for {model} in organization org-fake. Limit: "
-        f"{limit:,} enqueued tokens. Please try submitting your batch again later."
-    )
-    return _batch_error("token_limit_exceeded", message, None)
-
-
-def _line(custom_id: str, response: dict[str, Any] | None, error: dict[str, Any] | None) -> bytes:
-    record = {"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": custom_id}
-    return orjson.dumps({**record, "response": response, "error": error}) + b"\n"
-
-
-def _request_id() -> str:
-    return f"req_{uuid.uuid4().hex}"
-
-
-def _now() -> int:
-    return int(time.time())
 
 
 def _refused(status: int, message: str) -> Refusal:

@@ -217,6 +217,8 @@ class JobSummary:
 class QueriesMixin:
     """A group of ledger queries mixed into `Ledger`, which provides the transactions."""
 
+    url: str  # the ledger's database URL, for messages
+
     def _write(self, doing: str) -> AbstractContextManager[Connection]:
         raise NotImplementedError
 

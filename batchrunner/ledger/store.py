@@ -1,4 +1,7 @@
-"""Every query the ledger answers: the only module that writes SQL.
+"""The ledger: one database URL, its transactions and what the database refuses, and the
+queries of items being worked on (claims, outcomes, reads). The queries of jobs (jobs.py), runs
+(runs.py) and Batch API batches (batches.py) are mixed in; results are written by results.py.
+Only ledger/ writes SQL.
 
 Writes are batched (Core executemany, one transaction per batch, never one commit per item) and
 each transaction is short, so a status reader or a second process never waits long.
@@ -11,7 +14,7 @@ locks the rows it picks (FOR UPDATE SKIP LOCKED) and start_run locks the job's r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, cast
@@ -22,7 +25,6 @@ from sqlalchemy import (
     Engine,
     Executable,
     func,
-    insert,
     literal,
     or_,
     select,
@@ -32,18 +34,15 @@ from sqlalchemy import (
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from batchrunner.errors import LedgerError, UsageError
-from batchrunner.items import JobItem, request_hash
+from batchrunner.errors import LedgerError
 from batchrunner.ledger.batches import BatchQueries
 from batchrunner.ledger.engine import READ_ONLY, describe, open_engine
+from batchrunner.ledger.jobs import JobQueries
 from batchrunner.ledger.models import (
-    FAILED,
     PENDING,
     RUNNING,
     attempts_t,
     items_t,
-    jobs_t,
-    runs_t,
 )
 from batchrunner.ledger.records import (
     ITEM_ROW_COLUMNS,
@@ -51,21 +50,15 @@ from batchrunner.ledger.records import (
     ClaimedItem,
     ItemRow,
     JobSummary,
-    ModelTotals,
-    RunRow,
-    driver_sql,
     item_row,
-    row_columns,
-    time_to_sql,
     utcnow,
 )
-from batchrunner.ledger.results import ATTEMPT_RESULT_COLUMNS, reuse_answers, write_outcomes
-from batchrunner.ledger.runs import RunQueries, run_is_live
+from batchrunner.ledger.results import ATTEMPT_RESULT_COLUMNS, write_outcomes
+from batchrunner.ledger.runs import RunQueries
 from batchrunner.outcome import RESULT_COLUMNS, Outcome, Result
 
 __all__ = ["ClaimedItem", "ItemRow", "JobSummary", "Ledger", "utcnow"]
 
-INSERT_CHUNK = 2000
 # What SQLite's terse reasons usually mean, and what to do.
 HINTS = {
     "database is locked": (
@@ -83,7 +76,7 @@ PAGE_SIZE = 1000
 SCHEMA_HEAD = "0005"
 
 
-class Ledger(BatchQueries, RunQueries):
+class Ledger(JobQueries, BatchQueries, RunQueries):
     """The ledger at one database URL; migrated to the latest schema when opened."""
 
     def __init__(self, url: str) -> None:
@@ -141,201 +134,6 @@ class Ledger(BatchQueries, RunQueries):
             self.engine.connect().execution_options(**{READ_ONLY: True}) as conn,
         ):
             yield conn
-
-    # -- jobs ---------------------------------------------------------------------------------
-
-    def create_job(
-        self,
-        *,
-        name: str,
-        mode: str,
-        source_path: str,
-        source_sha256: str,
-        options: dict[str, Any],
-        simulated: bool,
-        items: Iterable[JobItem],
-        reuse: bool = False,
-    ) -> int:
-        """Record a job and all its items in one transaction: all of it, or nothing. With
-        `reuse`, items whose request already succeeded in an earlier job take that answer in
-        the same transaction (see `_reuse_answers`)."""
-        now = utcnow()
-        with self._write("record the job in") as conn:
-            job_id: int = conn.execute(
-                insert(jobs_t).returning(jobs_t.c.id),
-                {
-                    "name": name,
-                    "mode": mode,
-                    "state": PENDING,
-                    "simulated": simulated,
-                    "source_path": source_path,
-                    "source_sha256": source_sha256,
-                    "item_count": 0,
-                    "options": options,
-                    "created_at": now,
-                },
-            ).scalar_one()
-            count = _insert_items(conn, job_id, items, now)
-            conn.execute(update(jobs_t).where(jobs_t.c.id == job_id).values(item_count=count))
-            if reuse:
-                reuse_answers(conn, job_id, simulated, now)
-        return job_id
-
-    def find_job(self, ref: str | int | None = None) -> int:
-        """A job id from an id, a name (the latest job of that name) or None (the latest job)."""
-        with self._read() as conn:
-            query = select(jobs_t.c.id).order_by(jobs_t.c.id.desc()).limit(1)
-            if ref is None:
-                found = conn.execute(query).scalar()
-                if found is None:
-                    raise UsageError(f"no jobs in the ledger at {describe(self.url)}")
-                return int(found)
-            if isinstance(ref, int) or ref.isdigit():
-                found = conn.execute(query.where(jobs_t.c.id == int(ref))).scalar()
-            else:
-                found = conn.execute(query.where(jobs_t.c.name == ref)).scalar()
-        if found is None:
-            raise UsageError(f"no job {ref!r} in the ledger at {describe(self.url)}")
-        return int(found)
-
-    def job_ids(self, limit: int = 50) -> list[int]:
-        with self._read() as conn:
-            rows = conn.execute(select(jobs_t.c.id).order_by(jobs_t.c.id.desc()).limit(limit))
-            return sorted(int(r[0]) for r in rows)
-
-    def job_options(self, job_id: int) -> tuple[dict[str, Any], bool]:
-        with self._read() as conn:
-            row = conn.execute(
-                select(jobs_t.c.options, jobs_t.c.simulated).where(jobs_t.c.id == job_id)
-            ).one()
-        return dict(row.options), bool(row.simulated)
-
-    def job_state(self, job_id: int) -> str:
-        """The job's recorded state, without counting its items (see `summary` for that)."""
-        with self._read() as conn:
-            return str(conn.execute(select(jobs_t.c.state).where(jobs_t.c.id == job_id)).one()[0])
-
-    def job_mode(self, job_id: int) -> str:
-        """concurrent or batch: one column of the jobs row, without counting the items."""
-        with self._read() as conn:
-            return str(conn.execute(select(jobs_t.c.mode).where(jobs_t.c.id == job_id)).one()[0])
-
-    def has_pending(self, job_id: int) -> bool:
-        """Whether any item waits to be sent: one row from the pending index, not a count."""
-        with self._read() as conn:
-            found = conn.execute(
-                select(items_t.c.id)
-                .where(
-                    items_t.c.job_id == job_id,
-                    items_t.c.state == literal(PENDING, literal_execute=True),
-                )
-                .limit(1)
-            ).first()
-        return found is not None
-
-    def jobs_from_source(self, sha256: str) -> list[tuple[int, str]]:
-        """(id, state) of the jobs recorded from a file with this content."""
-        with self._read() as conn:
-            rows = conn.execute(
-                select(jobs_t.c.id, jobs_t.c.state)
-                .where(jobs_t.c.source_sha256 == sha256)
-                .order_by(jobs_t.c.id)
-            )
-            return [(row.id, row.state) for row in rows]
-
-    def update_job_options(self, job_id: int, changes: dict[str, Any]) -> None:
-        """Merge `changes` into the job's stored options (the estimate, a raised budget)."""
-        with self._write("update the job in") as conn:
-            options = conn.execute(select(jobs_t.c.options).where(jobs_t.c.id == job_id)).one()[0]
-            merged = {**dict(options), **changes}
-            conn.execute(update(jobs_t).where(jobs_t.c.id == job_id).values(options=merged))
-
-    def summary(self, job_id: int) -> JobSummary:
-        with self._read() as conn:
-            job = conn.execute(select(jobs_t).where(jobs_t.c.id == job_id)).one()
-            summary = JobSummary(
-                id=job.id,
-                name=job.name,
-                mode=job.mode,
-                state=job.state,
-                simulated=bool(job.simulated),
-                source_path=job.source_path,
-                item_count=job.item_count,
-                options=dict(job.options),
-                created_at=job.created_at,
-                started_at=job.started_at,
-                finished_at=job.finished_at,
-            )
-            found = conn.execute(
-                select(*row_columns(runs_t, RunRow))
-                .where(runs_t.c.job_id == job_id)
-                .order_by(runs_t.c.started_at.desc())
-                .limit(1)
-            ).first()
-            run = RunRow(*found) if found is not None else None
-            since = run.started_at if run is not None else job.created_at
-            summary.run_started_at = run.started_at if run is not None else None
-            summary.live_run = run is not None and run_is_live(run, utcnow())
-            rows = conn.execute(
-                select(
-                    items_t.c.state,
-                    items_t.c.model,
-                    func.count(),
-                    func.sum(items_t.c.input_tokens),
-                    func.sum(items_t.c.cached_tokens),
-                    func.sum(items_t.c.output_tokens),
-                    func.sum(items_t.c.reasoning_tokens),
-                    func.sum(items_t.c.cost_usd),
-                    func.sum(items_t.c.attempts),
-                    func.count(items_t.c.finished_at).filter(items_t.c.finished_at >= since),
-                    func.count().filter(
-                        items_t.c.cost_usd.is_(None), items_t.c.output_tokens.is_not(None)
-                    ),
-                    func.count().filter(items_t.c.reused.is_(True)),
-                )
-                .where(items_t.c.job_id == job_id)
-                .group_by(items_t.c.state, items_t.c.model)
-            )
-            for row in rows:
-                (
-                    state,
-                    model,
-                    count,
-                    inp,
-                    cached,
-                    out,
-                    reasoning,
-                    cost,
-                    attempts,
-                    recent,
-                    unpriced,
-                    reused,
-                ) = row
-                summary.counts[state] = summary.counts.get(state, 0) + count
-                totals = summary.models.setdefault(model, ModelTotals())
-                totals.items += count
-                totals.input_tokens += inp or 0
-                totals.output_tokens += out or 0
-                totals.cost_usd += cost or 0.0
-                totals.unpriced += unpriced
-                summary.input_tokens += inp or 0
-                summary.cached_tokens += cached or 0
-                summary.output_tokens += out or 0
-                summary.reasoning_tokens += reasoning or 0
-                summary.attempts += attempts or 0
-                summary.finished_in_run += recent or 0
-                summary.reused += reused or 0
-                if cost is not None:
-                    summary.cost_usd = (summary.cost_usd or 0.0) + cost
-            kinds = conn.execute(
-                select(items_t.c.error_kind, func.count())
-                .where(items_t.c.job_id == job_id, items_t.c.state == FAILED)
-                .group_by(items_t.c.error_kind)
-            )
-            summary.failures_by_kind = {str(kind): n for kind, n in kinds}
-        if summary.state == RUNNING and not summary.live_run:
-            summary.state = "stopped"  # its process died without saying so
-        return summary
 
     # -- items --------------------------------------------------------------------------------
 
@@ -457,67 +255,6 @@ def next_not_before_query(job_id: int, now: datetime) -> Executable:
         items_t.c.state == literal(PENDING, literal_execute=True),
         items_t.c.not_before > now,
     )
-
-
-INSERT_COLUMNS = (
-    "job_id",
-    "position",
-    "custom_id",
-    "url",
-    "model",
-    "body",
-    "extra",
-    "request_hash",
-    "reused",
-    "state",
-    "attempts",
-    "created_at",
-)
-INSERT_ITEM = (
-    f"INSERT INTO items ({', '.join(INSERT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(INSERT_COLUMNS))})"
-)
-
-
-def _insert_items(conn: Connection, job_id: int, items: Iterable[JobItem], now: datetime) -> int:
-    """Insert the items in chunks through the driver's executemany with plain tuples.
-
-    SQLAlchemy's per-row parameter processing was a fifth of `submit` on large files; the
-    values that need a type's conversion (the time, the flag) are converted once here, by the
-    dialect's own processors (on SQLite the time becomes the text SQLAlchemy would store,
-    instead of going through sqlite3's deprecated datetime adapter on every row)."""
-    dialect = conn.dialect
-    sql = driver_sql(dialect, INSERT_ITEM)
-    created_at = time_to_sql(dialect)(now)
-    flag = items_t.c.reused.type.dialect_impl(dialect).bind_processor(dialect)
-    not_reused = flag(False) if flag else False
-    count = 0
-    chunk: list[tuple[Any, ...]] = []
-    for item in items:
-        chunk.append(
-            (
-                job_id,
-                item.position,
-                item.custom_id,
-                item.url,
-                item.model,
-                item.body.decode(),
-                item.extra.decode() if item.extra else None,
-                request_hash(item.url, item.body),
-                not_reused,
-                PENDING,
-                0,
-                created_at,
-            )
-        )
-        if len(chunk) >= INSERT_CHUNK:
-            conn.exec_driver_sql(sql, chunk)
-            count += len(chunk)
-            chunk = []
-    if chunk:
-        conn.exec_driver_sql(sql, chunk)
-        count += len(chunk)
-    return count
 
 
 def _refused(exc: DatabaseError) -> bool:
