@@ -8,15 +8,15 @@ The fake server's in-process twin is fake/in_process.py. Backends never import t
 """
 
 from batchrunner.backends.base import (
-    BackendError,
     BatchBackend,
     BatchProblem,
     RemoteBatch,
     Reply,
     RequestBackend,
-    ServerLimits,
     TransportFailure,
 )
+from batchrunner.dialects import ServerLimits
+from batchrunner.errors import BackendError
 
 __all__ = [
     "BackendError",

@@ -23,19 +23,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from batchrunner.dialects import ServerLimits
-from batchrunner.errors import BackendError
 from batchrunner.failures import ErrorKind
-
-__all__ = [
-    "BackendError",
-    "BatchBackend",
-    "BatchProblem",
-    "RemoteBatch",
-    "Reply",
-    "RequestBackend",
-    "ServerLimits",
-    "TransportFailure",
-]
 
 TERMINAL_BATCH_STATES = ("completed", "failed", "expired", "cancelled")
 # How far back `BatchBackend.find` looks, in list pages: the newest 2,000 batches.
