@@ -18,18 +18,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from batchrunner.commands import (
-    Progress,
-    Submitted,
-    cancel_job,
-    exit_code,
-    run,
-    run_async,
-    run_batch_job,
-    run_job,
-    run_worker,
-    submit_job,
-)
 from batchrunner.errors import (
     BackendError,
     BatchrunnerError,
@@ -40,17 +28,27 @@ from batchrunner.errors import (
     Problem,
     UsageError,
 )
-from batchrunner.failures import ErrorKind
-from batchrunner.items import JobItem
-from batchrunner.jobfile import JobDefaults, check_job_file, read_job_items
-from batchrunner.ledger import BatchRow, ItemRow, JobSummary, Ledger, WorkerStatus
-from batchrunner.outcome import Outcome, Result
-from batchrunner.runner.report import RunReport
-from batchrunner.settings import RunSettings
 
 if TYPE_CHECKING:
+    from batchrunner.commands import (
+        Progress,
+        Submitted,
+        cancel_job,
+        exit_code,
+        run,
+        run_job,
+        run_worker,
+        submit_job,
+    )
     from batchrunner.estimate import Estimate, estimate_job_file
     from batchrunner.export import write_errors, write_results, write_usage
+    from batchrunner.failures import ErrorKind
+    from batchrunner.items import JobItem
+    from batchrunner.jobfile import JobDefaults, check_job_file, read_job_items
+    from batchrunner.ledger import BatchRow, ItemRow, JobSummary, Ledger, WorkerStatus
+    from batchrunner.outcome import Outcome, Result
+    from batchrunner.runner.report import RunReport
+    from batchrunner.settings import RunSettings
 
 __all__ = [
     "BackendError",
@@ -83,8 +81,6 @@ __all__ = [
     "exit_code",
     "read_job_items",
     "run",
-    "run_async",
-    "run_batch_job",
     "run_job",
     "run_worker",
     "submit_job",
@@ -93,14 +89,36 @@ __all__ = [
     "write_usage",
 ]
 
-# Imported when first asked for: the price tables behind them are a fifth of a second of
-# start-up that most commands do not need.
+# Everything but the exceptions is imported when first asked for: `import batchrunner.errors`
+# (or any light module) must not load the ledger, SQLAlchemy and the price tables with it.
 _LAZY = {
+    "Progress": "batchrunner.commands",
+    "Submitted": "batchrunner.commands",
+    "cancel_job": "batchrunner.commands",
+    "exit_code": "batchrunner.commands",
+    "run": "batchrunner.commands",
+    "run_job": "batchrunner.commands",
+    "run_worker": "batchrunner.commands",
+    "submit_job": "batchrunner.commands",
     "Estimate": "batchrunner.estimate",
     "estimate_job_file": "batchrunner.estimate",
     "write_errors": "batchrunner.export",
     "write_results": "batchrunner.export",
     "write_usage": "batchrunner.export",
+    "ErrorKind": "batchrunner.failures",
+    "JobItem": "batchrunner.items",
+    "JobDefaults": "batchrunner.jobfile",
+    "check_job_file": "batchrunner.jobfile",
+    "read_job_items": "batchrunner.jobfile",
+    "BatchRow": "batchrunner.ledger",
+    "ItemRow": "batchrunner.ledger",
+    "JobSummary": "batchrunner.ledger",
+    "Ledger": "batchrunner.ledger",
+    "WorkerStatus": "batchrunner.ledger",
+    "Outcome": "batchrunner.outcome",
+    "Result": "batchrunner.outcome",
+    "RunReport": "batchrunner.runner.report",
+    "RunSettings": "batchrunner.settings",
 }
 
 
@@ -115,5 +133,7 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # asked once
+        return value
     raise AttributeError(f"module 'batchrunner' has no attribute {name!r}")

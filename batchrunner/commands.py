@@ -104,10 +104,10 @@ def submit_job(
     The ledger is opened only once the file is known to be good: bad input touches nothing.
     `redact` masks the prompts on their way in, so neither the ledger nor the API sees them."""
     from batchrunner.estimate import EstimateBuilder
-    from batchrunner.pricing import price_table_from
+    from batchrunner.pricing import job_price_table
 
     summary = check_job_file(path, defaults)
-    prices = price_table_from(settings.prices, "--prices") if settings.prices else None
+    prices = job_price_table(settings.prices)
     estimate = EstimateBuilder(path=path, overrides=prices)
     ledger = Ledger(ledger_url)
     existing = ledger.jobs_from_source(summary.sha256)
@@ -322,7 +322,9 @@ def _run_batches(
 
 def refresh_batches(ledger: Ledger, job_id: int) -> bool:
     """Ask the API how a batch job's submitted batches stand; False when there is nothing to
-    ask (no such batches, or a simulated job whose fake server is gone)."""
+    ask (a concurrent job, no such batches, or a simulated job whose fake server is gone)."""
+    if ledger.job_mode(job_id) != BATCH:
+        return False
     _, simulated = ledger.job_options(job_id)
     if simulated or not ledger.batches_of(job_id, (SUBMITTED,)):
         return False

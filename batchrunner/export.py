@@ -21,9 +21,12 @@ from typing import IO, Any
 
 import orjson
 
-from batchrunner.dialects.openai import batch_line, output_text
+from batchrunner.dialects import Dialect
+from batchrunner.dialects.openai import batch_line
 from batchrunner.ledger import ItemRow, Ledger
 from batchrunner.ledger.models import FAILED, SUCCEEDED
+from batchrunner.providers import provider_for
+from batchrunner.settings import RunSettings
 
 FORMATS = ("jsonl", "csv")
 RESULTS_JSONL, RESULTS_CSV, USAGE = "results/jsonl", "results/csv", "usage"
@@ -37,6 +40,7 @@ class JobFacts:
 
     mode: str
     simulated: bool
+    dialect: Dialect  # what its answers mean (their text)
 
 
 Getter = Callable[[ItemRow, JobFacts], Any]
@@ -72,7 +76,7 @@ def _error_part(part: str) -> Getter:
 
 def _text(row: ItemRow, job: JobFacts) -> str | None:
     response = orjson.loads(row.result.response) if row.result.response else None
-    return output_text(response) if isinstance(response, dict) else None
+    return job.dialect.output_text(response) if isinstance(response, dict) else None
 
 
 def _response(row: ItemRow, job: JobFacts) -> orjson.Fragment | None:
@@ -124,8 +128,9 @@ def result_record(row: ItemRow, job: JobFacts) -> dict[str, Any]:
 
 
 def _job(ledger: Ledger, job_id: int) -> JobFacts:
-    _, simulated = ledger.job_options(job_id)
-    return JobFacts(mode=ledger.job_mode(job_id), simulated=simulated)
+    options, simulated = ledger.job_options(job_id)
+    dialect = provider_for(RunSettings.from_stored(options)).dialect
+    return JobFacts(mode=ledger.job_mode(job_id), simulated=simulated, dialect=dialect)
 
 
 def write_results(ledger: Ledger, job_id: int, out: IO[bytes], fmt: str = "jsonl") -> int:
@@ -174,7 +179,8 @@ def _write_csv(
 
 
 def write_errors(ledger: Ledger, job_id: int, out: IO[bytes]) -> int:
-    """The failed items as Batch API lines, with their extra keys: a job file to run again."""
+    """The failed items as Batch API lines, with their extra keys: a job file to run again
+    (the job file format is OpenAI's Batch API line, whoever answered the job)."""
     count = 0
     for row in ledger.iter_items(job_id, states=(FAILED,)):
         out.write(batch_line(row.custom_id, row.url, row.body, row.extra))

@@ -54,7 +54,7 @@ class ErrorKind(StrEnum):
     CONNECTION = "connection"
     SERVER_ERROR = "server_error"
     BAD_RESPONSE = "bad_response"
-    NOT_RUN = "batch"
+    NOT_RUN = "batch"  # a line a batch never ran; stored as "batch" since the first ledgers
     BATCH_VALIDATION = "batch_validation"
     TOKEN_LIMIT = "token_limit"
 
@@ -124,10 +124,6 @@ class Verdict:
         retry_after: float | None = None,
     ) -> Verdict:
         return cls(action_of(kind), kind, code, message, retry_after)
-
-    @classmethod
-    def success(cls, body: dict[str, Any]) -> Verdict:
-        return cls(SUCCEED, body=body)
 
     @property
     def rule(self) -> Rule | None:

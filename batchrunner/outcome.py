@@ -5,7 +5,7 @@ one, so does an item read back from the ledger (ledger/records.py `ItemRow.resul
 writes them by these names (an item's row takes all of them, an attempt's row those the
 attempts table has), `--reuse` copies them, and export reads them. A new result column is a
 field here, a column in ledger/models.py with its migration, the line that fills it
-(runner/answers.py) and, to show it, an entry in export.py's column table.
+(runner/outcomes.py) and, to show it, an entry in export.py's column table.
 """
 
 from __future__ import annotations

@@ -231,6 +231,11 @@ def price_table_from(data: Mapping[str, Any], source: str) -> PriceTable:
     return PriceTable({str(m).lower(): _entry(source, str(m), v) for m, v in data.items()}, source)
 
 
+def job_price_table(prices: Mapping[str, Any] | None) -> PriceTable | None:
+    """A job's --prices table, as stored with its options, if it has one."""
+    return price_table_from(prices, "--prices") if prices else None
+
+
 def price_table_as_dict(table: PriceTable) -> dict[str, dict[str, float]]:
     """The table as plain data, to store with a job so that a resume prices alike."""
     return {

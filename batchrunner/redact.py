@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from batchrunner.dialects.openai import API_KEY_ENV
 from batchrunner.items import JobItem
 
 # sk-..., sk-proj-..., sk-svcacct-..., sk-ant-...: the shape of OpenAI-style secret keys.
@@ -33,7 +34,7 @@ BEARER = re.compile(r"\b(Bearer)\s+[A-Za-z0-9._~+/=\-]{8,}")  # an Authorization
 # 13 to 19 digits, optionally grouped by spaces or dashes, not inside a longer run of digits.
 CARD = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
 MIN_KNOWN_KEY = 8  # a placeholder key such as "EMPTY" (vLLM's habit) is no secret
-KEY_ENV = "OPENAI_API_KEY"
+KEY_ENV = API_KEY_ENV  # the key the provider takes: masked wherever it shows
 
 
 def _masked_key(key: str) -> str:

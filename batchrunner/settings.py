@@ -7,6 +7,8 @@ from typing import Any
 
 from yarl import URL
 
+from batchrunner.dialects.openai import BATCH_MAX_REQUESTS
+
 
 @dataclass(frozen=True)
 class RunSettings:
@@ -19,7 +21,7 @@ class RunSettings:
     max_retry_wait: float = 60.0  # a longer Retry-After defers the item instead of a worker
     base_url: str | None = None  # None: the provider's env variable, else its own API
     budget: float | None = None  # USD over the job's whole life
-    batch_max_requests: int = 50_000  # per Batch API input file
+    batch_max_requests: int = BATCH_MAX_REQUESTS  # per Batch API input file
     batch_token_limit: int | None = None  # the account's enqueued prompt tokens per model
     batch_hold_s: float = 300.0  # wait after a batch hit the token cap with nothing to wait for
     finish: str = "batch"  # what runs the leftovers of an expired batch: batch | concurrent

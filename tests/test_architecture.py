@@ -43,6 +43,7 @@ def test_the_package_keeps_every_contract() -> None:
         ("runner/batch.py", "import openai", "Runners reach providers only through"),
         ("runner/concurrent.py", "import pyreqwest", "Runners reach providers only through"),
         ("dialects/openai.py", "import sqlalchemy", "Dialects are pure"),
+        ("outcome.py", "import batchrunner.ledger", "Plain values depend on nothing"),
     ],
 )
 def test_crossing_a_layer_breaks_its_contract(

@@ -90,7 +90,7 @@ def read_lines(backend: BatchBackend, file_id: str | None, scratch: Path) -> dic
         assert raw.endswith(b"\n")  # as read from the file, newline kept
         parsed = read_batch_line(raw)
         assert parsed is not None, raw
-        seen[parsed[0]] += 1
+        seen[parsed.custom_id] += 1
     return dict(seen)
 
 
@@ -116,7 +116,7 @@ def test_a_batch_goes_from_upload_to_completed(
     }
     for raw in backend.lines(batch.output_file_id, tmp_path):
         line = read_batch_line(raw)
-        assert line is not None and line[1].kind is None and line[2] == 200
+        assert line is not None and line.verdict.kind is None and line.http_status == 200
     # Both count their calls in the fake's counters, route by route.
     expected = {"upload": 1, "create": 1, "retrieve": poller.polls, "content": 2}
     assert dict(server.batch_api.calls) == expected
@@ -168,8 +168,8 @@ def test_cancel_ends_an_in_progress_batch_with_its_unanswered_lines_never_run(
     assert (batch.completed, batch.failed) == (len(answered), len(never_run))
     for raw in backend.lines(batch.error_file_id, tmp_path):
         line = read_batch_line(raw)
-        assert line is not None and line[1].kind == ErrorKind.NOT_RUN
-        assert line[1].code == "batch_cancelled"
+        assert line is not None and line.verdict.kind == ErrorKind.NOT_RUN
+        assert line.verdict.code == "batch_cancelled"
 
 
 def test_create_over_max_lines_is_refused_and_creates_nothing(
@@ -180,7 +180,7 @@ def test_create_over_max_lines_is_refused_and_creates_nothing(
         submit(backend, tmp_path, [chat_line(i) for i in range(6)])
     assert (refused.value.kind, refused.value.status) == (ErrorKind.INVALID_REQUEST, 400)
     assert refused.value.code == "invalid_request_error"
-    assert "has 6 requests, more than the 5 maximum" in refused.value.message
+    assert refused.value.message.startswith("HTTP 400: The batch input file has 6 requests")
     assert server.batch_api.batches_created == 0 and not server.batch_api.batches
 
 

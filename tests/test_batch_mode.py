@@ -11,9 +11,9 @@ import pytest
 from batchrunner import RunReport
 from batchrunner.backends.base import RemoteBatch
 from batchrunner.backends.openai_batches import OpenAIBatches
-from batchrunner.commands import cancel_job, run_batch_job, submit_job
+from batchrunner.commands import cancel_job, exit_code, run_batch_job, submit_job
 from batchrunner.dialects import openai
-from batchrunner.fake import FakeConfig, FakeServer, InProcessBatches
+from batchrunner.fake import FakeServer
 from batchrunner.jobfile import JobDefaults
 from batchrunner.ledger import Ledger
 from batchrunner.runner.batch import BatchRunner
@@ -293,35 +293,52 @@ def test_a_retryable_line_goes_again_in_the_next_batch_up_to_max_attempts(
         ("retry", 500),
         ("succeeded", 200),
     ]
+    always = ledger.attempts_of(item_ids["item-2"])  # the last allowed attempt fails it
+    assert [a.outcome for a in always] == ["retry", "retry", "failed"]
 
 
-def test_the_batch_runner_runs_a_job_through_the_in_process_backend_alike(
+def test_a_line_on_its_last_attempt_fails_when_its_batch_is_settled(
     tmp_path: Path, db_url: str, fake: FakeServer
 ) -> None:
-    """The state machine over the second BatchBackend: the fake's Batch API called in this
-    process, on a server that was never started (no HTTP at all), gives the same ledger as
-    the SDK over HTTP does for the same file."""
-    lines = [chat_line(i) for i in range(120)]
-    lines[7] = chat_line(7, "[fake:batch_invalid]")
-    unstarted = FakeServer(FakeConfig(seed=7))
-    unstarted.config.batch_expire_after = 30
-    ledger, job = submit(tmp_path, db_url, fake, lines, batch_max_requests=50)
-    settings = RunSettings(base_url="http://127.0.0.1:9/v1", batch_max_requests=50, **FAST)
-    runner = BatchRunner(ledger, job, settings, InProcessBatches(unstarted), openai)
+    """Not one `run` later: the pass that settles the batch finishes the job (exit 1)."""
+    lines = [chat_line(0), chat_line(1, "[fake:500] always")]
+    ledger, job = submit(tmp_path, db_url, fake, lines, max_attempts=1)
+    assert run_batch_job(ledger, job, FAST, wait=False).state == "submitted"
+    deadline = time.monotonic() + 30
+    report = run_batch_job(ledger, job, FAST, wait=False)
+    while report.state == "submitted" and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        report = run_batch_job(ledger, job, FAST, wait=False)
+    assert report.state == "completed" and exit_code(ledger, report) == 1
+    assert ledger.summary(job).counts == {"succeeded": 1, "failed": 1}
+    assert fake.batch_api.batches_created == 1
+
+
+def test_a_key_refused_while_polling_stops_the_job_instead_of_warning_forever(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    fake.config.batch_in_progress_s = 5.0
+    ledger, job = submit(tmp_path, db_url, fake, [chat_line(i) for i in range(5)])
+    assert run_batch_job(ledger, job, FAST, wait=False).state == "submitted"
+    fake.config.api_key = "sk-another-key-0000000000000000"  # ours is revoked
     started = time.monotonic()
-    assert runner.run(wait=True, poll_s=POLL_S).state == "completed"
-    assert time.monotonic() - started < 60
-    fake.config.batch_expire_after = 30
-    over_http, again = submit(tmp_path, db_url, fake, lines, batch_max_requests=50)
-    assert wait_for(over_http, again).state == "completed"
-    assert [comparable_outcome(r) for r in exported(ledger, job)] == [
-        comparable_outcome(r) for r in exported(over_http, again)
-    ]
-    assert unstarted.batch_api.calls["create"] == fake.batch_api.calls["create"] > 3
-    assert set(unstarted.batch_api.lines_by_id.values()) == {1}
-    assert unstarted.total_requests == 0 and unstarted.base_url == ""
+    report = wait_for(ledger, job)
+    assert time.monotonic() - started < 10
+    assert report.state == "stopped" and (report.stop_reason or "").startswith("auth: HTTP 401")
+    assert ledger.summary(job).counts == {"running": 5}  # the batch still holds them
 
 
-def comparable_outcome(record: dict[str, Any]) -> tuple[Any, ...]:
-    error = record["error"]
-    return (record["custom_id"], record["status"], record["attempts"], error and error["kind"])
+def test_cancel_cancels_the_pending_items_even_when_the_api_refuses_a_batch(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    fake.config.batch_in_progress_s = 5.0
+    lines = [chat_line(i) for i in range(5)]  # about 15 prompt tokens each
+    ledger, job = submit(tmp_path, db_url, fake, lines, batch_max_requests=3, batch_token_limit=50)
+    assert run_batch_job(ledger, job, FAST, wait=False).state == "submitted"
+    assert ledger.summary(job).counts == {"running": 3, "pending": 2}  # 2 held by the cap
+    fake.config.api_key = "sk-another-key-0000000000000000"  # the remote cancel is refused
+    result = invoke("cancel", str(job), "--db", db_url)
+    assert result.exit_code == 3, result.stderr
+    assert "cancelled 2 pending items, but 1 remote batch(es) could not be" in result.stderr
+    assert ledger.job_state(job) == "cancelled"
+    assert ledger.summary(job).counts == {"running": 3, "cancelled": 2}

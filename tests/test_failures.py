@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from batchrunner.failures import FAIL, RETRY, RULES, STOP, ErrorKind, Verdict, action_of
+from batchrunner.failures import FAIL, RETRY, RULES, STOP, SUCCEED, ErrorKind, Verdict, action_of
 from batchrunner.ledger.models import FAILED, PENDING, SUCCEEDED
-from batchrunner.runner.answers import ATTEMPT_OUTCOMES, BATCH_STATES, CONCURRENT_STATES
+from batchrunner.runner.outcomes import BATCH_EFFECTS, CONCURRENT_EFFECTS
 
 # kind: (concurrent action, item state after it in concurrent mode, in batch mode,
 #        pauses every worker, possibly billed, an attempt)
@@ -36,18 +36,23 @@ def test_what_each_kind_means_in_each_mode(kind: ErrorKind) -> None:
     action, concurrent, batch, pauses, billed, attempt = TABLE[kind]
     rule = RULES[kind]
     assert action_of(kind) == action
-    assert CONCURRENT_STATES[action] == concurrent
+    assert CONCURRENT_EFFECTS[action].state == concurrent
     # a batch line never stops a job: a stop-the-job kind fails just that line's item
-    assert BATCH_STATES[FAIL if action == STOP else action] == batch
+    assert BATCH_EFFECTS[action].state == batch
+    if action == STOP:
+        assert (CONCURRENT_EFFECTS[action].attempt, BATCH_EFFECTS[action].attempt) == (
+            "stopped",
+            "failed",
+        )
     assert (rule.pauses_all, rule.possibly_billed, rule.is_attempt) == (pauses, billed, attempt)
     assert not (rule.retry and rule.stops_job)
 
 
 def test_a_success_succeeds_in_both_modes_and_says_so_in_its_attempt() -> None:
-    verdict = Verdict.success({"choices": []})
+    verdict = Verdict(SUCCEED, body={"choices": []})
     assert (verdict.kind, verdict.rule) == (None, None)
-    assert CONCURRENT_STATES[verdict.action] == BATCH_STATES[verdict.action] == SUCCEEDED
-    assert ATTEMPT_OUTCOMES[verdict.action] == "succeeded"
+    assert CONCURRENT_EFFECTS[verdict.action] == BATCH_EFFECTS[verdict.action]
+    assert CONCURRENT_EFFECTS[verdict.action] == (SUCCEEDED, "succeeded")
 
 
 def test_a_rate_limit_without_a_time_pauses_for_the_rules_minimum() -> None:

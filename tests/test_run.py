@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gc
 import io
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,52 @@ def test_transient_errors_are_retried_and_every_attempt_is_recorded(
     assert (
         first_dropped.result.error_kind == "connection" and first_dropped.result.http_status is None
     )
+
+
+class GatewayThenAnswer(BaseHTTPRequestHandler):
+    """A proxy whose first answer is an error page in Latin-1 (not UTF-8), then the API's."""
+
+    answered = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).answered += 1
+        if type(self).answered == 1:
+            status, body = 502, "<html>Passerelle indisponible: réessayez</html>".encode("latin-1")
+        else:
+            answer = {"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]}
+            status, body = 200, orjson.dumps({**answer, "usage": {"prompt_tokens": 3}})
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+
+def test_an_error_page_that_is_not_utf8_is_retried_like_any_5xx(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Only an answer that parsed as JSON is kept as text; a gateway's page in another
+    encoding is a server error to retry, not a crash of the run."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), GatewayThenAnswer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        path = write_jsonl(tmp_path / "job.jsonl", [chat_line(0)])
+        options = RunSettings(base_url=f"http://127.0.0.1:{server.server_port}/v1")
+        ledger, submitted = submit_job(db_url, str(path), defaults=JobDefaults(), settings=options)
+        assert run(ledger, submitted.job_id).state == "completed"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    (record,) = exported(ledger, submitted.job_id)
+    assert (record["status"], record["attempts"]) == ("succeeded", 2)
+    item_id = next(ledger.iter_items(submitted.job_id)).id
+    first, _ = ledger.attempts_of(item_id)
+    assert (first.outcome, first.result.http_status) == ("retry", 502)
+    assert first.result.error_kind == "server_error"
 
 
 def test_fatal_errors_fail_the_item_after_one_request(

@@ -15,8 +15,10 @@ from click.testing import CliRunner
 
 from batchrunner.cli import cli
 from batchrunner.fake import FakeServer
+from batchrunner.ledger import Ledger
 from batchrunner.redact import mask_secrets
 from tests.conftest import TEST_KEY, chat_line, write_jsonl
+from tests.test_ledger import new_job
 
 REPO = Path(__file__).resolve().parent.parent
 MASKED_KEY = "sk-***" + TEST_KEY[-4:]
@@ -172,3 +174,17 @@ def test_the_configured_key_is_masked_whatever_its_shape(monkeypatch: pytest.Mon
     assert mask_secrets("got vllm-token-42-xyz from you") == ("got ***-xyz from you", 1)
     monkeypatch.setenv("OPENAI_API_KEY", "EMPTY")  # a placeholder, not a secret
     assert mask_secrets("EMPTY response") == ("EMPTY response", 0)
+
+
+def test_a_key_in_a_failed_batchs_errors_is_masked_before_it_is_stored(db_url: str) -> None:
+    """Each message is masked on its own, before the errors become JSON (where a newline in
+    front of the key would be escaped into a letter and hide it from the pattern)."""
+    ledger = Ledger(db_url)
+    job = new_job(ledger, 2)
+    batch_id, _ = ledger.open_batch(job, "token", "/v1/chat/completions", "m1", [1, 2], 10)
+    ledger.record_batch_errors(batch_id, [("invalid_request", f"bad line:\n{TEST_KEY}", 2)])
+    (batch,) = ledger.batches_of(job)
+    assert batch.errors is not None and SECRET_PART not in batch.errors
+    assert orjson.loads(batch.errors) == [
+        {"code": "invalid_request", "message": f"bad line:\n{MASKED_KEY}", "line": 2}
+    ]

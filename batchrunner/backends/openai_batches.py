@@ -32,10 +32,12 @@ def _translated() -> Iterator[None]:
     try:
         yield
     except openai.APIStatusError as exc:
-        error = {"type": exc.type, "code": exc.code, "message": exc.message}
+        # The SDK's body is the answer's "error" object (its message: "Error code: 400 - ...")
+        error = exc.body if isinstance(exc.body, dict) else {"message": exc.message}
         verdict = judge_reply(exc.status_code, orjson.dumps({"error": error}), None)
         kind = verdict.kind or ErrorKind.BAD_RESPONSE  # a "status error" with status 200
-        raise BackendError(kind, exc.message, verdict.code, exc.status_code) from None
+        message = f"HTTP {exc.status_code}: {verdict.message or exc.message}"
+        raise BackendError(kind, message, verdict.code, exc.status_code) from None
     except openai.APITimeoutError as exc:  # before its base class, APIConnectionError
         raise BackendError(ErrorKind.TIMEOUT, exc.message) from None
     except openai.APIConnectionError as exc:

@@ -27,11 +27,20 @@ class ServerLimits:
         return self == ServerLimits()
 
 
+@dataclass(frozen=True, slots=True)
+class BatchLine:
+    """One line of a batch's output or error file, judged like the same answer online."""
+
+    custom_id: str
+    verdict: Verdict
+    http_status: int | None  # None: the batch never ran the line
+    body: str | None  # the answer's body as JSON text
+
+
 class Dialect(Protocol):
     """What the runners ask of a provider's wire format."""
 
     NAME: str
-    BATCH_MAX_REQUESTS: int
     BATCH_MAX_BYTES: int
 
     def judge_reply(self, status: int, body: bytes, retry_after: float | None) -> Verdict: ...
@@ -40,12 +49,14 @@ class Dialect(Protocol):
 
     def read_finish_reason(self, body: dict[str, Any]) -> str | None: ...
 
+    def output_text(self, response: dict[str, Any]) -> str | None: ...
+
     def batch_line(
         self, custom_id: str, url: str, body: str, extra: str | None = None
     ) -> bytes: ...
 
     def batch_line_size(self, custom_id: str, url: str, body: str) -> int: ...
 
-    def read_batch_line(self, raw: bytes) -> tuple[str, Verdict, int | None, str | None] | None: ...
+    def read_batch_line(self, raw: bytes) -> BatchLine | None: ...
 
     def batch_problem_kind(self, code: str | None) -> ErrorKind: ...

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from batchrunner.dialects import ServerLimits
+from batchrunner.dialects import BatchLine, ServerLimits
 from batchrunner.errors import describe_value
 from batchrunner.failures import SUCCEED, ErrorKind, Verdict
 from batchrunner.usage import Usage
@@ -310,9 +310,8 @@ def batch_line_size(custom_id: str, url: str, body: str) -> int:
     return len(body.encode()) + len(custom_id.encode()) + len(url) + BATCH_LINE_OVERHEAD
 
 
-def read_batch_line(raw: bytes) -> tuple[str, Verdict, int | None, str | None] | None:
-    """One line of an output or error file: (custom_id, verdict, HTTP status, body as text),
-    or None when it is not a line the API writes.
+def read_batch_line(raw: bytes) -> BatchLine | None:
+    """One line of an output or error file, or None when it is not a line the API writes.
 
     | line                                       | verdict                                 |
     |--------------------------------------------|-----------------------------------------|
@@ -331,7 +330,8 @@ def read_batch_line(raw: bytes) -> tuple[str, Verdict, int | None, str | None] |
     if isinstance(response, dict) and isinstance(response.get("status_code"), int):
         status = response["status_code"]
         body_text = orjson.dumps(response.get("body")).decode()
-        return custom_id, judge_reply(status, body_text.encode(), None), status, body_text
+        verdict = judge_reply(status, body_text.encode(), None)
+        return BatchLine(custom_id, verdict, status, body_text)
     error = line.get("error")
     if isinstance(error, dict):
         code = error.get("code")
@@ -341,7 +341,7 @@ def read_batch_line(raw: bytes) -> tuple[str, Verdict, int | None, str | None] |
             str(code) if code is not None else None,
             message if isinstance(message, str) else None,
         )
-        return custom_id, verdict, None, None
+        return BatchLine(custom_id, verdict, None, None)
     return None
 
 

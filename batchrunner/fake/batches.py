@@ -39,6 +39,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,7 @@ class Refusal:
 
 
 Answer = dict[str, Any] | Refusal  # what a core method gives: the API's JSON, or a refusal
+Route = Callable[[web.Request], Awaitable[web.Response]]
 
 
 @dataclass
@@ -144,14 +146,27 @@ class FakeBatchApi:
             self.total_calls += 1
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/v1/files", self._upload)
-        app.router.add_get("/v1/files/{file_id}", self._file)
-        app.router.add_get("/v1/files/{file_id}/content", self._file_content)
-        app.router.add_delete("/v1/files/{file_id}", self._delete_file)
-        app.router.add_post("/v1/batches", self._create)
-        app.router.add_get("/v1/batches", self._list)
-        app.router.add_get("/v1/batches/{batch_id}", self._retrieve)
-        app.router.add_post("/v1/batches/{batch_id}/cancel", self._cancel)
+        keyed = self._keyed
+        app.router.add_post("/v1/files", keyed(self._upload))
+        app.router.add_get("/v1/files/{file_id}", keyed(self._file))
+        app.router.add_get("/v1/files/{file_id}/content", keyed(self._file_content))
+        app.router.add_delete("/v1/files/{file_id}", keyed(self._delete_file))
+        app.router.add_post("/v1/batches", keyed(self._create))
+        app.router.add_get("/v1/batches", keyed(self._list))
+        app.router.add_get("/v1/batches/{batch_id}", keyed(self._retrieve))
+        app.router.add_post("/v1/batches/{batch_id}/cancel", keyed(self._cancel))
+
+    def _keyed(self, route: Route) -> Route:
+        """The route, refusing another key than `FakeConfig.api_key` (when set) with a 401, as
+        the online routes do."""
+
+        async def checked(request: web.Request) -> web.Response:
+            key = self.server.config.api_key
+            if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
+                return _response(Refusal(401, error_answer("401").body))
+            return await route(request)
+
+        return checked
 
     # -- the core: plain values in and out, callable from any thread ----------------------------
 

@@ -91,7 +91,7 @@ def _backend_error(refusal: Refusal) -> BackendError:
     body = refusal.body if isinstance(refusal.body, bytes) else orjson.dumps(refusal.body)
     verdict = judge_reply(refusal.status, body, None)
     kind = verdict.kind or ErrorKind.BAD_RESPONSE  # a refusal with status 200
-    message = verdict.message or f"HTTP {refusal.status}"
+    message = f"HTTP {refusal.status}: {verdict.message}"
     return BackendError(kind, message, verdict.code, refusal.status)
 
 

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 from urllib.parse import unquote
@@ -39,9 +39,6 @@ from batchrunner.fake.faults import (
     forced_answer,
     rate_limited,
 )
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-BATCH_ROUTES = ("/v1/files", "/v1/batches")
 
 
 @dataclass
@@ -95,7 +92,7 @@ class FakeServer:
         self.first_request_at = self.last_request_at = None
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._batch_key])
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._answer)
         app.router.add_post("/v1/responses", self._answer)
         app.router.add_post("/v1/embeddings", self._answer)
@@ -125,15 +122,6 @@ class FakeServer:
             self._runner = None
 
     # -- the API -------------------------------------------------------------------------------
-
-    @web.middleware
-    async def _batch_key(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """The Files and Batch API take `api_key` like the online routes (`_answer`) do."""
-        key = self.config.api_key
-        refused = key is not None and request.headers.get("Authorization") != f"Bearer {key}"
-        if refused and request.path.startswith(BATCH_ROUTES):
-            return self._error(request, error_answer("401"))
-        return await handler(request)
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()

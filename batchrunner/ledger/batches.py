@@ -8,7 +8,8 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -16,14 +17,14 @@ from sqlalchemy import func, insert, select, update
 
 from batchrunner.ledger.models import (
     CANCELLED,
+    FAILED,
     PENDING,
     RUNNING,
     batches_t,
     items_t,
-    jobs_t,
 )
 from batchrunner.ledger.records import BatchRow, PackedItem, QueriesMixin, row_columns, utcnow
-from batchrunner.ledger.results import write_outcomes
+from batchrunner.ledger.results import mask_outcomes, write_outcomes
 from batchrunner.outcome import Outcome
 from batchrunner.redact import mask
 
@@ -84,11 +85,47 @@ class BatchQueries(QueriesMixin):
             )
         return int(batch_id), assigned
 
-    def update_batch(self, batch_id: int, **values: Any) -> None:
-        """Record what is known of a batch (its remote ids, status, counts, usage, errors);
-        the API's error messages are masked like every answer's."""
-        if values.get("errors"):
-            values["errors"] = mask(values["errors"])
+    def update_batch(
+        self,
+        batch_id: int,
+        *,
+        state: str | None = None,
+        input_file_id: str | None = None,
+        remote_id: str | None = None,
+        remote_status: str | None = None,
+        completed: int | None = None,
+        failed: int | None = None,
+        output_file_id: str | None = None,
+        error_file_id: str | None = None,
+        usage: str | None = None,
+    ) -> None:
+        """Record what became known of a batch; what is None stays as it was."""
+        given = {
+            "state": state,
+            "input_file_id": input_file_id,
+            "remote_id": remote_id,
+            "remote_status": remote_status,
+            "completed": completed,
+            "failed": failed,
+            "output_file_id": output_file_id,
+            "error_file_id": error_file_id,
+            "usage": usage,
+        }
+        values = {name: value for name, value in given.items() if value is not None}
+        self._update_batch(batch_id, values)
+
+    def record_batch_errors(
+        self, batch_id: int, problems: Iterable[tuple[str | None, str | None, int | None]]
+    ) -> None:
+        """A failed batch's errors.data, as (code, message, line): each message masked like
+        every answer's before it is stored as JSON."""
+        errors = [
+            {"code": code, "message": mask(message or ""), "line": line}
+            for code, message, line in problems
+        ]
+        self._update_batch(batch_id, {"errors": json.dumps(errors)})
+
+    def _update_batch(self, batch_id: int, values: dict[str, Any]) -> None:
         with self._write("update a batch in") as conn:
             conn.execute(
                 update(batches_t)
@@ -134,13 +171,17 @@ class BatchQueries(QueriesMixin):
             yield from rows
             after = rows[-1].position
 
-    def settle_batch_lines(self, job_id: int, batch_id: int, lines: Sequence[Outcome]) -> int:
+    def settle_batch_lines(
+        self, job_id: int, batch_id: int, lines: Sequence[Outcome], max_attempts: int
+    ) -> int:
         """Write the outcomes of a batch's output lines, which name their items by custom_id:
         one attempt row for each line that ran, and the item's new state. Lines for items no
-        longer in this batch are skipped, a repeated line counts once. Returns how many items
-        changed."""
+        longer in this batch are skipped, a repeated line counts once. A line that would go
+        again after the item's last allowed attempt fails it instead (as `fail_exhausted`
+        does, and concurrent mode's final verdict). Returns how many items changed."""
         if not lines:
             return 0
+        mask_outcomes(lines)
         with self._write("record batch results in") as conn:
             held = {
                 row.custom_id: (row.id, row.attempts)
@@ -159,7 +200,10 @@ class BatchQueries(QueriesMixin):
                 if item is not None:
                     item_id, previous = item
                     number = previous + 1 if line.is_attempt else previous
-                    found.append(replace(line, item_id=item_id, number=number))
+                    line = replace(line, item_id=item_id, number=number)
+                    if line.state == PENDING and line.is_attempt and number >= max_attempts:
+                        line = replace(line, state=FAILED, attempt_outcome="failed")
+                    found.append(line)
             write_outcomes(conn, found, "batch_id")
         return len(found)
 
@@ -182,19 +226,3 @@ class BatchQueries(QueriesMixin):
                 .values(state=state, updated_at=now, finished_at=now)
             )
         return int(released)
-
-    def update_job_state(self, job_id: int, state: str) -> None:
-        with self._write("update the job in") as conn:
-            conn.execute(update(jobs_t).where(jobs_t.c.id == job_id).values(state=state))
-
-    def cancel_pending(self, job_id: int) -> int:
-        """Cancel the job's items that nothing is working on; finished ones stay."""
-        now = utcnow()
-        with self._write("cancel items in") as conn:
-            return int(
-                conn.execute(
-                    update(items_t)
-                    .where(items_t.c.job_id == job_id, items_t.c.state == PENDING)
-                    .values(state=CANCELLED, updated_at=now, finished_at=now)
-                ).rowcount
-            )

@@ -12,7 +12,15 @@ from sqlalchemy import Connection, func, insert, literal, select, update
 from batchrunner.errors import UsageError
 from batchrunner.items import JobItem, request_hash
 from batchrunner.ledger.engine import describe
-from batchrunner.ledger.models import FAILED, PENDING, RUNNING, items_t, jobs_t, runs_t
+from batchrunner.ledger.models import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    items_t,
+    jobs_t,
+    runs_t,
+)
 from batchrunner.ledger.records import (
     JobSummary,
     ModelTotals,
@@ -137,6 +145,22 @@ class JobQueries(QueriesMixin):
             options = conn.execute(select(jobs_t.c.options).where(jobs_t.c.id == job_id)).one()[0]
             merged = {**dict(options), **changes}
             conn.execute(update(jobs_t).where(jobs_t.c.id == job_id).values(options=merged))
+
+    def update_job_state(self, job_id: int, state: str) -> None:
+        with self._write("update the job in") as conn:
+            conn.execute(update(jobs_t).where(jobs_t.c.id == job_id).values(state=state))
+
+    def cancel_pending(self, job_id: int) -> int:
+        """Cancel the job's items that nothing is working on; finished ones stay."""
+        now = utcnow()
+        with self._write("cancel items in") as conn:
+            return int(
+                conn.execute(
+                    update(items_t)
+                    .where(items_t.c.job_id == job_id, items_t.c.state == PENDING)
+                    .values(state=CANCELLED, updated_at=now, finished_at=now)
+                ).rowcount
+            )
 
     def summary(self, job_id: int) -> JobSummary:
         with self._read() as conn:

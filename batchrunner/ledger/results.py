@@ -47,19 +47,24 @@ RECORD_ITEM = {holder: _record_item(holder) for holder in ("run_id", "batch_id")
 GIVEN_BACK = (PENDING, CANCELLED)  # states in which an item leaves its holder
 
 
-def write_outcomes(conn: Connection, outcomes: Sequence[Outcome], holder: Holder) -> None:
-    """Write a batch of outcomes whose items are known (`item_id`, `number`): an attempt row
-    for each that was an attempt, and each item's new state where `holder` still holds it.
-
-    Every result passes here, whatever mode produced it, so this is where keys echoed by a
-    server (in an error message or a non-200 body) are masked before they are stored."""
-    time = time_to_sql(conn.dialect)
-    attempts, items = [], []
+def mask_outcomes(outcomes: Sequence[Outcome]) -> None:
+    """Every result passes here before it is written, whatever mode produced it (and before the
+    write transaction begins: it is CPU work), so this is where keys echoed by a server, in an
+    error message or a non-200 body, are masked before they are stored."""
     for outcome in outcomes:
         result = outcome.result
         result.error_message, result.response = mask_answer(
             result.error_message, result.response, result.http_status
         )
+
+
+def write_outcomes(conn: Connection, outcomes: Sequence[Outcome], holder: Holder) -> None:
+    """Write a batch of masked outcomes whose items are known (`item_id`, `number`): an
+    attempt row for each that was an attempt, and each item's new state where `holder` still
+    holds it."""
+    time = time_to_sql(conn.dialect)
+    attempts, items = [], []
+    for outcome in outcomes:
         ended = time(outcome.ended_at)  # the driver's form, once: most of a row's cost
         if outcome.is_attempt:
             attempts.append(_attempt_row(outcome, ended, time))

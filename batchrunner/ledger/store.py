@@ -53,7 +53,12 @@ from batchrunner.ledger.records import (
     item_row,
     utcnow,
 )
-from batchrunner.ledger.results import ATTEMPT_RESULT_COLUMNS, write_outcomes
+from batchrunner.ledger.results import (
+    ATTEMPT_KEYS,
+    ATTEMPT_RESULT_COLUMNS,
+    mask_outcomes,
+    write_outcomes,
+)
 from batchrunner.ledger.runs import RunQueries
 from batchrunner.outcome import RESULT_COLUMNS, Outcome, Result
 
@@ -159,6 +164,7 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
         and the items (where this run still holds them)."""
         if not outcomes:
             return
+        mask_outcomes(outcomes)
         with self._write("record results in") as conn:
             write_outcomes(conn, outcomes, "run_id")
 
@@ -183,7 +189,7 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
             after = rows[-1].position
 
     def attempts_of(self, item_id: int) -> list[AttemptRow]:
-        keys = ("id", "item_id", "job_id", "run_id", "number", "started_at", "ended_at", "outcome")
+        keys = ("id", *ATTEMPT_KEYS)
         with self._read() as conn:
             rows = conn.execute(
                 select(*(attempts_t.c[name] for name in (*keys, *ATTEMPT_RESULT_COLUMNS)))

@@ -13,13 +13,12 @@ in its metadata before a new one is created.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -28,13 +27,13 @@ from batchrunner.backends.base import BatchBackend, BatchProblem, RemoteBatch
 from batchrunner.demand import token_demand
 from batchrunner.dialects import Dialect
 from batchrunner.errors import BackendError
-from batchrunner.failures import FAIL, RULES, STOP, ErrorKind, Verdict
+from batchrunner.failures import RULES, ErrorKind, Verdict
 from batchrunner.ledger import BatchRow, Ledger
 from batchrunner.ledger.batches import ABANDONED, PACKING, SETTLED, SUBMITTED, UPLOADED
 from batchrunner.ledger.models import CANCELLED, FAILED, PENDING, SUCCEEDED
 from batchrunner.ledger.records import utcnow
 from batchrunner.outcome import Outcome
-from batchrunner.runner.answers import ATTEMPT_OUTCOMES, BATCH_STATES, AnswerReader, price_table
+from batchrunner.pricing import job_price_table
 from batchrunner.runner.batch_plan import (
     Candidate,
     PlanLimits,
@@ -43,6 +42,7 @@ from batchrunner.runner.batch_plan import (
     within_token_cap,
 )
 from batchrunner.runner.budget import Budget
+from batchrunner.runner.outcomes import BATCH_EFFECTS, AnswerReader
 from batchrunner.runner.report import RunReport
 from batchrunner.settings import RunSettings
 
@@ -79,11 +79,11 @@ class BatchRunner:
         self._dialect = dialect
         self._on_progress = on_progress
         self._limits = PlanLimits(
-            max_requests=min(settings.batch_max_requests, dialect.BATCH_MAX_REQUESTS),
+            max_requests=settings.batch_max_requests,  # the dialect's limit, unless told
             max_bytes=dialect.BATCH_MAX_BYTES,
             max_tokens=settings.batch_token_limit,
         )
-        self._prices = price_table(settings.prices)
+        self._prices = job_price_table(settings.prices)
         self._answers = AnswerReader(dialect, self._prices, batch=True)
         self._held_until: dict[str, float] = {}  # model -> monotonic time (token cap reached)
         self._stop_reason: str | None = None
@@ -125,22 +125,41 @@ class BatchRunner:
         return RunReport(self._job_id, state, self._stop_reason)
 
     def cancel(self) -> int:
-        """Cancel the remote batches and the pending items; what finished stays."""
+        """Cancel the remote batches and the pending items; what finished stays. A batch the
+        API would not cancel does not keep the others or the pending items from it: the
+        refusals are raised together at the end (the job stays cancelled; cancel again)."""
         self._cancelled = True
         self._ledger.update_job_state(self._job_id, CANCELLED)
+        refused: list[BackendError] = []
         for batch in self._ledger.batches_of(self._job_id):
-            remote_id = batch.remote_id
-            if remote_id is None and batch.state == UPLOADED:
-                found = self._backend.find(BATCH_KEY, batch.token)  # created before a kill?
-                if found is not None:
-                    self._record_created(batch.id, found)
-                    remote_id = found.id
-            if remote_id:
-                remote = self._backend.cancel(remote_id)
-                self._ledger.update_batch(batch.id, remote_status=remote.status)
-            else:  # never created: nothing remote to wait for
-                self._ledger.release_batch(batch.id, ABANDONED, leftover=CANCELLED)
-        return self._ledger.cancel_pending(self._job_id)
+            try:
+                self._cancel_remote(batch)
+            except BackendError as exc:
+                refused.append(exc)
+        count = self._ledger.cancel_pending(self._job_id)
+        if refused:
+            first = refused[0]
+            raise BackendError(
+                first.kind,
+                f"cancelled {count:,} pending items, but {len(refused)} remote batch(es) "
+                f"could not be cancelled: {first.message}",
+                first.code,
+                first.status,
+            )
+        return count
+
+    def _cancel_remote(self, batch: BatchRow) -> None:
+        remote_id = batch.remote_id
+        if remote_id is None and batch.state == UPLOADED:
+            found = self._backend.find(BATCH_KEY, batch.token)  # created before a kill?
+            if found is not None:
+                self._record_created(batch.id, found)
+                remote_id = found.id
+        if remote_id:
+            remote = self._backend.cancel(remote_id)
+            self._ledger.update_batch(batch.id, remote_status=remote.status)
+        else:  # never created: nothing remote to wait for
+            self._ledger.release_batch(batch.id, ABANDONED, leftover=CANCELLED)
 
     # -- packing and submitting ------------------------------------------------------------------
 
@@ -246,14 +265,21 @@ class BatchRunner:
         batch up (refused for good: too many lines, too big; its items go back to pending and
         the job stops, since every later batch would be refused alike), or try again on the
         next pass."""
-        rule = RULES[exc.kind]
-        if rule.stops_job:
-            self._stop_reason = f"{exc.kind}: {exc.message}"
-        elif not rule.retry:
+        if self._stops(exc):
+            return
+        if not RULES[exc.kind].retry:
             self._ledger.release_batch(batch_id, ABANDONED)
             self._stop_reason = f"batch refused by the API: {exc.message}"
         else:
             EVENTS.warning("batch %s not submitted yet (will retry): %s", batch_id, exc.message)
+
+    def _stops(self, exc: BackendError) -> bool:
+        """Whether a failed call stops the job (the rule table's word): every later call
+        would fail alike (a bad key, no quota)."""
+        if RULES[exc.kind].stops_job:
+            self._stop_reason = f"{exc.kind}: {exc.message}"
+            return True
+        return False
 
     def _record_created(self, batch_id: int, remote: RemoteBatch) -> None:
         self._ledger.update_batch(
@@ -294,6 +320,8 @@ class BatchRunner:
             try:
                 remote = self._backend.retrieve(batch.remote_id)
             except BackendError as exc:
+                if self._stops(exc):
+                    return changed
                 EVENTS.warning("could not poll batch %s: %s", batch.remote_id, exc.message)
                 continue
             progress.states[remote.status] = progress.states.get(remote.status, 0) + 1
@@ -312,7 +340,13 @@ class BatchRunner:
                     error_file_id=remote.error_file_id,
                 )
             if remote.terminal:
-                self._settle(batch, remote)
+                try:
+                    self._settle(batch, remote)
+                except BackendError as exc:  # its files could not be read: the next poll goes on
+                    if self._stops(exc):
+                        return changed
+                    EVENTS.warning("batch %s not settled yet: %s", batch.remote_id, exc.message)
+                    continue
                 changed = True
             else:
                 progress.in_flight_done += remote.completed + remote.failed
@@ -349,12 +383,18 @@ class BatchRunner:
             line = self._dialect.read_batch_line(raw)
             if line is None:
                 continue
-            custom_id, verdict, status, body = line
-            chunk.append(self._outcome(batch, custom_id, verdict, status, body, leftover))
+            chunk.append(
+                self._outcome(
+                    batch, line.custom_id, line.verdict, line.http_status, line.body, leftover
+                )
+            )
             if len(chunk) >= SETTLE_CHUNK:
-                self._ledger.settle_batch_lines(self._job_id, batch.id, chunk)
+                self._settle_lines(batch, chunk)
                 chunk = []
-        self._ledger.settle_batch_lines(self._job_id, batch.id, chunk)
+        self._settle_lines(batch, chunk)
+
+    def _settle_lines(self, batch: BatchRow, lines: list[Outcome]) -> None:
+        self._ledger.settle_batch_lines(self._job_id, batch.id, lines, self._settings.max_attempts)
 
     def _outcome(
         self,
@@ -367,15 +407,14 @@ class BatchRunner:
     ) -> Outcome:
         """A line's outcome. A retryable line's item goes back to `leftover` (pending for the
         next batch, or cancelled with its job); one line never stops a job, it fails."""
-        action = FAIL if verdict.action == STOP else verdict.action
-        state = BATCH_STATES[action]
+        effect = BATCH_EFFECTS[verdict.action]
         rule = verdict.rule
         now = utcnow()
         outcome = Outcome(
             job_id=self._job_id,
             custom_id=custom_id,
-            state=leftover if state == PENDING else state,
-            attempt_outcome=ATTEMPT_OUTCOMES[action],
+            state=leftover if effect.state == PENDING else effect.state,
+            attempt_outcome=effect.attempt,
             started_at=now,
             ended_at=now,
             batch_id=batch.id,
@@ -389,8 +428,7 @@ class BatchRunner:
         self, batch: BatchRow, problems: tuple[BatchProblem, ...], leftover: str
     ) -> None:
         """A batch the API refused: wait out a token cap, or fail the lines it names."""
-        errors = json.dumps([asdict(problem) for problem in problems])
-        self._ledger.update_batch(batch.id, errors=errors)
+        self._ledger.record_batch_errors(batch.id, [(p.code, p.message, p.line) for p in problems])
         kinds = [self._dialect.batch_problem_kind(p.code) for p in problems]
         if any(RULES[kind].retry for kind in kinds):  # the enqueued-token cap: wait, resubmit
             self._held_until[batch.model] = time.monotonic() + self._settings.batch_hold_s
@@ -408,5 +446,5 @@ class BatchRunner:
                 failed.append(self._outcome(batch, row.custom_id, verdict, None, None, leftover))
         for start in range(0, len(failed), SETTLE_CHUNK):
             chunk = failed[start : start + SETTLE_CHUNK]
-            self._ledger.settle_batch_lines(self._job_id, batch.id, chunk)
+            self._settle_lines(batch, chunk)
         self._ledger.release_batch(batch.id, SETTLED, leftover=leftover)

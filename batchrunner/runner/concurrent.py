@@ -25,20 +25,16 @@ from batchrunner.backends.base import Reply, RequestBackend, TransportFailure
 from batchrunner.demand import TokenDemand, TypicalOutput, token_demand
 from batchrunner.dialects import Dialect, ServerLimits
 from batchrunner.errors import BatchrunnerError
-from batchrunner.failures import RETRY, STOP, Verdict, backoff_delay, final_verdict
+from batchrunner.failures import RETRY, STOP, SUCCEED, Verdict, backoff_delay, final_verdict
 from batchrunner.ledger import ClaimedItem, Ledger
 from batchrunner.ledger.models import PENDING
 from batchrunner.ledger.records import utcnow
 from batchrunner.logs import ATTEMPTS, EVENTS, log_attempt
 from batchrunner.outcome import Outcome
-from batchrunner.runner.answers import (
-    ATTEMPT_OUTCOMES,
-    CONCURRENT_STATES,
-    AnswerReader,
-    price_table,
-)
+from batchrunner.pricing import job_price_table
 from batchrunner.runner.budget import Budget, Reservation
 from batchrunner.runner.limits import Throttle
+from batchrunner.runner.outcomes import CONCURRENT_EFFECTS, AnswerReader
 from batchrunner.runner.report import RunReport
 from batchrunner.runner.writer import LedgerWriter
 from batchrunner.settings import RunSettings
@@ -74,7 +70,7 @@ class ConcurrentRunner:
         self._backend = backend
         self._dialect = dialect
         self._throttle = Throttle(settings.rpm, settings.tpm)
-        self._prices = price_table(settings.prices)
+        self._prices = job_price_table(settings.prices)
         self._answers = AnswerReader(dialect, self._prices, batch=False)
         self._budget: Budget | None = None
         self._typical_output = TypicalOutput()
@@ -382,8 +378,7 @@ class ConcurrentRunner:
         verdict = self._dialect.judge_reply(answer.status, answer.body, answer.retry_after)
         rule = verdict.rule
         if rule is not None and rule.pauses_all:
-            wait = verdict.retry_after if verdict.retry_after is not None else rule.min_wait_s
-            self._throttle.rate_limited(wait)
+            self._throttle.rate_limited(verdict.retry_after)  # the rule's minimum when None
         return verdict
 
     def _outcome(
@@ -395,11 +390,12 @@ class ConcurrentRunner:
         verdict: Verdict,
     ) -> Outcome:
         reply = answer if isinstance(answer, Reply) else None
+        effect = CONCURRENT_EFFECTS[verdict.action]
         outcome = Outcome(
             job_id=self._job_id,
             custom_id=item.custom_id,
-            state=CONCURRENT_STATES[verdict.action],
-            attempt_outcome=ATTEMPT_OUTCOMES[verdict.action],
+            state=effect.state,
+            attempt_outcome=effect.attempt,
             started_at=started,
             ended_at=utcnow(),
             run_id=self._run_id,
@@ -409,7 +405,9 @@ class ConcurrentRunner:
         result = outcome.result
         result.http_status = reply.status if reply else None
         result.latency_ms = round(answer.latency_ms, 2)
-        response = reply.body.decode() if reply else None
+        # Only a success keeps its body, and only a body that parsed as JSON is certain to be
+        # text: a gateway's error page may be in any encoding.
+        response = reply.body.decode() if reply and verdict.action == SUCCEED else None
         self._answers.fill(result, verdict, item.model, response)
         return outcome
 

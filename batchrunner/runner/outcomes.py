@@ -9,41 +9,37 @@ batch, and one line never stops a job (the rest of the batch was answered).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, NamedTuple
 
 from batchrunner.dialects import Dialect
 from batchrunner.failures import FAIL, RETRY, STOP, SUCCEED, Action, Verdict
 from batchrunner.ledger.models import FAILED, PENDING, SUCCEEDED
 from batchrunner.outcome import Result
-from batchrunner.pricing import PriceTable, price_item, price_table_from
+from batchrunner.pricing import PriceTable, price_item
 from batchrunner.usage import Usage
 
-# What an attempt row says of each action.
-ATTEMPT_OUTCOMES: Final[dict[Action, str]] = {
-    SUCCEED: "succeeded",
-    RETRY: "retry",
-    FAIL: "failed",
-    STOP: "stopped",
-}
-# The item's next state in concurrent mode: None is "this run tries it again".
-CONCURRENT_STATES: Final[dict[Action, str | None]] = {
-    SUCCEED: SUCCEEDED,
-    RETRY: None,
-    FAIL: FAILED,
-    STOP: PENDING,  # the job stops; the item waits for `run`
-}
-# ... and in batch mode: a retry is the next batch's, a stop proves only this line failed.
-BATCH_STATES: Final[dict[Action, str]] = {
-    SUCCEED: SUCCEEDED,
-    RETRY: PENDING,
-    FAIL: FAILED,
-    STOP: FAILED,
-}
+
+class Effect(NamedTuple):
+    """What an action does to its item: the item's next state (None: this run tries it
+    again) and what the attempt's row says."""
+
+    state: str | None
+    attempt: str
 
 
-def price_table(prices: dict[str, dict[str, float]] | None) -> PriceTable | None:
-    """The job's --prices table (stored with its options), if it has one."""
-    return price_table_from(prices, "--prices") if prices else None
+CONCURRENT_EFFECTS: Final[dict[Action, Effect]] = {
+    SUCCEED: Effect(SUCCEEDED, "succeeded"),
+    RETRY: Effect(None, "retry"),
+    FAIL: Effect(FAILED, "failed"),
+    STOP: Effect(PENDING, "stopped"),  # the job stops; the item waits for `run`
+}
+# A retry is the next batch's; a stop-the-job answer on one line proves only that line failed.
+BATCH_EFFECTS: Final[dict[Action, Effect]] = {
+    SUCCEED: Effect(SUCCEEDED, "succeeded"),
+    RETRY: Effect(PENDING, "retry"),
+    FAIL: Effect(FAILED, "failed"),
+    STOP: Effect(FAILED, "failed"),
+}
 
 
 class AnswerReader:
