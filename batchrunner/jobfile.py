@@ -21,7 +21,13 @@ from typing import Any
 
 import orjson
 
-from batchrunner.dialects.openai import CHAT, ENDPOINTS, body_problem, normalize_endpoint
+from batchrunner.dialects.openai import (
+    BATCH_LINE_KEYS,
+    CHAT,
+    ENDPOINTS,
+    body_problem,
+    normalize_endpoint,
+)
 from batchrunner.duplicates import DuplicateFinder, confirm_duplicates
 from batchrunner.errors import JobFileError, Problem, describe_value
 from batchrunner.items import JobItem
@@ -59,6 +65,59 @@ def _custom_id(value: object, key: str) -> str:
     if not isinstance(value, str) or not value:
         raise _LineError(f"{key} must be a non-empty string, got {describe_value(value)}")
     return value
+
+
+class TypoCheck:
+    """Refuses an unknown key a typo away from a known one ("custnm_id", "mehtod"): kept as an
+    extra key or sent in the body, it would silently leave the real one at its default. Lines
+    repeat their keys, so each key is weighed once (and a file's keys are few)."""
+
+    MAX_REMEMBERED = 10_000
+
+    def __init__(self, known: tuple[str, ...]) -> None:
+        self._known = known
+        self._meant: dict[str, str | None] = dict.fromkeys(known)
+
+    def __call__(self, line: dict[str, Any]) -> None:
+        remembered = self._meant
+        for key in line:
+            if key in remembered:
+                meant = remembered[key]
+            else:
+                meant = self._closest(key)
+                if len(remembered) < self.MAX_REMEMBERED:
+                    remembered[key] = meant
+            if meant is not None:
+                raise _LineError(f'unknown key "{key}": did you mean "{meant}"?')
+
+    def _closest(self, key: str) -> str | None:
+        for known in self._known:
+            if edit_distance(key, known) <= (1 if len(known) <= 4 else 2):
+                return known
+        return None
+
+
+_ABSENT = object()  # a key the line does not have (null is a value, and a wrong one)
+_batch_line_typos = TypoCheck(BATCH_LINE_KEYS)
+_short_line_typos = TypoCheck(("custom_id",))  # a short line's other keys are the body's
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Insertions, deletions, substitutions and swaps of neighbours that make `a` into `b`
+    (the optimal string alignment distance)."""
+    if abs(len(a) - len(b)) > 2:
+        return 3  # more than any threshold asks about
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, char in enumerate(a, start=1):
+        current = [i] + [0] * len(b)
+        for j, other in enumerate(b, start=1):
+            cost = char != other
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and char == b[j - 2] and a[i - 2] == other:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        previous2, previous = previous, current
+    return previous[-1]
 
 
 def parse_line(raw: bytes, position: int, defaults: JobDefaults) -> JobItem:
@@ -103,13 +162,20 @@ def _parse(
         body = obj.pop("body")
         if not isinstance(body, dict):
             raise _LineError(f'"body" must be an object, got {describe_value(body)}')
-        custom_id = (
-            _custom_id(obj.pop("custom_id"), "custom_id") if "custom_id" in obj else str(position)
-        )
+        given_id = obj.pop("custom_id", _ABSENT)
         url = obj.pop("url", defaults.endpoint)
+        if obj:  # what is left is extra, unless it is a typo of a key the line lacks
+            _batch_line_typos(obj)
+        if given_id is _ABSENT:  # OpenAI and vLLM refuse such a line: so does the check
+            raise _LineError(
+                'missing "custom_id" (a Batch API line needs one; only a short line may go '
+                "without, and then gets its line number)"
+            )
+        custom_id = _custom_id(given_id, "custom_id")
         extra = obj or None
     else:  # the short form: the body itself
         body = obj
+        _short_line_typos(body)
         custom_id = str(position)
         for key in ("custom_id", "id"):
             if key in body:

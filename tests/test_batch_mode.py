@@ -342,3 +342,25 @@ def test_cancel_cancels_the_pending_items_even_when_the_api_refuses_a_batch(
     assert "cancelled 2 pending items, but 1 remote batch(es) could not be" in result.stderr
     assert ledger.job_state(job) == "cancelled"
     assert ledger.summary(job).counts == {"running": 3, "cancelled": 2}
+
+
+def test_embeddings_files_hold_no_more_inputs_than_the_api_counts_per_batch(
+    tmp_path: Path, db_url: str, fake: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenAI caps a batch at 50,000 embedding inputs, not requests: lowered to 10 here."""
+    monkeypatch.setattr(openai, "BATCH_MAX_INPUTS", 10)
+    lines = [
+        {
+            "custom_id": f"doc-{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {
+                "model": "text-embedding-3-small",
+                "input": [f"text {i}.{j}" for j in range(4)],
+            },
+        }
+        for i in range(6)
+    ]
+    ledger, job = submit(tmp_path, db_url, fake, lines)
+    assert wait_for(ledger, job).state == "completed"
+    assert sorted(b.request_count for b in ledger.batches_of(job, ("settled",))) == [2, 2, 2]

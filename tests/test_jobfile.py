@@ -156,3 +156,58 @@ def test_an_empty_or_blank_file_is_an_error(tmp_path: Path, content: str) -> Non
 def test_missing_file_and_directory(tmp_path: Path) -> None:
     assert problems_of(tmp_path / "nope.jsonl") == [f"{tmp_path / 'nope.jsonl'}: no such file"]
     assert problems_of(tmp_path) == [f"{tmp_path}: is a directory, not a job file"]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            {"method": "POST", "url": "/v1/chat/completions", "body": CHAT_BODY},
+            'missing "custom_id" (a Batch API line needs one; only a short line may go without',
+        ),
+        (
+            {"custnm_id": "a", "method": "POST", "body": CHAT_BODY},
+            'unknown key "custnm_id": did you mean "custom_id"?',
+        ),
+        (
+            {"custom_id": "a", "mehtod": "GET", "body": CHAT_BODY},
+            'unknown key "mehtod": did you mean "method"?',
+        ),
+        (
+            {"custom_id": "a", "uri": "/v1/embeddings", "body": CHAT_BODY},
+            'unknown key "uri": did you mean "url"?',
+        ),
+        ({"custom-id": "a", **CHAT_BODY}, 'unknown key "custom-id": did you mean "custom_id"?'),
+        ({"custom_id": None, "body": CHAT_BODY}, "custom_id must be a non-empty string, got null"),
+        (
+            {"custom_id": "a", "method": "POST", "body": {**CHAT_BODY, "stream": True}},
+            '"stream" must be false or left out, got true: a batch needs whole answers',
+        ),
+        ({**CHAT_BODY, "stream": "True"}, '"stream" must be false or left out, got "True"'),
+        (
+            {"model": "text-embedding-3-small", "url": "embeddings", "input": ["x"] * 2049},
+            '"input" holds 2,049 inputs; one embeddings request takes at most 2,048',
+        ),
+    ],
+)
+def test_lines_the_batch_api_would_refuse_are_refused_with_the_reason(
+    tmp_path: Path, line: dict[str, object], message: str
+) -> None:
+    path = write_jsonl(tmp_path / "j.jsonl", [line])
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:1: {message}"), problem
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        {"custom_id": "a", "method": "POST", "body": CHAT_BODY, "metadata": {"row": 1}},
+        {"custom_id": "a", "body": {**CHAT_BODY, "stream": False}},
+        {**CHAT_BODY, "user": "u-1", "store": False},  # body keys near nothing we own
+        {"model": "text-embedding-3-small", "url": "embeddings", "input": list(range(5000))},
+        {"model": "text-embedding-3-small", "url": "embeddings", "input": ["x"] * 2048},
+    ],
+)
+def test_lines_the_batch_api_takes_are_taken(tmp_path: Path, line: dict[str, object]) -> None:
+    path = write_jsonl(tmp_path / "j.jsonl", [line])
+    assert check_job_file(str(path), JobDefaults()).items == 1

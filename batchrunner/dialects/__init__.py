@@ -42,6 +42,7 @@ class Dialect(Protocol):
 
     NAME: str
     BATCH_MAX_BYTES: int
+    BATCH_MAX_INPUTS: int
 
     def judge_reply(self, status: int, body: bytes, retry_after: float | None) -> Verdict: ...
 
@@ -56,6 +57,8 @@ class Dialect(Protocol):
     ) -> bytes: ...
 
     def batch_line_size(self, custom_id: str, url: str, body: str) -> int: ...
+
+    def batch_inputs(self, url: str, body: str) -> int: ...
 
     def read_batch_line(self, raw: bytes) -> BatchLine | None: ...
 

@@ -37,6 +37,7 @@ ENDPOINT_ALIASES = {
     "responses": RESPONSES,
 }
 OUTPUT_CAP_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+MAX_EMBEDDING_INPUTS = 2_048  # inputs in one embeddings request
 
 
 def normalize_endpoint(value: str) -> str:
@@ -53,8 +54,25 @@ def is_embeddings(url: str) -> bool:
     return url.endswith("/embeddings")
 
 
+def embedding_inputs(body: Mapping[str, Any]) -> int:
+    """How many inputs an embeddings request holds: a string or one array of token ids is
+    one, an array of strings or of token arrays one each."""
+    value = body.get("input")
+    if not isinstance(value, list) or not value:
+        return 1
+    if all(isinstance(entry, int) and not isinstance(entry, bool) for entry in value):
+        return 1
+    return len(value)
+
+
 def body_problem(url: str, body: dict[str, Any]) -> str | None:
     """What is wrong with a request body for its endpoint, or None."""
+    stream = body.get("stream")
+    if stream is not None and stream is not False:
+        return (
+            f'"stream" must be false or left out, got {orjson.dumps(stream).decode()}: a batch '
+            "needs whole answers"
+        )
     model = body.get("model")
     if model is None:
         return 'missing "model" (put it in the body or pass --model)'
@@ -75,6 +93,11 @@ def body_problem(url: str, body: dict[str, Any]) -> str | None:
     value = body.get("input")
     if url == EMBEDDINGS and not (isinstance(value, str) or (isinstance(value, list) and value)):
         return f'"input" must be a string or a non-empty array, got {describe_value(value)}'
+    if url == EMBEDDINGS and (inputs := embedding_inputs(body)) > MAX_EMBEDDING_INPUTS:
+        return (
+            f'"input" holds {inputs:,} inputs; one embeddings request takes at most '
+            f"{MAX_EMBEDDING_INPUTS:,}"
+        )
     if url == RESPONSES and "input" in body and not isinstance(value, (str, list)):
         return f'"input" must be a string or an array, got {describe_value(value)}'
     return None
@@ -285,7 +308,9 @@ def read_server_limits(headers: Mapping[str, str]) -> ServerLimits:
 
 # -- the Batch API -----------------------------------------------------------------------------
 
+BATCH_LINE_KEYS = ("custom_id", "method", "url", "body")
 BATCH_MAX_REQUESTS = 50_000  # per input file
+BATCH_MAX_INPUTS = 50_000  # embeddings inputs across one input file's requests
 BATCH_MAX_BYTES = 190 * 1024 * 1024  # 200 MB, less a margin for the multipart wrapping
 BATCH_LINE_OVERHEAD = 64  # {"custom_id":..,"method":"POST","url":..,"body":..}\n around the body
 BATCH_TOKEN_LIMIT_CODE = "token_limit_exceeded"  # a failed batch's error: the enqueued cap
@@ -303,6 +328,12 @@ def batch_line(custom_id: str, url: str, body: str, extra: str | None = None) ->
     if extra:
         line.update(orjson.loads(extra))
     return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def batch_inputs(url: str, body: str) -> int:
+    """What a request (its body as JSON text) counts against BATCH_MAX_INPUTS: an embeddings
+    request its inputs, any other nothing (and its body is not even parsed)."""
+    return embedding_inputs(orjson.loads(body)) if is_embeddings(url) else 0
 
 
 def batch_line_size(custom_id: str, url: str, body: str) -> int:

@@ -82,6 +82,7 @@ class BatchRunner:
             max_requests=settings.batch_max_requests,  # the dialect's limit, unless told
             max_bytes=dialect.BATCH_MAX_BYTES,
             max_tokens=settings.batch_token_limit,
+            max_inputs=dialect.BATCH_MAX_INPUTS,
         )
         self._prices = job_price_table(settings.prices)
         self._answers = AnswerReader(dialect, self._prices, batch=True)
@@ -203,7 +204,7 @@ class BatchRunner:
 
     def _candidates(self, budget: Budget | None) -> Iterator[Candidate]:
         counting = self._limits.max_tokens is not None or budget is not None
-        line_size = self._dialect.batch_line_size
+        line_size, inputs = self._dialect.batch_line_size, self._dialect.batch_inputs
         for row in self._ledger.iter_items(self._job_id, states=(PENDING,)):
             demand = token_demand(row.url, orjson.loads(row.body)) if counting else None
             size = line_size(row.custom_id, row.url, row.body)
@@ -211,7 +212,8 @@ class BatchRunner:
             if budget is not None and demand is not None:
                 worst = budget.worst_case(row.model, demand)
             tokens = demand.prompt if demand is not None else 0
-            yield Candidate(row.id, row.url, row.model, size, tokens, worst)
+            counted = inputs(row.url, row.body)
+            yield Candidate(row.id, row.url, row.model, size, tokens, worst, counted)
 
     def _batch_budget(self) -> Budget | None:
         """The budget as it stands: what was spent, plus the worst case of every batch still

@@ -1,8 +1,8 @@
 """How pending items are cut into Batch API input files (pure: tested as a table).
 
 One endpoint and one model per file (the API requires it), and no file over the request count,
-the byte size (the dialect's limits) or the enqueued-token cap; the caller holds a file back
-while the model's unfinished batches would push it over that cap.
+the byte size, the embeddings inputs (the dialect's limits) or the enqueued-token cap; the
+caller holds a file back while the model's unfinished batches would push it over that cap.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ class PlanLimits:
     max_requests: int
     max_bytes: int
     max_tokens: int | None = None  # the account's enqueued-token cap for one model
+    max_inputs: int | None = None  # inputs the API counts across a file (embeddings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,7 @@ class Candidate:
     line_bytes: int
     prompt_tokens: int
     worst_usd: float = 0.0  # its worst-case cost, when a budget bounds the job
+    inputs: int = 0  # what it counts against max_inputs (an embeddings request's inputs)
 
 
 @dataclass(slots=True)
@@ -38,6 +40,7 @@ class PlannedFile:
     size: int = 0
     tokens: int = 0
     worst_usd: float = 0.0
+    inputs: int = 0
 
     def fits(self, candidate: Candidate, limits: PlanLimits) -> bool:
         if not self.item_ids:
@@ -45,6 +48,8 @@ class PlannedFile:
         if len(self.item_ids) >= limits.max_requests:
             return False
         if self.size + candidate.line_bytes > limits.max_bytes:
+            return False
+        if limits.max_inputs is not None and self.inputs + candidate.inputs > limits.max_inputs:
             return False
         cap = limits.max_tokens
         return cap is None or self.tokens + candidate.prompt_tokens <= cap
@@ -54,6 +59,7 @@ class PlannedFile:
         self.size += candidate.line_bytes
         self.tokens += candidate.prompt_tokens
         self.worst_usd += candidate.worst_usd
+        self.inputs += candidate.inputs
 
 
 def plan_files(candidates: Iterable[Candidate], limits: PlanLimits) -> Iterator[PlannedFile]:
