@@ -26,6 +26,7 @@ from batchrunner.ledger import Ledger, database_url, describe
 from batchrunner.ledger.batches import BATCH_STATES
 from batchrunner.ledger.models import MODES
 from batchrunner.logs import configure
+from batchrunner.network import parse_header, parse_query
 from batchrunner.redact import install_excepthook, mask
 from batchrunner.settings import RunSettings
 from batchrunner.status import format_job, job_status
@@ -73,6 +74,26 @@ def run_options(func: F) -> F:
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds."),
         click.option("--base-url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL)."),
         click.option(
+            "--proxy",
+            help="Proxy URL for both modes (default: $HTTPS_PROXY / $HTTP_PROXY / $ALL_PROXY, "
+            "$NO_PROXY honoured); given to each run, never stored.",
+        ),
+        click.option(
+            "--header",
+            "headers",
+            multiple=True,
+            metavar="'NAME: VALUE'",
+            help="Extra header on every request (repeatable); its value is never stored.",
+        ),
+        click.option("--organization", help="Organization to bill (default $OPENAI_ORG_ID)."),
+        click.option("--project", help="Project to bill (default $OPENAI_PROJECT_ID)."),
+        click.option(
+            "--query",
+            multiple=True,
+            metavar="NAME=VALUE",
+            help="Query parameter on every request's URL (repeatable).",
+        ),
+        click.option(
             "--budget",
             type=click.FloatRange(min=0),
             help="Stop before the job's spend (USD, over its whole life) could pass this.",
@@ -105,7 +126,11 @@ def _overrides(**values: Any) -> dict[str, Any]:
         from batchrunner.pricing import load_price_file, price_table_as_dict
 
         values["prices"] = price_table_as_dict(load_price_file(values["prices"]))
-    return {k: v for k, v in values.items() if v is not None}
+    if values.get("headers"):
+        values["headers"] = tuple(parse_header(given) for given in values["headers"])
+    if values.get("query"):
+        values["query"] = tuple(parse_query(given) for given in values["query"])
+    return {k: v for k, v in values.items() if v is not None and v != ()}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -159,7 +184,8 @@ def submit(
     **run: Any,
 ) -> None:
     """Validate FILE, record every request in the ledger, and run the job."""
-    settings = RunSettings().merged(_overrides(**run))
+    overrides = _overrides(**run)  # stored with the job, but for what each run is given anew
+    settings = RunSettings().merged(overrides)
     if not simulate and not detach:
         commands.api_key_for(settings)
     defaults = JobDefaults(endpoint=normalize_endpoint(endpoint), model=model)
@@ -192,7 +218,7 @@ def submit(
     if detach:
         say(f"run it with: batchrunner run {submitted.job_id}")
         return
-    sys.exit(_run_with_progress(ledger, submitted.job_id, {}, wait, poll_interval))
+    sys.exit(_run_with_progress(ledger, submitted.job_id, overrides, wait, poll_interval))
 
 
 @cli.command()

@@ -25,6 +25,7 @@ from batchrunner.jobfile import FileSummary, JobDefaults, check_job_file, read_j
 from batchrunner.ledger import Ledger
 from batchrunner.ledger.batches import SUBMITTED
 from batchrunner.ledger.models import BATCH, CANCELLED, CONCURRENT
+from batchrunner.logs import EVENTS
 from batchrunner.outcome import Outcome
 from batchrunner.providers import Provider, provider_for
 from batchrunner.redact import Redactor
@@ -137,8 +138,20 @@ def submit_job(
 
 
 def job_settings(ledger: Ledger, job_id: int, overrides: dict[str, Any]) -> RunSettings:
+    """The job's stored settings with this run's overrides; says when the job was submitted
+    with headers this run was not given (their values are never stored)."""
     options, _ = ledger.job_options(job_id)
-    return RunSettings.from_stored(options).merged(overrides)
+    settings = RunSettings.from_stored(options).merged(overrides)
+    given = {name.lower() for name, _ in settings.headers}
+    missing = [name for name in options.get("header_names") or () if name.lower() not in given]
+    if missing:
+        EVENTS.warning(
+            "job %s was submitted with the header(s) %s; give them to this run too "
+            "(--header 'Name: value': their values are not stored)",
+            job_id,
+            ", ".join(missing),
+        )
+    return settings
 
 
 def api_key_for(settings: RunSettings) -> str | None:
@@ -264,7 +277,7 @@ async def _run(
     from batchrunner.runner.concurrent import ConcurrentRunner
 
     provider = provider_for(settings)
-    backend = provider.request_backend(provider.base_url(settings), api_key, settings)
+    backend = provider.request_backend(provider.endpoint(settings, api_key), settings)
     async with backend:
         runner = ConcurrentRunner(
             ledger, job_id, settings, backend, provider.dialect, on_flush, shared=shared
@@ -355,7 +368,7 @@ def _batch_runner(
     from batchrunner.runner.batch import BatchRunner
 
     provider: Provider = provider_for(settings)
-    backend = provider.batch_backend(provider.base_url(settings), api_key, settings)
+    backend = provider.batch_backend(provider.endpoint(settings, api_key), settings)
     return BatchRunner(ledger, job_id, settings, backend, provider.dialect, on_progress)
 
 

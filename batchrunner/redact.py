@@ -51,14 +51,27 @@ def _luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
+# Values this process was given that must never show, besides the key: a header's value (a
+# gateway's key), a proxy's password. Added by `treat_as_secret`.
+_SECRETS: set[str] = set()
+
+
+def treat_as_secret(value: str) -> None:
+    """Mask `value` wherever batchrunner stores or prints text from now on."""
+    if len(value) >= MIN_KNOWN_KEY:
+        _SECRETS.add(value)
+
+
 def mask_secrets(text: str, *, cards: bool = False) -> tuple[str, int]:
     """`text` with API keys (the configured one, whatever its shape, and anything shaped like
-    one) and `Bearer` tokens masked, and with `cards` card numbers too; and how many."""
+    one), the other secrets given to this process and `Bearer` tokens masked, and with `cards`
+    card numbers too; and how many."""
     count = 0
     known = os.environ.get(KEY_ENV) or ""
-    if len(known) >= MIN_KNOWN_KEY and known in text:
-        count += text.count(known)
-        text = text.replace(known, _masked_key(known))
+    for secret in (known, *_SECRETS) if _SECRETS else (known,):
+        if len(secret) >= MIN_KNOWN_KEY and secret in text:
+            count += text.count(secret)
+            text = text.replace(secret, _masked_key(secret))
 
     def key(match: re.Match[str]) -> str:
         nonlocal count

@@ -26,6 +26,13 @@ class RunSettings:
     batch_hold_s: float = 300.0  # wait after a batch hit the token cap with nothing to wait for
     finish: str = "batch"  # what runs the leftovers of an expired batch: batch | concurrent
     prices: dict[str, dict[str, float]] | None = None  # a --prices file's table, kept with the job
+    organization: str | None = None  # the provider's organization / project to bill (else the
+    project: str | None = None  # provider's environment variables)
+    query: tuple[tuple[str, str], ...] = ()  # parameters every request's URL carries
+    # Given to each process (flags or environment), never kept with the job: they may hold
+    # secrets (a proxy's password, a gateway's key in a header).
+    proxy: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
     def merged(self, overrides: dict[str, Any]) -> RunSettings:
         """These settings with every override that is not None."""
@@ -33,12 +40,16 @@ class RunSettings:
         return replace(self, **{k: v for k, v in overrides.items() if k in known and v is not None})
 
     def stored(self) -> dict[str, Any]:
-        """What is saved with the job: never a key, and a URL without its password."""
+        """What is saved with the job: never a key, no proxy, no header's value (only its
+        name, to say what a resumed run lacks), and a URL without its password."""
         data = asdict(self)
+        del data["proxy"], data["headers"]
+        data["header_names"] = [name for name, _ in self.headers]
         if self.base_url:
             data["base_url"] = str(URL(self.base_url).with_password(None))
         return data
 
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> RunSettings:
-        return cls().merged(data)
+        known = {**data, "query": tuple(tuple(pair) for pair in data.get("query") or ())}
+        return cls().merged(known)

@@ -25,6 +25,7 @@ from pyreqwest.exceptions import (
     RequestError,
     RequestTimeoutError,
 )
+from pyreqwest.proxy import ProxyBuilder
 
 from batchrunner.backends.base import Reply, TransportFailure
 from batchrunner.dialects.openai import (
@@ -38,6 +39,7 @@ from batchrunner.dialects.openai import (
 )
 from batchrunner.errors import UsageError
 from batchrunner.failures import ErrorKind
+from batchrunner.network import Network
 
 
 class HttpBackend:
@@ -45,12 +47,23 @@ class HttpBackend:
     `TransportFailure`."""
 
     def __init__(
-        self, base_url: str, api_key: str | None, timeout: float, max_connections: int
+        self,
+        base_url: str,
+        api_key: str | None,
+        timeout: float,
+        max_connections: int,
+        network: Network | None = None,
     ) -> None:
         self._base_url = base_url
-        self._headers = {"Content-Type": "application/json", **auth_headers(api_key)}
+        self._network = network or Network()
+        self._headers = {
+            "Content-Type": "application/json",
+            **self._network.headers,
+            **auth_headers(api_key),
+        }
         self._timeout = timeout
         self._max_connections = max_connections
+        self._urls: dict[str, str] = {}  # a job url -> where it is posted (a job has few)
         self._client: Client | None = None
 
     async def __aenter__(self) -> HttpBackend:
@@ -59,8 +72,9 @@ class HttpBackend:
             .max_connections(self._max_connections)
             .timeout(timedelta(seconds=self._timeout))
             .default_headers(self._headers)
-            .no_proxy()  # like the aiohttp client before it: no proxy from the environment
+            .no_proxy()  # the environment's proxies are read once, by network.py, for both modes
         )  # HTTP/1.1 only (pyreqwest's default): one connection per request in flight
+        builder = self._through_proxy(builder)
         roots = _extra_root_certificates()
         for pem in roots.values():
             builder = builder.add_root_certificate_pem(pem)
@@ -73,7 +87,7 @@ class HttpBackend:
         try:  # a URL reqwest cannot send to fails here, once, not on every item
             if urlsplit(self._base_url).scheme not in ("http", "https"):
                 raise ValueError("it must start with http:// or https://")
-            client.post(endpoint_url(self._base_url, "/v1/chat/completions")).build()
+            client.post(self._url("/v1/chat/completions")).build()
         except (BuilderError, ValueError) as exc:
             reason = _reason(exc) if isinstance(exc, BuilderError) else str(exc)
             raise UsageError(f"the base URL {self._base_url!r} is not usable: {reason}") from None
@@ -91,7 +105,7 @@ class HttpBackend:
 
     async def post(self, url: str, body: bytes, custom_id: str) -> Reply | TransportFailure:
         assert self._client is not None, "use HttpBackend as an async context manager"
-        request = self._client.post(endpoint_url(self._base_url, url)).body_bytes(body)
+        request = self._client.post(self._urls.get(url) or self._url(url)).body_bytes(body)
         request_id = quote(custom_id, safe="")
         if len(request_id) <= MAX_CLIENT_REQUEST_ID:
             request = request.header(CLIENT_REQUEST_ID, request_id)
@@ -126,6 +140,27 @@ class HttpBackend:
             retry_after=retry_after,
             limits=limits,
         )
+
+    def _url(self, url: str) -> str:
+        joined = self._urls[url] = endpoint_url(self._base_url, url, self._network.query)
+        return joined
+
+    def _through_proxy(self, builder: ClientBuilder) -> ClientBuilder:
+        """The job's proxy, its credentials as Basic auth (reqwest would take them from the
+        URL too; this way they never sit in a URL it might print)."""
+        network = self._network
+        address = network.proxy_without_credentials
+        if address is None:
+            return builder
+        try:
+            proxy = ProxyBuilder.all(address)
+        except (BuilderError, ValueError) as exc:
+            reason = _reason(exc) if isinstance(exc, BuilderError) else str(exc)
+            raise UsageError(f"the proxy {address!r} is not usable: {reason}") from None
+        credentials = network.proxy_credentials
+        if credentials is not None:
+            proxy = proxy.basic_auth(*credentials)
+        return builder.proxy(proxy)
 
 
 def _extra_root_certificates() -> dict[str, bytes]:

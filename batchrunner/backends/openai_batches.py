@@ -10,6 +10,7 @@ same HTTP answer online (an SDK that never got an answer: timeout or connection)
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ from batchrunner.backends.base import FIND_PAGE, FIND_PAGES_MAX, BatchProblem, R
 from batchrunner.dialects.openai import judge_reply
 from batchrunner.errors import BackendError
 from batchrunner.failures import ErrorKind
+from batchrunner.network import Network
 
 READ_RETRIES = 3
 
@@ -70,9 +72,27 @@ def _remote(batch: Batch) -> RemoteBatch:
 class OpenAIBatches:
     """A `BatchBackend` over the openai SDK (any server with OpenAI's Files and Batch API)."""
 
-    def __init__(self, base_url: str, api_key: str | None, timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        timeout: float = 600.0,
+        network: Network | None = None,
+    ) -> None:
+        network = network or Network()
+        # The SDK reads no proxy from the environment: network.py chose it, for both modes; the
+        # certificates trusted are OpenSSL's defaults (SSL_CERT_FILE, SSL_CERT_DIR), as there.
+        http = openai.DefaultHttpxClient(
+            proxy=network.proxy, trust_env=False, verify=ssl.create_default_context()
+        )
         client = openai.OpenAI(
-            api_key=api_key or "none", base_url=base_url, timeout=timeout, max_retries=0
+            api_key=api_key or "none",
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=0,
+            default_headers=network.headers,
+            default_query=dict(network.query),
+            http_client=http,
         )
         self._once = client
         self._retrying = client.with_options(max_retries=READ_RETRIES)

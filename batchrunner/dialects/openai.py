@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 
@@ -23,6 +24,8 @@ NAME = "openai"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 BASE_URL_ENV = "OPENAI_BASE_URL"
 API_KEY_ENV = "OPENAI_API_KEY"
+ORGANIZATION_HEADER, ORGANIZATION_ENV = "OpenAI-Organization", "OPENAI_ORG_ID"
+PROJECT_HEADER, PROJECT_ENV = "OpenAI-Project", "OPENAI_PROJECT_ID"
 
 # -- endpoints and their bodies ----------------------------------------------------------------
 
@@ -243,9 +246,11 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def endpoint_url(base_url: str, url: str) -> str:
-    """Join like the SDK does: base_url ends in /v1, job urls start with /v1."""
-    return base_url.rstrip("/") + url.removeprefix("/v1")
+def endpoint_url(base_url: str, url: str, query: tuple[tuple[str, str], ...] = ()) -> str:
+    """Join like the SDK does: base_url ends in /v1, job urls start with /v1; the query (an
+    Azure deployment's api-version, a gateway's parameters) goes after the whole path."""
+    joined = base_url.rstrip("/") + url.removeprefix("/v1")
+    return f"{joined}?{urlencode(query)}" if query else joined
 
 
 def parse_duration(text: str) -> float | None:

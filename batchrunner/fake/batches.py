@@ -161,6 +161,7 @@ class FakeBatchApi:
         the online routes do."""
 
         async def checked(request: web.Request) -> web.Response:
+            self.server.record(request)
             key = self.server.config.api_key
             if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
                 return _response(Refusal(401, error_answer("401").body))

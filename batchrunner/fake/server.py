@@ -41,6 +41,16 @@ from batchrunner.fake.faults import (
 )
 
 
+@dataclass(frozen=True)
+class Received:
+    """One request as the server saw it."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]  # names in lower case
+
+
 @dataclass
 class FakeConfig:
     """Knobs; change them on a running server through `server.config` or POST /_fake/config."""
@@ -61,6 +71,7 @@ class FakeConfig:
     embedding_dims: int = 16
     api_key: str | None = None  # when set, any other key gets a 401
     echo_auth: bool = False  # error messages quote the Authorization header, as leaky proxies do
+    record_requests: bool = False  # keep each request's path, query and headers (`received`)
     batch_validating_s: float = 0.05  # how long a batch spends in each state (see batches.py)
     batch_in_progress_s: float = 0.3
     batch_finalizing_s: float = 0.05
@@ -80,6 +91,7 @@ class FakeServer:
         self.first_request_at: float | None = None  # monotonic, to measure request rates
         self.last_request_at: float | None = None
         self.base_url = ""
+        self.received: list[Received] = []  # with config.record_requests: every request
         self._random = random.Random(self.config.seed)
         self._buckets: dict[str, Bucket] = {}
         self._runner: web.AppRunner | None = None
@@ -197,7 +209,16 @@ class FakeServer:
             return None
         return self._error(request, error_answer(name))
 
+    def record(self, request: web.Request) -> None:
+        """Keep what a request carried, when asked (`record_requests`), online or batch."""
+        if self.config.record_requests:
+            headers = {name.lower(): value for name, value in request.headers.items()}
+            self.received.append(
+                Received(request.method, request.path, request.query_string, headers)
+            )
+
     def _count(self, request: web.Request, raw: bytes) -> str:
+        self.record(request)
         header = request.headers.get("X-Client-Request-Id")
         request_id = unquote(header) if header else "sha1:" + hashlib.sha1(raw).hexdigest()
         self.requests_by_id[request_id] += 1
@@ -298,15 +319,18 @@ class FakeServer:
 
 
 @contextlib.contextmanager
-def run_in_thread(config: FakeConfig | None = None, port: int = 0) -> Iterator[FakeServer]:
-    """The server on its own event loop in a daemon thread, for sync tests and the CLI."""
+def run_in_thread(
+    config: FakeConfig | None = None, port: int = 0, ssl_context: ssl.SSLContext | None = None
+) -> Iterator[FakeServer]:
+    """The server on its own event loop in a daemon thread, for sync tests and the CLI (over
+    TLS with `ssl_context`)."""
     server = FakeServer(config)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 
     def serve() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start(port=port))
+        loop.run_until_complete(server.start(port=port, ssl_context=ssl_context))
         ready.set()
         loop.run_forever()
         loop.run_until_complete(server.stop())

@@ -1,0 +1,164 @@
+"""How requests reach the provider, decided once for a job and used by both modes alike: the
+proxy, the headers every request carries and the query string (pure, apart from reading the
+environment).
+
+Proxies are read as curl and the openai SDK read them: `--proxy URL` first, else for an https
+base URL `https_proxy` / `HTTPS_PROXY`, for an http one `http_proxy` / `HTTP_PROXY`, then
+`all_proxy` / `ALL_PROXY`; `no_proxy` / `NO_PROXY` lists hosts to reach directly (`*`, a host,
+a domain and its subdomains, an IP address or a CIDR block, each with an optional `:port`).
+A loopback address is never sent through a proxy from the environment (a local server is
+local); `--proxy` is obeyed for it too. A proxy's credentials may sit in its URL
+(`http://user:pass@proxy:3128`): they are used, and never stored, logged or shown.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
+
+from batchrunner.errors import UsageError
+
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+@dataclass(frozen=True)
+class Network:
+    """What every request of a job carries and where it goes through."""
+
+    proxy: str | None = None  # its URL, credentials included
+    headers: dict[str, str] = field(default_factory=dict)  # values may be secrets
+    query: tuple[tuple[str, str], ...] = ()  # added to every request's URL
+
+    @property
+    def proxy_credentials(self) -> tuple[str, str] | None:
+        """The proxy URL's user and password, if it has them."""
+        if self.proxy is None:
+            return None
+        parts = urlsplit(self.proxy)
+        if parts.username is None:
+            return None
+        return unquote(parts.username), unquote(parts.password or "")
+
+    @property
+    def proxy_without_credentials(self) -> str | None:
+        if self.proxy is None:
+            return None
+        return urlunsplit(_without_credentials(urlsplit(self.proxy)))
+
+
+def _without_credentials(parts: SplitResult) -> SplitResult:
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return parts._replace(netloc=netloc)
+
+
+def proxy_for(
+    url: str, explicit: str | None = None, env: Mapping[str, str] | None = None
+) -> str | None:
+    """The proxy requests to `url` go through, or None for a direct connection."""
+    if explicit:
+        return explicit
+    env = os.environ if env is None else env
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    names = ("https_proxy", "HTTPS_PROXY") if scheme == "https" else ("http_proxy", "HTTP_PROXY")
+    proxy = _first(env, (*names, "all_proxy", "ALL_PROXY"))
+    if not proxy or _is_loopback(parts.hostname or ""):
+        return None
+    port = parts.port or (443 if scheme == "https" else 80)
+    if _bypassed(parts.hostname or "", port, _first(env, ("no_proxy", "NO_PROXY")) or ""):
+        return None
+    return proxy
+
+
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110's token
+
+
+def parse_header(given: str) -> tuple[str, str]:
+    """`Name: value` (as curl's -H takes it) -> (name, value)."""
+    name, colon, value = given.partition(":")
+    name, value = name.strip(), value.strip()
+    if not colon or not HEADER_NAME.match(name) or not value or "\n" in value or "\r" in value:
+        raise UsageError(f"--header takes 'Name: value', got {given.split(':')[0]!r}: ...")
+    return name, value
+
+
+def parse_query(given: str) -> tuple[str, str]:
+    """`name=value` -> (name, value)."""
+    name, equals, value = given.partition("=")
+    if not equals or not name.strip():
+        raise UsageError(f"--query takes name=value, got {given!r}")
+    return name.strip(), value
+
+
+def split_query(base_url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A base URL without its query string, and that query's parameters (an Azure deployment
+    URL's `?api-version=`): each request's path goes before them, not after."""
+    parts = urlsplit(base_url)
+    query = tuple(parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit(parts._replace(query="", fragment="")), query
+
+
+def _first(env: Mapping[str, str], names: tuple[str, ...]) -> str | None:
+    for name in names:
+        value = env.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bypassed(host: str, port: int, no_proxy: str) -> bool:
+    """Whether `no_proxy` names the host (curl's rules, CIDR blocks included)."""
+    host = host.lower().rstrip(".")
+    for entry in (e.strip().lower() for e in no_proxy.split(",")):
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        name, wanted_port = _entry_port(entry)
+        if wanted_port is not None and wanted_port != port:
+            continue
+        if _host_matches(host, name):
+            return True
+    return False
+
+
+def _entry_port(entry: str) -> tuple[str, int | None]:
+    """`host:port`, `[v6]:port`, or a bare host / address / block."""
+    if entry.startswith("["):
+        address, _, rest = entry[1:].partition("]")
+        return address, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    if entry.count(":") == 1:
+        name, _, port = entry.partition(":")
+        if port.isdigit():
+            return name, int(port)
+    return entry, None
+
+
+def _host_matches(host: str, name: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None and "/" in name:
+        try:
+            return address in ipaddress.ip_network(name, strict=False)
+        except ValueError:
+            return False
+    name = name.lstrip(".").rstrip(".")
+    return host == name or host.endswith("." + name)
