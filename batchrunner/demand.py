@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from batchrunner.dialects.openai import is_embeddings, output_cap
+from batchrunner.dialects.openai import output_cap, writes_text
 from batchrunner.tokens import prompt_tokens
 
 TYPICAL_OUTPUT = 256  # output tokens assumed for a request with no cap, until answers say
@@ -30,7 +30,7 @@ WORST_CASE_OUTPUT = 16_384  # output tokens a request with no cap could take, fo
 @dataclass(frozen=True, slots=True)
 class TokenDemand:
     prompt: int
-    cap: int | None  # the output cap the request states; 0 for embeddings
+    cap: int | None  # the output cap the request states; 0 where the answer is not text
 
     @property
     def capped(self) -> bool:
@@ -50,7 +50,7 @@ class TokenDemand:
 
 
 def token_demand(url: str, body: Mapping[str, Any]) -> TokenDemand:
-    cap = 0 if is_embeddings(url) else output_cap(body)
+    cap = output_cap(body) if writes_text(url) else 0
     return TokenDemand(prompt_tokens(url, body), cap)
 
 

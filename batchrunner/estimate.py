@@ -259,7 +259,8 @@ def format_estimate(estimate: Estimate) -> str:
     uncapped = sum(m.uncapped_requests for m in estimate.models.values())
     lines.append(
         f"* output: each request's max_tokens-style cap where it sets one, else "
-        f"{estimate.assumed_output:,} tokens ({uncapped:,} requests); none for embeddings"
+        f"{estimate.assumed_output:,} tokens ({uncapped:,} requests); none where the answer is "
+        "not text (embeddings, moderations, images, videos)"
     )
     if estimate.batch_assumed_models:
         lines.append(

@@ -24,6 +24,7 @@ import orjson
 from batchrunner.dialects.openai import (
     BATCH_LINE_KEYS,
     CHAT,
+    DEFAULT_MODELS,
     ENDPOINTS,
     body_problem,
     normalize_endpoint,
@@ -188,8 +189,8 @@ def _parse(
         url = normalize_endpoint(url)
         if url not in ENDPOINTS:
             raise _LineError(f'unknown url "{url}"; expected one of {", ".join(ENDPOINTS)}')
-    if "model" not in body and defaults.model:
-        body["model"] = defaults.model
+    if "model" not in body and (chosen := defaults.model or DEFAULT_MODELS.get(url)):
+        body["model"] = chosen
     problem = body_problem(url, body)
     if problem is not None:
         raise _LineError(problem)

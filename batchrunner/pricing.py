@@ -113,6 +113,10 @@ class Rates:
             batch_discount_assumed=self.batch_discount_assumed,
         )
 
+    @property
+    def free(self) -> bool:
+        return all(rate == Rate(0.0) for rate in (self.input, self.cached_input, self.output))
+
     def assumed_batch(self) -> Rates:
         """The standard rates with OpenAI's documented batch discount applied explicitly."""
         discounted_input = self.input.scaled(BATCH_DISCOUNT)
@@ -362,8 +366,11 @@ def price_item(
     when: datetime | None = None,
     overrides: PriceTable | None = None,
 ) -> Cost | None:
-    """The cost of one item's usage, or None when its usage or the model's price is unknown."""
-    if usage.input_tokens is None and usage.output_tokens is None:
-        return None
+    """The cost of one item's usage, or None when its usage or the model's price is unknown (a
+    free model costs nothing whatever its usage: moderations report none)."""
     rates = rates_for(model, batch=batch, when=when, overrides=overrides)
-    return rates.cost(usage) if rates is not None else None
+    if rates is None:
+        return None
+    if usage.input_tokens is None and usage.output_tokens is None and not rates.free:
+        return None
+    return rates.cost(usage)

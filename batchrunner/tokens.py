@@ -224,9 +224,10 @@ def _responses(body: Mapping[str, Any], encoder: _Encoder, name: str) -> int:
     return total + (_tools(tools, encoder, name) if isinstance(tools, list) else 0)
 
 
-def _embeddings(body: Mapping[str, Any], encoder: _Encoder) -> int:
-    """Strings are encoded; token arrays (lists of ints) are already counted. No overhead."""
-    value = body.get("input")
+def _plain(value: Any, encoder: _Encoder) -> int:
+    """An embeddings input, a completion's prompt or a moderation's input, with no overhead:
+    strings are encoded; token arrays (lists of ints) are already counted; parts (a
+    moderation's text and images) as a message's content."""
     if isinstance(value, str):
         return _count(value, encoder)
     if not isinstance(value, list):
@@ -239,6 +240,8 @@ def _embeddings(body: Mapping[str, Any], encoder: _Encoder) -> int:
             total += 1  # the whole input is one token array
         elif isinstance(entry, list):
             total += len(entry)
+        elif isinstance(entry, Mapping):
+            total += _content([entry], encoder)
     return total
 
 
@@ -248,8 +251,12 @@ def prompt_tokens(url: str, body: Mapping[str, Any]) -> int:
     model = body.get("model")
     name = encoding_for(model if isinstance(model, str) else "")
     encoder = _encoder(name)
-    if url.endswith("/embeddings"):
-        return _embeddings(body, encoder)
+    if url.endswith("/chat/completions"):
+        return _chat(body, encoder, name)
     if url.endswith("/responses"):
         return _responses(body, encoder, name)
+    if url.endswith(("/embeddings", "/moderations")):
+        return _plain(body.get("input"), encoder)
+    if url.endswith(("/completions", "/images/generations", "/images/edits", "/videos")):
+        return _plain(body.get("prompt"), encoder)
     return _chat(body, encoder, name)

@@ -47,8 +47,9 @@ EXPECTED: dict[str, list[tuple[int, str]]] = {
     "unknown_url.jsonl": [
         (
             2,
-            'unknown url "/v1/images/generations"; expected one of /v1/chat/completions, '
-            "/v1/embeddings, /v1/responses",
+            'unknown url "/v1/audio/speech"; expected one of /v1/chat/completions, '
+            "/v1/embeddings, /v1/responses, /v1/completions, /v1/moderations, "
+            "/v1/images/generations, /v1/images/edits, /v1/videos",
         )
     ],
     "url_not_string.jsonl": [(2, '"url" must be a string, got null')],

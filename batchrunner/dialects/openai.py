@@ -32,12 +32,41 @@ PROJECT_HEADER, PROJECT_ENV = "OpenAI-Project", "OPENAI_PROJECT_ID"
 CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
 RESPONSES = "/v1/responses"
-ENDPOINTS = (CHAT, EMBEDDINGS, RESPONSES)
+COMPLETIONS = "/v1/completions"  # a base model's endpoint: local servers' usual one
+MODERATIONS = "/v1/moderations"  # free
+IMAGE_GENERATIONS = "/v1/images/generations"
+IMAGE_EDITS = "/v1/images/edits"
+VIDEOS = "/v1/videos"
+# Every endpoint the Batch API takes (its create call lists them), and so the job file too.
+ENDPOINTS = (
+    CHAT,
+    EMBEDDINGS,
+    RESPONSES,
+    COMPLETIONS,
+    MODERATIONS,
+    IMAGE_GENERATIONS,
+    IMAGE_EDITS,
+    VIDEOS,
+)
 ENDPOINT_ALIASES = {
     "chat": CHAT,
     "chat/completions": CHAT,
     "embeddings": EMBEDDINGS,
     "responses": RESPONSES,
+    "completions": COMPLETIONS,
+    "moderations": MODERATIONS,
+    "images/generations": IMAGE_GENERATIONS,
+    "images/edits": IMAGE_EDITS,
+    "videos": VIDEOS,
+}
+WRITES_TEXT = (CHAT, RESPONSES, COMPLETIONS)  # answers in tokens of text: an output cap applies
+PROMPTED = (COMPLETIONS, IMAGE_GENERATIONS, IMAGE_EDITS, VIDEOS)  # a "prompt", not "input"
+# The model an endpoint uses when the request names none (so a line may leave it out).
+DEFAULT_MODELS = {
+    MODERATIONS: "omni-moderation-latest",
+    IMAGE_GENERATIONS: "dall-e-2",
+    IMAGE_EDITS: "dall-e-2",
+    VIDEOS: "sora-2",
 }
 OUTPUT_CAP_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 MAX_EMBEDDING_INPUTS = 2_048  # inputs in one embeddings request
@@ -55,6 +84,12 @@ def normalize_endpoint(value: str) -> str:
 def is_embeddings(url: str) -> bool:
     """Embeddings answer with vectors: no output tokens, no output cap."""
     return url.endswith("/embeddings")
+
+
+def writes_text(url: str) -> bool:
+    """Whether the endpoint answers in text tokens (chat, responses, completions); the others
+    (vectors, moderation scores, images, videos) take no output cap."""
+    return url in WRITES_TEXT
 
 
 def embedding_inputs(body: Mapping[str, Any]) -> int:
@@ -91,6 +126,8 @@ def body_problem(url: str, body: dict[str, Any]) -> str | None:
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 return f'"messages"[{index}] must be an object with a "role"'
         return None
+    if url in PROMPTED:
+        return _prompt_problem(url, body)
     if "input" not in body and not (url == RESPONSES and "prompt" in body):
         return f'missing "input" for {url}'
     value = body.get("input")
@@ -103,6 +140,23 @@ def body_problem(url: str, body: dict[str, Any]) -> str | None:
         )
     if url == RESPONSES and "input" in body and not isinstance(value, (str, list)):
         return f'"input" must be a string or an array, got {describe_value(value)}'
+    if url == MODERATIONS and not (isinstance(value, str) or (isinstance(value, list) and value)):
+        return f'"input" must be a string or a non-empty array, got {describe_value(value)}'
+    return None
+
+
+def _prompt_problem(url: str, body: dict[str, Any]) -> str | None:
+    value = body.get("prompt")
+    if value is None:
+        return f'missing "prompt" for {url}'
+    if url == COMPLETIONS:
+        if not (isinstance(value, str) or (isinstance(value, list) and value)):
+            return f'"prompt" must be a string or a non-empty array, got {describe_value(value)}'
+        return None
+    if not isinstance(value, str) or not value:
+        return f'"prompt" must be a non-empty string, got {describe_value(value)}'
+    if url == IMAGE_EDITS and "image" not in body and "images" not in body:
+        return 'missing "image" for /v1/images/edits'
     return None
 
 
@@ -164,9 +218,12 @@ def read_finish_reason(body: dict[str, Any]) -> str | None:
 
 
 def output_text(response: dict[str, Any]) -> str | None:
-    """The answer's text, for spreadsheet users: chat content or responses output_text."""
+    """The answer's text, for spreadsheet users: chat content, a completion's text or the
+    responses API's output_text."""
     choices = response.get("choices")
-    if isinstance(choices, list) and choices:
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        if isinstance(choices[0].get("text"), str):  # /v1/completions
+            return str(choices[0]["text"])
         message = choices[0].get("message") or {}
         content = message.get("content")
         return content if isinstance(content, str) else None

@@ -80,6 +80,10 @@ def prompt_of(url: str, body: dict[str, Any]) -> tuple[str, int]:
     if url.endswith("/responses"):
         given = body.get("input")
         return (given if isinstance(given, str) else _last_user_text(given)), tokens
+    if url.endswith("/completions"):
+        given = body.get("prompt")
+        first = given[0] if isinstance(given, list) and given else given
+        return (first if isinstance(first, str) else ""), tokens
     return "", tokens
 
 
@@ -188,6 +192,73 @@ def responses_body(
             "output_tokens_details": {"reasoning_tokens": answer.reasoning_tokens},
             "total_tokens": prompt_tokens + answer.output_tokens,
         },
+    }
+
+
+def completions_body(model: str, prompt_tokens: int, answer: Completion) -> dict[str, Any]:
+    """/v1/completions: a base model's text completion."""
+    return {
+        "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "text": answer.text or "",
+                "index": 0,
+                "logprobs": None,
+                "finish_reason": answer.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": answer.output_tokens,
+            "total_tokens": prompt_tokens + answer.output_tokens,
+        },
+    }
+
+
+MODERATION_CATEGORIES = ("harassment", "hate", "self-harm", "sexual", "violence")
+
+
+def moderations_body(model: str, body: dict[str, Any]) -> dict[str, Any]:
+    """/v1/moderations: one result per input, flagged when it says `[flag]`. No usage:
+    the endpoint is free."""
+    given = body.get("input")
+    inputs = given if isinstance(given, list) else [given]
+    results = []
+    for entry in inputs:
+        flagged = "[flag]" in repr(entry)
+        score = 0.9 if flagged else 0.001
+        results.append(
+            {
+                "flagged": flagged,
+                "categories": dict.fromkeys(MODERATION_CATEGORIES, flagged),
+                "category_scores": dict.fromkeys(MODERATION_CATEGORIES, score),
+            }
+        )
+    return {"id": f"modr-{uuid.uuid4().hex[:24]}", "model": model, "results": results}
+
+
+def image_body(body: dict[str, Any]) -> dict[str, Any]:
+    """/v1/images/*: an address per image asked for (no usage, as dall-e answers)."""
+    given = body.get("n")
+    count = given if isinstance(given, int) else 1
+    digest = hashlib.sha256(repr(body.get("prompt")).encode()).hexdigest()[:16]
+    data = [{"url": f"https://images.fake.invalid/{digest}-{i}.png"} for i in range(count)]
+    return {"created": int(time.time()), "data": data}
+
+
+def video_body(model: str, body: dict[str, Any]) -> dict[str, Any]:
+    """/v1/videos: the video job, queued (the real API renders it later)."""
+    return {
+        "id": f"video_{uuid.uuid4().hex[:24]}",
+        "object": "video",
+        "model": model,
+        "status": "queued",
+        "created_at": int(time.time()),
+        "seconds": str(body.get("seconds") or "4"),
+        "size": str(body.get("size") or "720x1280"),
     }
 
 

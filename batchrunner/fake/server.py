@@ -29,7 +29,7 @@ from urllib.parse import unquote
 import orjson
 from aiohttp import web
 
-from batchrunner.dialects.openai import output_cap
+from batchrunner.dialects.openai import ENDPOINTS, output_cap
 from batchrunner.fake import answers
 from batchrunner.fake.batches import FakeBatchApi
 from batchrunner.fake.faults import (
@@ -105,9 +105,8 @@ class FakeServer:
 
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/v1/chat/completions", self._answer)
-        app.router.add_post("/v1/responses", self._answer)
-        app.router.add_post("/v1/embeddings", self._answer)
+        for url in ENDPOINTS:
+            app.router.add_post(url, self._answer)
         app.router.add_get("/v1/models", self._models)
         self.batch_api.add_routes(app)
         app.router.add_get("/_fake/stats", self._stats)
@@ -192,10 +191,18 @@ class FakeServer:
         prompt_text, prompt_tokens = answers.prompt_of(url, body)
         if url.endswith("/embeddings"):
             return answers.embeddings_body(model, body, config.embedding_dims)
+        if url.endswith("/moderations"):
+            return answers.moderations_body(model, body)
+        if url.endswith(("/images/generations", "/images/edits")):
+            return answers.image_body(body)
+        if url.endswith("/videos"):
+            return answers.video_body(model, body)
         cached = int(prompt_tokens * config.cached_fraction)
         completion = answers.complete(model, prompt_text, body, trigger)
         if url.endswith("/responses"):
             return answers.responses_body(model, prompt_tokens, cached, completion)
+        if url == "/v1/completions":
+            return answers.completions_body(model, prompt_tokens, completion)
         return answers.chat_body(model, prompt_tokens, cached, completion, config.seed or 0)
 
     async def _misbehave(self, request: web.Request, name: str) -> web.StreamResponse | None:
