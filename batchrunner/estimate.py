@@ -23,7 +23,14 @@ from batchrunner.demand import TYPICAL_OUTPUT, token_demand
 from batchrunner.errors import UsageError
 from batchrunner.items import JobItem
 from batchrunner.jobfile import JobDefaults, read_job_items
-from batchrunner.pricing import Cost, PriceTable, Rates, rates_for
+from batchrunner.pricing import (
+    Cost,
+    PriceTable,
+    Rates,
+    rates_for,
+    unpriced_note,
+    unpriced_reason,
+)
 from batchrunner.usage import Usage, format_usd
 
 EXACT_FIRST = 1_000  # submit counts this many requests each, then samples
@@ -269,9 +276,7 @@ def format_estimate(estimate: Estimate) -> str:
         )
     if estimate.unpriced_models:
         lines.append(
-            "no price known for "
-            + ", ".join(estimate.unpriced_models)
-            + ": give their prices with a price file"
+            f"{unpriced_note(estimate.unpriced_models)}: give their prices with a price file"
         )
     return "\n".join(lines)
 
@@ -288,7 +293,7 @@ def estimate_line(estimate: Estimate, mode: str) -> str:
     if estimate.sampled:
         line += " [from a sample; `batchrunner estimate` counts every request]"
     if estimate.unpriced_models:
-        line += f"; warning: no price known for {', '.join(estimate.unpriced_models)}"
+        line += f"; warning: {unpriced_note(estimate.unpriced_models)}"
     return line
 
 
@@ -303,6 +308,7 @@ def estimate_as_json(estimate: Estimate) -> dict[str, Any]:
         "cost_batch_usd": _json_usd(estimate.cost_batch),
         "assumed_output_tokens_per_request": estimate.assumed_output,
         "unpriced_models": estimate.unpriced_models,
+        "unpriced_reasons": {m: unpriced_reason(m) for m in estimate.unpriced_models},
         "batch_discount_assumed_models": estimate.batch_assumed_models,
         "models": [
             {

@@ -39,7 +39,15 @@ from pathlib import Path
 from typing import Any
 
 import genai_prices
-from genai_prices.types import PriceCalculation, TieredPrices, TimeOfDateConstraint
+from genai_prices.types import (
+    ClauseAnd,
+    ClauseEquals,
+    ClauseOr,
+    ClauseStartsWith,
+    PriceCalculation,
+    TieredPrices,
+    TimeOfDateConstraint,
+)
 
 from batchrunner.errors import UsageError
 from batchrunner.usage import Usage
@@ -304,10 +312,58 @@ def _rate(value: Decimal | TieredPrices | None) -> Rate | None:
     return Rate(float(value))
 
 
+# What a name may add to a priced model's own name and still be that model: a date or a channel.
+_STAMP = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{4}|-latest|-preview)?")
+
+
+def _names_the_model(name: str, match: object) -> bool:
+    """Whether `name` is the priced model's own name: one its table spells out, or one of its
+    prefixes followed by a date or a channel. Anything looser (a longer name that starts the
+    same, a word within, a pattern) may be another model: `deepseek-r1:7b` on a laptop is not
+    DeepSeek's hosted reasoner."""
+    name = name.lower()
+    if isinstance(match, ClauseEquals):
+        return match.equals.lower() == name
+    if isinstance(match, ClauseStartsWith):
+        prefix = match.starts_with.lower()
+        return name.startswith(prefix) and _STAMP.fullmatch(name[len(prefix) :]) is not None
+    if isinstance(match, ClauseOr):
+        return any(_names_the_model(name, clause) for clause in match.or_)
+    if isinstance(match, ClauseAnd):
+        return match.is_match(name) and any(_names_the_model(name, c) for c in match.and_)
+    return False
+
+
+@functools.lru_cache(maxsize=1024)
+def loose_match(model: str) -> str | None:
+    """The model genai-prices would price `model` as, when it matches it only loosely (and so
+    prices it not at all, unless a price file does): for saying why a model is unpriced."""
+    calc = _calc(model, datetime.now(UTC), False)
+    if calc is None or _names_the_model(model, calc.model.match):
+        return None
+    return f"{calc.provider.id}'s {calc.model.id}"
+
+
+def unpriced_reason(model: str) -> str:
+    """Why a model has no price, in a few words."""
+    loose = loose_match(model)
+    if loose is not None:
+        return f"genai-prices matches it only loosely, to {loose}"
+    return "no price known"
+
+
+def unpriced_note(models: list[str]) -> str:
+    """`no price known for a, b (b: ...)`: the models, and why where there is more to say."""
+    reasons = [f"{m}: {unpriced_reason(m)}" for m in models if loose_match(m) is not None]
+    return f"no price known for {', '.join(models)}" + (
+        f" ({'; '.join(reasons)})" if reasons else ""
+    )
+
+
 @functools.lru_cache(maxsize=4096)
 def _library_rates_at(model: str, batch: bool, at: datetime) -> Rates | None:
     calc = _calc(model, at, batch)
-    if calc is None:
+    if calc is None or not _names_the_model(model, calc.model.match):
         return None
     prices = calc.model_price
     input_rate = _rate(prices.input_mtok)

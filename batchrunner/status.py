@@ -56,6 +56,7 @@ def job_status(
         "estimate_usd": summary.options.get("estimate_usd"),
         "budget_usd": summary.options.get("budget"),
         "unpriced_models": summary.unpriced_models,
+        "unpriced_reasons": _unpriced_reasons(summary.unpriced_models),
         "models": {
             name: {
                 "items": t.items,
@@ -131,6 +132,14 @@ def _counts_line(status: dict[str, Any]) -> str:
     return line
 
 
+def _unpriced_reasons(models: list[str]) -> dict[str, str]:
+    if not models:
+        return {}
+    from batchrunner.pricing import unpriced_reason  # the price tables: only when needed
+
+    return {model: unpriced_reason(model) for model in models}
+
+
 def _batch(row: BatchRow) -> dict[str, Any]:
     """One Batch API batch as `status --json` shows it; `usage` is what the API reported."""
     return {
@@ -171,10 +180,9 @@ def _cost_line(status: dict[str, Any]) -> str:
         parts.append(f"budget {format_usd(status['budget_usd'])}")
     line = parts[0] + (f" ({', '.join(parts[1:])})" if parts[1:] else "")
     if status["unpriced_models"]:
-        line += (
-            f"; warning: no price known for {', '.join(status['unpriced_models'])} "
-            "(give one with --prices FILE)"
-        )
+        from batchrunner.pricing import unpriced_note  # the price tables: only when needed
+
+        line += f"; warning: {unpriced_note(status['unpriced_models'])}; price with --prices FILE"
     return line
 
 

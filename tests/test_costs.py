@@ -160,3 +160,25 @@ def test_usage_export_lists_model_mode_tokens_and_cost_per_item(
     status = status_json(db_url)["jobs"][0]
     assert sum(r["cost_usd"] or 0 for r in as_json) == pytest.approx(status["cost_usd"])
     assert status["models"]["gpt-4.1-mini"]["items"] == 1
+
+
+def test_a_model_priced_only_by_a_loose_match_is_unpriced_and_says_why(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    """Ollama's deepseek-r1:7b is not DeepSeek's hosted reasoner, whatever its name starts
+    with: no cost (never its price), the reason named, and a price file prices it."""
+    lines = [chat_line(i, model="deepseek-r1:7b") for i in range(3)]
+    job = write_jsonl(tmp_path / "local.jsonl", lines)
+    common = ("--db", db_url, "--base-url", fake.base_url)
+    result = invoke("submit", str(job), *common)
+    assert result.exit_code == 0, result.stderr
+    reason = "genai-prices matches it only loosely, to deepseek's deepseek-reasoner"
+    assert f"no price known for deepseek-r1:7b (deepseek-r1:7b: {reason})" in result.stderr
+    (status,) = status_json(db_url)["jobs"]
+    assert status["cost_usd"] is None and status["unpriced_models"] == ["deepseek-r1:7b"]
+    assert status["unpriced_reasons"] == {"deepseek-r1:7b": reason}
+    prices = tmp_path / "local.toml"
+    prices.write_text('["deepseek-r1:7b"]\ninput = 0\noutput = 0\n')
+    priced = invoke("submit", str(job), *common, "--new", "--prices", str(prices))
+    assert priced.exit_code == 0 and "no price known" not in priced.stderr
+    assert status_json(db_url)["jobs"][-1]["cost_usd"] == 0

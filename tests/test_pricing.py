@@ -12,7 +12,7 @@ import genai_prices
 import pytest
 
 from batchrunner.errors import UsageError
-from batchrunner.pricing import load_price_file, price_item, rates_for
+from batchrunner.pricing import load_price_file, loose_match, price_item, rates_for
 from batchrunner.usage import Usage
 
 AFTER = datetime(2026, 11, 1, tzinfo=UTC)  # genai-prices' OpenAI batch rates start 2026-10-14
@@ -253,3 +253,22 @@ def test_missing_or_binary_price_file(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(UsageError, match="not a UTF-8 text file"):
         load_price_file(binary)
+
+
+@pytest.mark.parametrize(
+    ("model", "priced", "loose"),
+    [
+        ("gpt-4o-mini", True, None),
+        ("gpt-4o-2024-08-06", True, None),  # a dated name the table spells out
+        ("claude-3-5-sonnet-20241022", True, None),  # a prefix and a date
+        ("claude-3-5-sonnet-latest", True, None),  # a prefix and a channel
+        ("deepseek-r1:7b", False, "deepseek's deepseek-reasoner"),  # a prefix and more
+        ("deepseek-r1-distill-qwen-7b", False, "deepseek's deepseek-reasoner"),
+        ("llama3.2", False, None),  # unknown altogether
+    ],
+)
+def test_only_a_models_own_name_takes_the_librarys_price(
+    model: str, priced: bool, loose: str | None
+) -> None:
+    assert (rates_for(model) is not None) == priced
+    assert loose_match(model) == loose
