@@ -38,7 +38,27 @@ def postgres_required() -> bool:
     """CI must test PostgreSQL: there a missing server is a failure, not a skip."""
     if os.environ.get("BATCHRUNNER_REQUIRE_PG", "") == "1":
         return True
+    return in_ci()
+
+
+def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+LITELLM_ENV = "BATCHRUNNER_TEST_LITELLM"
+
+
+@pytest.fixture(scope="session")
+def litellm_binary() -> str:
+    """The `litellm` command of a venv holding `litellm[proxy]` (.ci/run makes one): a server
+    batchrunner did not write. Without it the interop tests skip, loudly; under CI they fail."""
+    path = os.environ.get(LITELLM_ENV, "").strip()
+    if path and os.access(path, os.X_OK):
+        return path
+    how = f"set {LITELLM_ENV} to the litellm command of a venv with 'litellm[proxy]'"
+    if in_ci():
+        pytest.fail(f"the LiteLLM interop tests cannot run, and CI requires them: {how}")
+    pytest.skip(f"LiteLLM interop tests skipped: {how}")
 
 
 @pytest.fixture(autouse=True)

@@ -72,3 +72,27 @@ def test_backoff_grows_with_full_jitter_and_honours_the_server() -> None:
     assert max(first) <= 0.5 and min(first) >= 0
     assert max(late) <= BACKOFF_CAP_S and max(late) > 30  # capped, yet spread out
     assert min(backoff_delay(1, rng, retry_after=7.0) for _ in range(50)) == 7.0
+
+
+@pytest.mark.parametrize(
+    ("body", "action", "kind"),
+    [
+        (  # LiteLLM's proxy, asked for a model it does not serve
+            b'{"error": {"message": "/chat/completions: Invalid model name passed in '
+            b'model=gpt-9. Call `/v1/models` to view available models for your key.", '
+            b'"type": "invalid_request_error", "param": null, "code": "400"}}',
+            STOP,
+            "not_found",
+        ),
+        (  # LiteLLM's proxy without a database, given a key that is not its master key
+            b'{"error": {"message": "No connected db.", "type": "no_db_connection", '
+            b'"param": null, "code": "400"}}',
+            STOP,
+            "auth",
+        ),
+        (error_body("invalid_value"), FAIL, "invalid_request"),  # any other 400 stays one
+    ],
+)
+def test_other_servers_words_for_the_same_refusals(body: bytes, action: str, kind: str) -> None:
+    verdict = judge_reply(400, body, retry_after=None)
+    assert (verdict.action, verdict.kind) == (action, kind)

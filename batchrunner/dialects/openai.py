@@ -258,6 +258,12 @@ def api_error(body: bytes) -> tuple[str | None, str | None, str | None]:
 
 
 STOP_STATUSES = {401: ErrorKind.AUTH, 403: ErrorKind.PERMISSION, 404: ErrorKind.NOT_FOUND}
+# Other OpenAI-compatible servers' words for the same refusals: (status, error type or None,
+# words in the message or None, what it is).
+OTHER_SERVERS: tuple[tuple[int, str | None, str | None, ErrorKind], ...] = (
+    (400, "no_db_connection", None, ErrorKind.AUTH),  # LiteLLM: a key it has no way to check
+    (400, None, "Invalid model name passed in model=", ErrorKind.NOT_FOUND),  # LiteLLM
+)
 
 
 def judge_reply(status: int, body: bytes, retry_after: float | None) -> Verdict:
@@ -276,6 +282,10 @@ def judge_reply(status: int, body: bytes, retry_after: float | None) -> Verdict:
         return Verdict(SUCCEED, body=parsed)
     error_type, code, message = api_error(body)
     message = message or f"HTTP {status}"
+    for their_status, their_type, words, kind in OTHER_SERVERS:
+        if status == their_status and (their_type is None or error_type == their_type):
+            if words is None or words in message:
+                return Verdict.failure(kind, code or error_type, message)
     if status == 429:
         if "insufficient_quota" in (code, error_type):
             return Verdict.failure(ErrorKind.QUOTA, code or error_type, message)
