@@ -283,9 +283,9 @@ def judge_reply(status: int, body: bytes, retry_after: float | None) -> Verdict:
     error_type, code, message = api_error(body)
     message = message or f"HTTP {status}"
     for their_status, their_type, words, kind in OTHER_SERVERS:
-        if status == their_status and (their_type is None or error_type == their_type):
-            if words is None or words in message:
-                return Verdict.failure(kind, code or error_type, message)
+        typed = their_type is None or error_type == their_type
+        if status == their_status and typed and (words is None or words in message):
+            return Verdict.failure(kind, code or error_type, message)
     if status == 429:
         if "insufficient_quota" in (code, error_type):
             return Verdict.failure(ErrorKind.QUOTA, code or error_type, message)
