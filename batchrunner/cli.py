@@ -74,6 +74,20 @@ def run_options(func: F) -> F:
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds."),
         click.option("--base-url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL)."),
         click.option(
+            "--provider",
+            type=click.Choice(["openai", "azure"]),
+            help="Whose API: openai (and every server that copies it) [openai], or azure.",
+        ),
+        click.option(
+            "--azure-endpoint",
+            help="Azure OpenAI resource, https://NAME.openai.azure.com (default "
+            "$AZURE_OPENAI_ENDPOINT); implies --provider azure.",
+        ),
+        click.option(
+            "--api-version",
+            help="Azure OpenAI's api-version (default $OPENAI_API_VERSION), or v1 for its v1 API.",
+        ),
+        click.option(
             "--proxy",
             help="Proxy URL for both modes (default: $HTTPS_PROXY / $HTTP_PROXY / $ALL_PROXY, "
             "$NO_PROXY honoured); given to each run, never stored.",
@@ -99,6 +113,13 @@ def run_options(func: F) -> F:
             help="Stop before the job's spend (USD, over its whole life) could pass this.",
         ),
         click.option("--prices", help="JSON or TOML prices (USD per 1M tokens) for models."),
+        click.option(
+            "--price-as",
+            multiple=True,
+            metavar="[NAME=]MODEL",
+            help="Price a name (an Azure deployment, a proxy's alias) as a known model; "
+            "MODEL alone prices every name so (repeatable).",
+        ),
         click.option(
             "--batch-max-requests",
             type=click.IntRange(1, 50_000),
@@ -130,7 +151,17 @@ def _overrides(**values: Any) -> dict[str, Any]:
         values["headers"] = tuple(parse_header(given) for given in values["headers"])
     if values.get("query"):
         values["query"] = tuple(parse_query(given) for given in values["query"])
+    if values.get("price_as"):
+        values["price_as"] = tuple(_price_as(given) for given in values["price_as"])
     return {k: v for k, v in values.items() if v is not None and v != ()}
+
+
+def _price_as(given: str) -> tuple[str, str]:
+    """`NAME=MODEL`, or `MODEL` for every name of the job."""
+    name, _, model = given.rpartition("=") if "=" in given else ("*", "", given)
+    if not name.strip() or not model.strip():
+        raise click.UsageError(f"--price-as takes NAME=MODEL or MODEL, got {given!r}")
+    return name.strip(), model.strip()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

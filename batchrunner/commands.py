@@ -108,7 +108,7 @@ def submit_job(
     from batchrunner.pricing import job_price_table
 
     summary = check_job_file(path, defaults)
-    prices = job_price_table(settings.prices)
+    prices = job_price_table(settings.prices, settings.price_as)
     estimate = EstimateBuilder(path=path, overrides=prices)
     ledger = Ledger(ledger_url)
     existing = ledger.jobs_from_source(summary.sha256)

@@ -30,8 +30,8 @@ import json
 import math
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, time
 from decimal import Decimal
 from importlib import resources
@@ -171,6 +171,12 @@ class PriceTable:
 
     entries: Mapping[str, PriceEntry]
     source: str
+    # --price-as: a name (an Azure deployment, a proxy's alias) priced as a known model; "*"
+    # for every name the job uses
+    price_as: Mapping[str, str] = field(default_factory=dict)
+
+    def priced_as(self, model: str) -> str:
+        return self.price_as.get(model) or self.price_as.get("*") or model
 
     def find(self, model: str) -> PriceEntry | None:
         name = model.lower()
@@ -243,9 +249,16 @@ def price_table_from(data: Mapping[str, Any], source: str) -> PriceTable:
     return PriceTable({str(m).lower(): _entry(source, str(m), v) for m, v in data.items()}, source)
 
 
-def job_price_table(prices: Mapping[str, Any] | None) -> PriceTable | None:
-    """A job's --prices table, as stored with its options, if it has one."""
-    return price_table_from(prices, "--prices") if prices else None
+def job_price_table(
+    prices: Mapping[str, Any] | None, price_as: Iterable[tuple[str, str]] = ()
+) -> PriceTable | None:
+    """A job's --prices table and --price-as names, as stored with its options, if it has
+    either."""
+    aliases = dict(price_as)
+    if not prices and not aliases:
+        return None
+    table = price_table_from(prices, "--prices") if prices else PriceTable({}, "--price-as")
+    return replace(table, price_as=aliases)
 
 
 def price_table_as_dict(table: PriceTable) -> dict[str, dict[str, float]]:
@@ -407,6 +420,8 @@ def rates_for(
     overrides: PriceTable | None = None,
 ) -> Rates | None:
     """A model's rates for requests made at `when` (default now), or None if none is known."""
+    if overrides is not None:
+        model = overrides.priced_as(model)
     for table in (overrides, corrections()):
         entry = table.find(model) if table is not None else None
         if table is not None and entry is not None:

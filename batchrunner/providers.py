@@ -1,18 +1,20 @@
 """Who a job talks to: a provider's dialect, its two backends, where it lives and which key
 it takes. Everything that picks a provider goes through `provider_for`.
 
-There is one provider, OpenAI (and every OpenAI-compatible server: vLLM, Ollama, proxies).
-Another one is a dialect module, its backends, and an entry in PROVIDERS.
+Two providers: OpenAI (and every OpenAI-compatible server: vLLM, Ollama, LiteLLM, gateways),
+and Azure OpenAI, which speaks OpenAI's wire format at its own addresses (deployments,
+`api-version`), with its own key header (`api-key`) and the SDK's Azure client for batches.
+Another provider is a dialect module, its backends, and a subclass here.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from batchrunner.dialects import Dialect
+from batchrunner.dialects import azure as azure_dialect
 from batchrunner.dialects import openai as openai_dialect
 from batchrunner.errors import UsageError
 from batchrunner.network import Network, proxy_for, split_query
@@ -30,22 +32,26 @@ class Endpoint:
     base_url: str  # without its query string (that is `network.query`)
     api_key: str | None
     network: Network
+    auth: dict[str, str] = field(default_factory=dict)  # the key's header(s)
+    # Paths (as /chat/completions) whose address names the request's model, as a deployment
+    # (Azure): base_url/deployments/MODEL/PATH
+    deployment_paths: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True)
 class Provider:
-    name: str
-    dialect: Dialect
-    default_base_url: str
-    base_url_env: str
-    api_key_env: str
+    """OpenAI's API and every server that copies it: the base of the others."""
+
+    name = openai_dialect.NAME
+    dialect: Dialect = openai_dialect
+    default_base_url = openai_dialect.DEFAULT_BASE_URL
+    base_url_env = openai_dialect.BASE_URL_ENV
+    api_key_env = openai_dialect.API_KEY_ENV
     # (header, environment variable, setting): who is billed, from --organization / --project,
     # else the environment; both modes send the same
-    identity: tuple[tuple[str, str, str], ...]
-    # (endpoint, settings) -> a backend; imported when called: the SDK and pyreqwest are a
-    # large share of start-up that `status` and `submit --detach` do not need
-    request_backend: Callable[[Endpoint, RunSettings], RequestBackend]
-    batch_backend: Callable[[Endpoint, RunSettings], BatchBackend]
+    identity: tuple[tuple[str, str, str], ...] = (
+        (openai_dialect.ORGANIZATION_HEADER, openai_dialect.ORGANIZATION_ENV, "organization"),
+        (openai_dialect.PROJECT_HEADER, openai_dialect.PROJECT_ENV, "project"),
+    )
 
     def base_url(self, settings: RunSettings) -> str:
         """--base-url, else the provider's environment variable, else its own API."""
@@ -69,56 +75,141 @@ class Provider:
         identity headers (flags, else the environment) and the extra headers and query. The
         secrets among them are masked wherever they could show from now on."""
         base_url, query = split_query(self.base_url(settings))
+        return self._endpoint(settings, base_url, query, api_key)
+
+    def _endpoint(
+        self,
+        settings: RunSettings,
+        base_url: str,
+        query: tuple[tuple[str, str], ...],
+        api_key: str | None,
+        deployment_paths: frozenset[str] = frozenset(),
+    ) -> Endpoint:
         headers = {}
         for header, variable, setting in self.identity:
             chosen = getattr(settings, setting) or os.environ.get(variable)
             if chosen:
                 headers[header] = chosen
         headers.update(settings.headers)
-        proxy = proxy_for(base_url, settings.proxy)
-        network = Network(proxy=proxy, headers=headers, query=query + settings.query)
+        network = Network(
+            proxy=proxy_for(base_url, settings.proxy), headers=headers, query=query + settings.query
+        )
         for _, value in settings.headers:
             treat_as_secret(value)
         credentials = network.proxy_credentials
         if credentials is not None:
             treat_as_secret(credentials[1])
-        return Endpoint(base_url, api_key, network)
+        auth = self.dialect.auth_headers(api_key)
+        return Endpoint(base_url, api_key, network, auth, deployment_paths)
+
+    def request_backend(self, endpoint: Endpoint, settings: RunSettings) -> RequestBackend:
+        from batchrunner.backends.http import HttpBackend  # pyreqwest: only when sending
+
+        return HttpBackend(
+            endpoint.base_url,
+            endpoint.api_key,
+            settings.timeout,
+            settings.concurrency,
+            endpoint.network,
+            auth=endpoint.auth,
+            deployment_paths=endpoint.deployment_paths,
+        )
+
+    def batch_backend(self, endpoint: Endpoint, settings: RunSettings) -> BatchBackend:
+        from batchrunner.backends.openai_batches import OpenAIBatches  # the SDK: only here
+
+        return OpenAIBatches(
+            endpoint.base_url,
+            endpoint.api_key,
+            settings.timeout,
+            endpoint.network,
+            auth=endpoint.auth,
+        )
 
 
-def _openai_requests(endpoint: Endpoint, settings: RunSettings) -> RequestBackend:
-    from batchrunner.backends.http import HttpBackend
+class AzureProvider(Provider):
+    """Azure OpenAI, by the SDK's conventions: the resource's endpoint (--azure-endpoint, else
+    AZURE_OPENAI_ENDPOINT), its key (AZURE_OPENAI_API_KEY) in an `api-key` header, and an API
+    version (--api-version, else OPENAI_API_VERSION). With a version, requests go to the
+    deployment a line's model names (`/openai/deployments/MODEL/chat/completions?api-version=`)
+    and batches through the SDK's Azure client; with the version `v1`, to Azure's v1 API
+    (`/openai/v1/...`, the model in the body), like any OpenAI-compatible server."""
 
-    return HttpBackend(
-        endpoint.base_url,
-        endpoint.api_key,
-        settings.timeout,
-        settings.concurrency,
-        endpoint.network,
-    )
+    name = azure_dialect.NAME
+    dialect: Dialect = azure_dialect
+    base_url_env = "AZURE_OPENAI_ENDPOINT"
+    api_key_env = "AZURE_OPENAI_API_KEY"
+    api_version_env = "OPENAI_API_VERSION"
+    identity = ()  # Azure bills the resource: no organization or project headers
+
+    def base_url(self, settings: RunSettings) -> str:
+        chosen = settings.azure_endpoint or os.environ.get(self.base_url_env)
+        if not chosen:
+            raise UsageError(
+                "Azure OpenAI needs its resource's endpoint: --azure-endpoint "
+                "https://RESOURCE.openai.azure.com (or AZURE_OPENAI_ENDPOINT)"
+            )
+        return chosen.rstrip("/")
+
+    def api_version(self, settings: RunSettings) -> str:
+        chosen = settings.api_version or os.environ.get(self.api_version_env)
+        if not chosen:
+            raise UsageError(
+                "Azure OpenAI needs an API version: --api-version 2024-10-21 (or "
+                "OPENAI_API_VERSION), or --api-version v1 for Azure's v1 API"
+            )
+        return chosen
+
+    def api_key(self, settings: RunSettings) -> str | None:
+        """The key, once the endpoint and the version are known to be given (asked first, it
+        is the first thing a run needs: so the whole set-up is checked in that order)."""
+        self.base_url(settings)
+        self.api_version(settings)
+        key = os.environ.get(self.api_key_env) or None
+        if key is None:
+            raise UsageError(f"{self.api_key_env} is not set: Azure OpenAI takes its key from it")
+        return key
+
+    def endpoint(self, settings: RunSettings, api_key: str | None) -> Endpoint:
+        resource, query = split_query(self.base_url(settings))
+        version = self.api_version(settings)
+        if version == "v1":
+            return self._endpoint(settings, f"{resource}/openai/v1", query, api_key)
+        return self._endpoint(
+            settings,
+            f"{resource}/openai",
+            (("api-version", version), *query),
+            api_key,
+            deployment_paths=azure_dialect.DEPLOYMENT_PATHS,
+        )
+
+    def batch_backend(self, endpoint: Endpoint, settings: RunSettings) -> BatchBackend:
+        from batchrunner.backends.openai_batches import AzureBatches, AzureV1Batches
+
+        if not endpoint.deployment_paths:  # Azure's v1 API: OpenAI's client, Azure's key
+            return AzureV1Batches(
+                endpoint.base_url,
+                endpoint.api_key,
+                settings.timeout,
+                endpoint.network,
+                auth=endpoint.auth,
+            )
+
+        resource = endpoint.base_url.removesuffix("/openai")
+        version = self.api_version(settings)
+        return AzureBatches(resource, endpoint.api_key, version, settings.timeout, endpoint.network)
 
 
-def _openai_batches(endpoint: Endpoint, settings: RunSettings) -> BatchBackend:
-    from batchrunner.backends.openai_batches import OpenAIBatches
-
-    return OpenAIBatches(endpoint.base_url, endpoint.api_key, settings.timeout, endpoint.network)
-
-
-OPENAI = Provider(
-    name=openai_dialect.NAME,
-    dialect=openai_dialect,
-    default_base_url=openai_dialect.DEFAULT_BASE_URL,
-    base_url_env=openai_dialect.BASE_URL_ENV,
-    api_key_env=openai_dialect.API_KEY_ENV,
-    identity=(
-        (openai_dialect.ORGANIZATION_HEADER, openai_dialect.ORGANIZATION_ENV, "organization"),
-        (openai_dialect.PROJECT_HEADER, openai_dialect.PROJECT_ENV, "project"),
-    ),
-    request_backend=_openai_requests,
-    batch_backend=_openai_batches,
-)
-PROVIDERS = {OPENAI.name: OPENAI}
+OPENAI = Provider()
+AZURE = AzureProvider()
+PROVIDERS = {OPENAI.name: OPENAI, AZURE.name: AZURE}
 
 
 def provider_for(settings: RunSettings) -> Provider:
-    """The provider a job's settings name (today always OpenAI's wire format)."""
-    return PROVIDERS[openai_dialect.NAME]
+    """The provider a job's settings name: Azure for --provider azure or --azure-endpoint,
+    else OpenAI's wire format."""
+    if settings.provider == AZURE.name or settings.azure_endpoint:
+        return AZURE
+    if settings.provider not in PROVIDERS:
+        raise UsageError(f"unknown provider {settings.provider!r}: use one of {list(PROVIDERS)}")
+    return PROVIDERS[settings.provider]

@@ -9,6 +9,8 @@ from yarl import URL
 
 from batchrunner.dialects.openai import BATCH_MAX_REQUESTS
 
+PAIRS = ("query", "price_as")  # settings stored as lists of pairs (JSON has no tuples)
+
 
 @dataclass(frozen=True)
 class RunSettings:
@@ -20,12 +22,16 @@ class RunSettings:
     lease_s: float = 60.0  # a worker silent this long is dead: its items go to the others
     max_retry_wait: float = 60.0  # a longer Retry-After defers the item instead of a worker
     base_url: str | None = None  # None: the provider's env variable, else its own API
+    provider: str = "openai"  # openai (and every server that copies it) | azure
+    azure_endpoint: str | None = None  # https://RESOURCE.openai.azure.com (Azure OpenAI)
+    api_version: str | None = None  # Azure's api-version, or "v1" for its v1 API
     budget: float | None = None  # USD over the job's whole life
     batch_max_requests: int = BATCH_MAX_REQUESTS  # per Batch API input file
     batch_token_limit: int | None = None  # the account's enqueued prompt tokens per model
     batch_hold_s: float = 300.0  # wait after a batch hit the token cap with nothing to wait for
     finish: str = "batch"  # what runs the leftovers of an expired batch: batch | concurrent
     prices: dict[str, dict[str, float]] | None = None  # a --prices file's table, kept with the job
+    price_as: tuple[tuple[str, str], ...] = ()  # (name or "*", the known model it is priced as)
     organization: str | None = None  # the provider's organization / project to bill (else the
     project: str | None = None  # provider's environment variables)
     query: tuple[tuple[str, str], ...] = ()  # parameters every request's URL carries
@@ -51,5 +57,6 @@ class RunSettings:
 
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> RunSettings:
-        known = {**data, "query": tuple(tuple(pair) for pair in data.get("query") or ())}
+        pairs = {name: tuple(tuple(pair) for pair in data.get(name) or ()) for name in PAIRS}
+        known = {**data, **pairs}
         return cls().merged(known)

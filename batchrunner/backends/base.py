@@ -63,8 +63,11 @@ class RequestBackend(Protocol):
         tb: TracebackType | None,
     ) -> None: ...
 
-    async def post(self, url: str, body: bytes, custom_id: str) -> Reply | TransportFailure:
-        """Send `body` to the endpoint `url` (such as /v1/chat/completions), exactly once."""
+    async def post(
+        self, url: str, body: bytes, custom_id: str, model: str = ""
+    ) -> Reply | TransportFailure:
+        """Send `body` to the endpoint `url` (such as /v1/chat/completions), exactly once;
+        `model` is the one the body names (some providers address it in the URL)."""
         ...
 
 

@@ -53,17 +53,25 @@ class HttpBackend:
         timeout: float,
         max_connections: int,
         network: Network | None = None,
+        *,
+        auth: dict[str, str] | None = None,
+        deployment_paths: frozenset[str] = frozenset(),
     ) -> None:
+        """`auth`: the key's header(s), OpenAI's Bearer unless given; `deployment_paths`: the
+        paths whose address names the request's model (Azure's deployments)."""
         self._base_url = base_url
         self._network = network or Network()
         self._headers = {
             "Content-Type": "application/json",
             **self._network.headers,
-            **auth_headers(api_key),
+            **(auth if auth is not None else auth_headers(api_key)),
         }
         self._timeout = timeout
         self._max_connections = max_connections
-        self._urls: dict[str, str] = {}  # a job url -> where it is posted (a job has few)
+        self._deployment_paths = deployment_paths
+        # where each job url (and, for deployments, model) is posted: a job has few
+        self._urls: dict[str, str] = {}
+        self._deployment_urls: dict[tuple[str, str], str] = {}
         self._client: Client | None = None
 
     async def __aenter__(self) -> HttpBackend:
@@ -103,9 +111,15 @@ class HttpBackend:
         if self._client is not None:
             await self._client.close()
 
-    async def post(self, url: str, body: bytes, custom_id: str) -> Reply | TransportFailure:
+    async def post(
+        self, url: str, body: bytes, custom_id: str, model: str = ""
+    ) -> Reply | TransportFailure:
         assert self._client is not None, "use HttpBackend as an async context manager"
-        request = self._client.post(self._urls.get(url) or self._url(url)).body_bytes(body)
+        if self._deployment_paths:
+            address = self._deployment_urls.get((url, model)) or self._url(url, model)
+        else:
+            address = self._urls.get(url) or self._url(url)
+        request = self._client.post(address).body_bytes(body)
         request_id = quote(custom_id, safe="")
         if len(request_id) <= MAX_CLIENT_REQUEST_ID:
             request = request.header(CLIENT_REQUEST_ID, request_id)
@@ -141,7 +155,13 @@ class HttpBackend:
             limits=limits,
         )
 
-    def _url(self, url: str) -> str:
+    def _url(self, url: str, model: str = "") -> str:
+        path = url.removeprefix("/v1")
+        if path in self._deployment_paths:  # base/deployments/MODEL/path?query
+            base = f"{self._base_url}/deployments/{quote(model, safe='')}"
+            joined = endpoint_url(base, url, self._network.query)
+            self._deployment_urls[url, model] = joined
+            return joined
         joined = self._urls[url] = endpoint_url(self._base_url, url, self._network.query)
         return joined
 

@@ -20,6 +20,7 @@ import orjson
 from openai.types import Batch
 
 from batchrunner.backends.base import FIND_PAGE, FIND_PAGES_MAX, BatchProblem, RemoteBatch
+from batchrunner.dialects.azure import batch_endpoint
 from batchrunner.dialects.openai import judge_reply
 from batchrunner.errors import BackendError
 from batchrunner.failures import ErrorKind
@@ -78,22 +79,23 @@ class OpenAIBatches:
         api_key: str | None,
         timeout: float = 600.0,
         network: Network | None = None,
+        *,
+        auth: dict[str, str] | None = None,
     ) -> None:
+        """`auth`: the key's header(s) besides the SDK's own Bearer (Azure's v1 API: api-key)."""
         network = network or Network()
-        # The SDK reads no proxy from the environment: network.py chose it, for both modes; the
-        # certificates trusted are OpenSSL's defaults (SSL_CERT_FILE, SSL_CERT_DIR), as there.
-        http = openai.DefaultHttpxClient(
-            proxy=network.proxy, trust_env=False, verify=ssl.create_default_context()
-        )
         client = openai.OpenAI(
             api_key=api_key or "none",
             base_url=base_url,
             timeout=timeout,
             max_retries=0,
-            default_headers=network.headers,
+            default_headers={**network.headers, **(auth or {})},
             default_query=dict(network.query),
-            http_client=http,
+            http_client=_http_client(network),
         )
+        self._use(client)
+
+    def _use(self, client: openai.OpenAI) -> None:
         self._once = client
         self._retrying = client.with_options(max_retries=READ_RETRIES)
 
@@ -105,11 +107,14 @@ class OpenAIBatches:
         with _translated():
             batch = self._once.batches.create(
                 input_file_id=input_file_id,
-                endpoint=endpoint,  # type: ignore[arg-type]
+                endpoint=self._endpoint(endpoint),  # type: ignore[arg-type]
                 completion_window="24h",
                 metadata=metadata,
             )
         return _remote(batch)
+
+    def _endpoint(self, url: str) -> str:
+        return url
 
     def find(self, key: str, value: str) -> RemoteBatch | None:
         """The newest batch whose metadata has key=value, among the recent ones."""
@@ -153,3 +158,49 @@ class OpenAIBatches:
                         yield line
         finally:
             path.unlink(missing_ok=True)
+
+
+class AzureBatches(OpenAIBatches):
+    """Azure OpenAI's Files and Batch API through the SDK's Azure client: its resource's
+    endpoint, an `api-version`, the key in an `api-key` header, and batches that name their
+    endpoint without `/v1` (as their input lines do: dialects/azure.py)."""
+
+    def __init__(
+        self,
+        resource: str,
+        api_key: str | None,
+        api_version: str,
+        timeout: float = 600.0,
+        network: Network | None = None,
+    ) -> None:
+        network = network or Network()
+        client = openai.AzureOpenAI(
+            azure_endpoint=resource,
+            api_key=api_key,
+            api_version=api_version,
+            timeout=timeout,
+            max_retries=0,
+            default_headers=network.headers,
+            default_query={k: v for k, v in network.query if k != "api-version"},
+            http_client=_http_client(network),
+        )
+        self._use(client)
+
+    def _endpoint(self, url: str) -> str:
+        return batch_endpoint(url)
+
+
+class AzureV1Batches(OpenAIBatches):
+    """Azure's v1 API (`/openai/v1/`) through OpenAI's client: its batches, like Azure's
+    others, name their endpoint without `/v1`."""
+
+    def _endpoint(self, url: str) -> str:
+        return batch_endpoint(url)
+
+
+def _http_client(network: Network) -> openai.DefaultHttpxClient:
+    """The SDK reads no proxy from the environment: network.py chose it, for both modes; the
+    certificates trusted are OpenSSL's defaults (SSL_CERT_FILE, SSL_CERT_DIR), as there."""
+    return openai.DefaultHttpxClient(
+        proxy=network.proxy, trust_env=False, verify=ssl.create_default_context()
+    )

@@ -34,6 +34,7 @@ are the HTTP routes' alone.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import threading
 import time
@@ -77,6 +78,7 @@ class Refusal:
 
 Answer = dict[str, Any] | Refusal  # what a core method gives: the API's JSON, or a refusal
 Route = Callable[[web.Request], Awaitable[web.Response]]
+Check = Callable[[web.Request], "Refusal | None"]  # a refusal for a request, if it earns one
 
 
 @dataclass
@@ -145,26 +147,29 @@ class FakeBatchApi:
             self.calls[route] += 1
             self.total_calls += 1
 
-    def add_routes(self, app: web.Application) -> None:
-        keyed = self._keyed
-        app.router.add_post("/v1/files", keyed(self._upload))
-        app.router.add_get("/v1/files/{file_id}", keyed(self._file))
-        app.router.add_get("/v1/files/{file_id}/content", keyed(self._file_content))
-        app.router.add_delete("/v1/files/{file_id}", keyed(self._delete_file))
-        app.router.add_post("/v1/batches", keyed(self._create))
-        app.router.add_get("/v1/batches", keyed(self._list))
-        app.router.add_get("/v1/batches/{batch_id}", keyed(self._retrieve))
-        app.router.add_post("/v1/batches/{batch_id}/cancel", keyed(self._cancel))
+    def add_routes(self, app: web.Application, prefix: str, check: Check | None = None) -> None:
+        """The routes under `prefix` (/v1; Azure's /openai), each checked by `check` first."""
+        keyed = functools.partial(self._keyed, check=check)
+        app.router.add_post(f"{prefix}/files", keyed(self._upload))
+        app.router.add_get(f"{prefix}/files/{{file_id}}", keyed(self._file))
+        app.router.add_get(f"{prefix}/files/{{file_id}}/content", keyed(self._file_content))
+        app.router.add_delete(f"{prefix}/files/{{file_id}}", keyed(self._delete_file))
+        app.router.add_post(f"{prefix}/batches", keyed(self._create))
+        app.router.add_get(f"{prefix}/batches", keyed(self._list))
+        app.router.add_get(f"{prefix}/batches/{{batch_id}}", keyed(self._retrieve))
+        app.router.add_post(f"{prefix}/batches/{{batch_id}}/cancel", keyed(self._cancel))
 
-    def _keyed(self, route: Route) -> Route:
-        """The route, refusing another key than `FakeConfig.api_key` (when set) with a 401, as
-        the online routes do."""
+    def _keyed(self, route: Route, check: Check | None = None) -> Route:
+        """The route, refusing a request without the key the server asks for with a 401, as
+        the online routes do (and what `check` refuses, as it says)."""
 
         async def checked(request: web.Request) -> web.Response:
             self.server.record(request)
-            key = self.server.config.api_key
-            if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
+            if self.server.key_refused(request):
                 return _response(Refusal(401, error_answer("401").body))
+            refusal = check(request) if check is not None else None
+            if refusal is not None:
+                return _response(refusal)
             return await route(request)
 
         return checked
@@ -201,15 +206,16 @@ class FakeBatchApi:
             return Refusal(forced.status, forced.body)
         with self._lock:
             stored = self.files.get(str(payload.get("input_file_id")))
-        endpoint = payload.get("endpoint")
+        endpoint = str(payload.get("endpoint"))
         if stored is None:
             return _refused(400, "Invalid 'input_file_id': no such file.")
-        if endpoint not in ENDPOINTS or payload.get("completion_window") != "24h":
+        known = endpoint if endpoint.startswith("/v1/") else f"/v1{endpoint}"  # Azure's has no v1
+        if known not in ENDPOINTS or payload.get("completion_window") != "24h":
             return _refused(400, "Invalid 'endpoint' or 'completion_window'.")
         refusal = self._refusal(stored.content)
         if refusal is not None:
             return _refused(400, refusal)
-        lines, errors = validate_input(stored.content, str(endpoint))  # outside the lock: pure
+        lines, errors = validate_input(stored.content, endpoint)  # outside the lock: pure
         tokens = sum(answers.prompt_of(endpoint, line["body"])[1] for line in lines)
         limit = config.batch_token_limit
         with self._lock:

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from batchrunner.dialects.openai import ENDPOINTS, output_cap
 from batchrunner.fake import answers
+from batchrunner.fake.azure import add_azure_routes
 from batchrunner.fake.batches import FakeBatchApi
 from batchrunner.fake.faults import (
     Bucket,
@@ -72,6 +73,7 @@ class FakeConfig:
     api_key: str | None = None  # when set, any other key gets a 401
     echo_auth: bool = False  # error messages quote the Authorization header, as leaky proxies do
     record_requests: bool = False  # keep each request's path, query and headers (`received`)
+    azure_api_version: str | None = None  # set: serve Azure OpenAI's shape only (fake/azure.py)
     batch_validating_s: float = 0.05  # how long a batch spends in each state (see batches.py)
     batch_in_progress_s: float = 0.3
     batch_finalizing_s: float = 0.05
@@ -105,10 +107,13 @@ class FakeServer:
 
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        for url in ENDPOINTS:
-            app.router.add_post(url, self._answer)
-        app.router.add_get("/v1/models", self._models)
-        self.batch_api.add_routes(app)
+        if self.config.azure_api_version is not None:  # Azure's addresses, and only those
+            add_azure_routes(self, app)
+        else:
+            for url in ENDPOINTS:
+                app.router.add_post(url, self._answer)
+            app.router.add_get("/v1/models", self._models)
+            self.batch_api.add_routes(app, "/v1")
         app.router.add_get("/_fake/stats", self._stats)
         app.router.add_post("/_fake/config", self._set_config)
         app.router.add_post("/_fake/reset", self._reset)
@@ -134,7 +139,18 @@ class FakeServer:
 
     # -- the API -------------------------------------------------------------------------------
 
-    async def _answer(self, request: web.Request) -> web.StreamResponse:
+    def key_refused(self, request: web.Request) -> bool:
+        """Whether the request lacks the key `api_key` asks for: a Bearer token, or in the
+        Azure shape an `api-key` header (which it always needs, whatever its value)."""
+        key = self.config.api_key
+        if self.config.azure_api_version is not None:
+            given = request.headers.get("api-key")
+            return not given or (key is not None and given != key)
+        return key is not None and request.headers.get("Authorization") != f"Bearer {key}"
+
+    async def _answer(self, request: web.Request, url: str | None = None) -> web.StreamResponse:
+        """Answer an online request to `url` (the request's own path unless given)."""
+        url = url or request.path
         raw = await request.read()
         request_id = self._count(request, raw)
         config = self.config
@@ -145,9 +161,7 @@ class FakeServer:
         if not isinstance(body, dict):
             return self._error(request, error_answer("400"))
         model = str(body.get("model") or "")
-        if config.api_key is not None and request.headers.get("Authorization") != (
-            f"Bearer {config.api_key}"
-        ):
+        if self.key_refused(request):
             return self._error(request, error_answer("401"))
         if config.force_status is not None:
             return self._error(request, forced_answer(config.force_status, config.force_code))
@@ -161,7 +175,7 @@ class FakeServer:
                 return misbehaviour
         output_trigger = trigger.name if trigger else None
 
-        _, prompt_tokens = answers.prompt_of(request.path, body)
+        _, prompt_tokens = answers.prompt_of(url, body)
         limits = self._take_limits(model, prompt_tokens + (output_cap(body) or 0))
         if isinstance(limits, ErrorAnswer):
             return self._error(request, limits)
@@ -180,9 +194,7 @@ class FakeServer:
             await asyncio.sleep(config.hang_seconds)
 
         await self._latency()
-        return self._json(
-            request, 200, self.success_body(request.path, body, output_trigger), limits
-        )
+        return self._json(request, 200, self.success_body(url, body, output_trigger), limits)
 
     def success_body(self, url: str, body: dict[str, Any], trigger: str | None) -> dict[str, Any]:
         """The 200 answer's body for a request (also what a batch's output line holds)."""
@@ -201,7 +213,7 @@ class FakeServer:
         completion = answers.complete(model, prompt_text, body, trigger)
         if url.endswith("/responses"):
             return answers.responses_body(model, prompt_tokens, cached, completion)
-        if url == "/v1/completions":
+        if not url.endswith("/chat/completions") and url.endswith("/completions"):
             return answers.completions_body(model, prompt_tokens, completion)
         return answers.chat_body(model, prompt_tokens, cached, completion, config.seed or 0)
 

@@ -70,7 +70,7 @@ class ConcurrentRunner:
         self._backend = backend
         self._dialect = dialect
         self._throttle = Throttle(settings.rpm, settings.tpm)
-        self._prices = job_price_table(settings.prices)
+        self._prices = job_price_table(settings.prices, settings.price_as)
         self._answers = AnswerReader(dialect, self._prices, batch=False)
         self._budget: Budget | None = None
         self._typical_output = TypicalOutput()
@@ -303,7 +303,7 @@ class ConcurrentRunner:
                 return
             attempt += 1
             started = utcnow()
-            answer = await self._backend.post(item.url, body, item.custom_id)
+            answer = await self._backend.post(item.url, body, item.custom_id, item.model)
             verdict = self._judge(answer)
             verdict = final_verdict(verdict, attempt, self._settings.max_attempts)
             outcome = self._outcome(item, attempt, started, answer, verdict)
