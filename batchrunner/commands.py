@@ -142,12 +142,12 @@ def job_settings(ledger: Ledger, job_id: int, overrides: dict[str, Any]) -> RunS
     with headers this run was not given (their values are never stored)."""
     options, _ = ledger.job_options(job_id)
     settings = RunSettings.from_stored(options).merged(overrides)
-    given = {name.lower() for name, _ in settings.headers}
-    missing = [name for name in options.get("header_names") or () if name.lower() not in given]
+    given = {name.lower() for name, _ in (*settings.headers, *settings.query)}
+    missing = [name for name in options.get("withheld") or () if name.lower() not in given]
     if missing:
         EVENTS.warning(
-            "job %s was submitted with the header(s) %s; give them to this run too "
-            "(--header 'Name: value': their values are not stored)",
+            "job %s was submitted with %s, which are not stored (headers, secret query "
+            "parameters); give them to this run too (--header 'Name: value', --query name=value)",
             job_id,
             ", ".join(missing),
         )

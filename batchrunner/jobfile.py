@@ -69,38 +69,43 @@ def _custom_id(value: object, key: str) -> str:
 
 
 class TypoCheck:
-    """Refuses an unknown key a typo away from a known one ("custnm_id", "mehtod"): kept as an
-    extra key or sent in the body, it would silently leave the real one at its default. Lines
-    repeat their keys, so each key is weighed once (and a file's keys are few)."""
+    """Refuses an unknown key a typo away from a known one the line lacks ("custnm_id",
+    "mehtod"): kept as an extra key or sent in the body, it would silently leave the real one
+    at its default. A line that has the known key (`custom_id` beside `customer_id`) means
+    both. Lines repeat their keys, so each key is weighed once (and a file's keys are few)."""
 
     MAX_REMEMBERED = 10_000
 
     def __init__(self, known: tuple[str, ...]) -> None:
         self._known = known
-        self._meant: dict[str, str | None] = dict.fromkeys(known)
+        self._near: dict[str, tuple[str, ...]] = {}  # a key -> the known keys it is near
 
     def __call__(self, line: dict[str, Any]) -> None:
-        remembered = self._meant
+        near = self._near
         for key in line:
-            if key in remembered:
-                meant = remembered[key]
-            else:
-                meant = self._closest(key)
-                if len(remembered) < self.MAX_REMEMBERED:
-                    remembered[key] = meant
-            if meant is not None:
-                raise _LineError(f'unknown key "{key}": did you mean "{meant}"?')
+            if key in self._known:
+                continue
+            close = near.get(key)
+            if close is None:
+                close = self._close_to(key)
+                if len(near) < self.MAX_REMEMBERED:
+                    near[key] = close
+            for meant in close:
+                if meant not in line:
+                    raise _LineError(f'unknown key "{key}": did you mean "{meant}"?')
 
-    def _closest(self, key: str) -> str | None:
-        for known in self._known:
-            if edit_distance(key, known) <= (1 if len(known) <= 4 else 2):
-                return known
-        return None
+    def _close_to(self, key: str) -> tuple[str, ...]:
+        return tuple(
+            known
+            for known in self._known
+            if edit_distance(key, known) <= (1 if len(known) <= 4 else 2)
+        )
 
 
 _ABSENT = object()  # a key the line does not have (null is a value, and a wrong one)
+_BATCH_KEYS = frozenset(BATCH_LINE_KEYS)
 _batch_line_typos = TypoCheck(BATCH_LINE_KEYS)
-_short_line_typos = TypoCheck(("custom_id",))  # a short line's other keys are the body's
+_short_line_typos = TypoCheck(("custom_id", "url"))  # a short line's other keys are the body's
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -155,6 +160,8 @@ def _parse(
 
     extra: dict[str, Any] | None = None
     if "body" in obj or "method" in obj:  # the Batch API line form; what is left is extra
+        if not obj.keys() <= _BATCH_KEYS:  # an extra key, unless a typo of a key it lacks
+            _batch_line_typos(obj)
         method = obj.pop("method", "POST")
         if method != "POST":
             raise _LineError(f'method must be "POST", got {orjson.dumps(method).decode()}')
@@ -165,8 +172,6 @@ def _parse(
             raise _LineError(f'"body" must be an object, got {describe_value(body)}')
         given_id = obj.pop("custom_id", _ABSENT)
         url = obj.pop("url", defaults.endpoint)
-        if obj:  # what is left is extra, unless it is a typo of a key the line lacks
-            _batch_line_typos(obj)
         if given_id is _ABSENT:  # OpenAI and vLLM refuse such a line: so does the check
             raise _LineError(
                 'missing "custom_id" (a Batch API line needs one; only a short line may go '

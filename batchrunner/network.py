@@ -2,13 +2,15 @@
 proxy, the headers every request carries and the query string (pure, apart from reading the
 environment).
 
-Proxies are read as curl and the openai SDK read them: `--proxy URL` first, else for an https
-base URL `https_proxy` / `HTTPS_PROXY`, for an http one `http_proxy` / `HTTP_PROXY`, then
-`all_proxy` / `ALL_PROXY`; `no_proxy` / `NO_PROXY` lists hosts to reach directly (`*`, a host,
-a domain and its subdomains, an IP address or a CIDR block, each with an optional `:port`).
-A loopback address is never sent through a proxy from the environment (a local server is
-local); `--proxy` is obeyed for it too. A proxy's credentials may sit in its URL
-(`http://user:pass@proxy:3128`): they are used, and never stored, logged or shown.
+Proxies are read as Python's urllib and the openai SDK read them: `--proxy URL` first, else
+for an https base URL `https_proxy` / `HTTPS_PROXY`, for an http one `http_proxy` /
+`HTTP_PROXY`, then `all_proxy` / `ALL_PROXY` (the lower-case name wins, even set empty);
+`no_proxy` / `NO_PROXY` lists hosts to reach directly (`*`, a host, a domain and its
+subdomains as `.corp` or `*.corp`, an IP address or a CIDR block, each with an optional
+`:port`). A proxy without a scheme is an http one (`proxy:3128`). A loopback address is never
+sent through a proxy from the environment (a local server is local); `--proxy` is obeyed for
+it too. A proxy's credentials may sit in its URL (`http://user:pass@proxy:3128`): they are
+used, and never stored, logged or shown.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
 from batchrunner.errors import UsageError
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+# A query parameter (or header) whose name says it is a secret: never stored, always masked.
+SECRET_NAME = re.compile(r"key|token|secret|passw|sig|auth|credential", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -58,34 +62,49 @@ def _without_credentials(parts: SplitResult) -> SplitResult:
     return parts._replace(netloc=netloc)
 
 
+PROXY_SCHEMES = ("http", "https")
+
+
 def proxy_for(
     url: str, explicit: str | None = None, env: Mapping[str, str] | None = None
 ) -> str | None:
     """The proxy requests to `url` go through, or None for a direct connection."""
     if explicit:
-        return explicit
+        return _proxy_url(explicit)
     env = os.environ if env is None else env
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    names = ("https_proxy", "HTTPS_PROXY") if scheme == "https" else ("http_proxy", "HTTP_PROXY")
-    proxy = _first(env, (*names, "all_proxy", "ALL_PROXY"))
+    proxy = _variable(env, scheme) or _variable(env, "all")
     if not proxy or _is_loopback(parts.hostname or ""):
         return None
     port = parts.port or (443 if scheme == "https" else 80)
-    if _bypassed(parts.hostname or "", port, _first(env, ("no_proxy", "NO_PROXY")) or ""):
+    if _bypassed(parts.hostname or "", port, _variable(env, "no") or ""):
         return None
-    return proxy
+    return _proxy_url(proxy)
+
+
+def _proxy_url(given: str) -> str:
+    """The proxy's URL with its scheme (http:// when it names none); a scheme neither client
+    takes (socks5://) is refused, naming the proxy without its credentials."""
+    url = given if "://" in given else f"http://{given}"
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in PROXY_SCHEMES or not parts.hostname:
+        shown = urlunsplit(_without_credentials(parts))
+        raise UsageError(f"the proxy {shown!r} is not usable: use an http:// or https:// proxy")
+    return url
 
 
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110's token
 
 
 def parse_header(given: str) -> tuple[str, str]:
-    """`Name: value` (as curl's -H takes it) -> (name, value)."""
+    """`Name: value` (as curl's -H takes it) -> (name, value). A wrong one is named by what
+    comes before its colon, never by its value (which may be a key)."""
     name, colon, value = given.partition(":")
     name, value = name.strip(), value.strip()
     if not colon or not HEADER_NAME.match(name) or not value or "\n" in value or "\r" in value:
-        raise UsageError(f"--header takes 'Name: value', got {given.split(':')[0]!r}: ...")
+        shown = repr(name) if colon and HEADER_NAME.match(name) else "something without a name"
+        raise UsageError(f"--header takes 'Name: value', got {shown} and no usable value")
     return name, value
 
 
@@ -105,21 +124,24 @@ def split_query(base_url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return urlunsplit(parts._replace(query="", fragment="")), query
 
 
-def _first(env: Mapping[str, str], names: tuple[str, ...]) -> str | None:
-    for name in names:
-        value = env.get(name, "").strip()
-        if value:
-            return value
+def _variable(env: Mapping[str, str], kind: str) -> str | None:
+    """`KIND_proxy`, the lower-case name first (set empty, it means none), then upper case."""
+    for name in (f"{kind}_proxy", f"{kind.upper()}_PROXY"):
+        if name in env:
+            return env[name].strip() or None
     return None
 
 
 def _is_loopback(host: str) -> bool:
-    if host.lower() in LOOPBACK_NAMES:
+    host = host.lower().rstrip(".")
+    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def _bypassed(host: str, port: int, no_proxy: str) -> bool:
@@ -155,10 +177,12 @@ def _host_matches(host: str, name: str) -> bool:
         address = ipaddress.ip_address(host)
     except ValueError:
         address = None
-    if address is not None and "/" in name:
+    if address is not None:
         try:
-            return address in ipaddress.ip_network(name, strict=False)
+            if "/" in name:
+                return address in ipaddress.ip_network(name, strict=False)
+            return address == ipaddress.ip_address(name)  # fd00:0::5 is fd00::5
         except ValueError:
             return False
-    name = name.lstrip(".").rstrip(".")
+    name = name.removeprefix("*").lstrip(".").rstrip(".")
     return host == name or host.endswith("." + name)

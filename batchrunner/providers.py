@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from batchrunner.dialects import Dialect
 from batchrunner.dialects import azure as azure_dialect
 from batchrunner.dialects import openai as openai_dialect
 from batchrunner.errors import UsageError
-from batchrunner.network import Network, proxy_for, split_query
+from batchrunner.network import SECRET_NAME, Network, proxy_for, split_query
 from batchrunner.redact import treat_as_secret
 from batchrunner.settings import RunSettings
 
@@ -85,21 +86,19 @@ class Provider:
         api_key: str | None,
         deployment_paths: frozenset[str] = frozenset(),
     ) -> Endpoint:
-        headers = {}
+        identity = {}
         for header, variable, setting in self.identity:
             chosen = getattr(settings, setting) or os.environ.get(variable)
             if chosen:
-                headers[header] = chosen
-        headers.update(settings.headers)
-        network = Network(
-            proxy=proxy_for(base_url, settings.proxy), headers=headers, query=query + settings.query
-        )
-        for _, value in settings.headers:
-            treat_as_secret(value)
-        credentials = network.proxy_credentials
-        if credentials is not None:
-            treat_as_secret(credentials[1])
+                identity[header] = chosen
         auth = self.dialect.auth_headers(api_key)
+        headers, auth = merged_headers(identity, auth, settings.headers)
+        network = Network(
+            proxy=proxy_for(base_url, settings.proxy),
+            headers=headers,
+            query=merged_query(query, settings.query),
+        )
+        _keep_secret(settings, network)
         return Endpoint(base_url, api_key, network, auth, deployment_paths)
 
     def request_backend(self, endpoint: Endpoint, settings: RunSettings) -> RequestBackend:
@@ -198,6 +197,46 @@ class AzureProvider(Provider):
         resource = endpoint.base_url.removesuffix("/openai")
         version = self.api_version(settings)
         return AzureBatches(resource, endpoint.api_key, version, settings.timeout, endpoint.network)
+
+
+def merged_headers(
+    identity: dict[str, str], auth: dict[str, str], given: tuple[tuple[str, str], ...]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(every header but the key's, the key's): a header the user gives (--header) replaces
+    the same one, whatever its case, identity and key included, in both modes alike; it takes
+    the spelling of the one it replaces, so no client sends both."""
+    spelled = {name.lower(): name for name in (*identity, *auth)}
+    headers = dict(identity)
+    for name, value in given:
+        canonical = spelled.get(name.lower(), name)
+        headers = {k: v for k, v in headers.items() if k.lower() != name.lower()}
+        headers[canonical] = value
+    replaced = {name.lower() for name, _ in given}
+    return headers, {k: v for k, v in auth.items() if k.lower() not in replaced}
+
+
+def merged_query(
+    base: tuple[tuple[str, str], ...], given: tuple[tuple[str, str], ...]
+) -> tuple[tuple[str, str], ...]:
+    """The base URL's query and --query's, one value a name (--query's wins): both clients
+    send the same."""
+    merged = dict(base)
+    merged.update(given)
+    return tuple(merged.items())
+
+
+def _keep_secret(settings: RunSettings, network: Network) -> None:
+    """Mask, from now on, what this run was given that may be a secret: header values, the
+    proxy's password (as given and as decoded), secret-named query values."""
+    for _, value in settings.headers:
+        treat_as_secret(value)
+    credentials = network.proxy_credentials
+    if credentials is not None and network.proxy is not None:
+        treat_as_secret(credentials[1])
+        treat_as_secret(urlsplit(network.proxy).password or "")
+    for name, value in network.query:
+        if SECRET_NAME.search(name):
+            treat_as_secret(value)
 
 
 OPENAI = Provider()

@@ -52,13 +52,15 @@ def _luhn(digits: str) -> bool:
 
 
 # Values this process was given that must never show, besides the key: a header's value (a
-# gateway's key), a proxy's password. Added by `treat_as_secret`.
+# gateway's key), a proxy's password, a secret query parameter. Added by `treat_as_secret`;
+# masked whole (a short password's last four characters are most of it).
 _SECRETS: set[str] = set()
+MIN_SECRET = 4  # shorter values would mask ordinary words
 
 
 def treat_as_secret(value: str) -> None:
     """Mask `value` wherever batchrunner stores or prints text from now on."""
-    if len(value) >= MIN_KNOWN_KEY:
+    if len(value) >= MIN_SECRET:
         _SECRETS.add(value)
 
 
@@ -68,10 +70,13 @@ def mask_secrets(text: str, *, cards: bool = False) -> tuple[str, int]:
     card numbers too; and how many."""
     count = 0
     known = os.environ.get(KEY_ENV) or ""
-    for secret in (known, *_SECRETS) if _SECRETS else (known,):
-        if len(secret) >= MIN_KNOWN_KEY and secret in text:
+    if len(known) >= MIN_KNOWN_KEY and known in text:
+        count += text.count(known)
+        text = text.replace(known, _masked_key(known))
+    for secret in sorted(_SECRETS, key=len, reverse=True) if _SECRETS else ():
+        if secret in text:
             count += text.count(secret)
-            text = text.replace(secret, _masked_key(secret))
+            text = text.replace(secret, "***")
 
     def key(match: re.Match[str]) -> str:
         nonlocal count

@@ -8,6 +8,7 @@ from typing import Any
 from yarl import URL
 
 from batchrunner.dialects.openai import BATCH_MAX_REQUESTS
+from batchrunner.network import SECRET_NAME
 
 PAIRS = ("query", "price_as")  # settings stored as lists of pairs (JSON has no tuples)
 
@@ -46,13 +47,20 @@ class RunSettings:
         return replace(self, **{k: v for k, v in overrides.items() if k in known and v is not None})
 
     def stored(self) -> dict[str, Any]:
-        """What is saved with the job: never a key, no proxy, no header's value (only its
-        name, to say what a resumed run lacks), and a URL without its password."""
+        """What is saved with the job: never a key, no proxy, no header's value and no secret
+        query parameter (only their names, to say what a resumed run lacks), and a URL with
+        neither its password nor a secret query parameter."""
         data = asdict(self)
         del data["proxy"], data["headers"]
-        data["header_names"] = [name for name, _ in self.headers]
+        withheld = [name for name, _ in self.headers]
+        data["query"] = [pair for pair in self.query if not SECRET_NAME.search(pair[0])]
+        withheld += [name for name, _ in self.query if SECRET_NAME.search(name)]
         if self.base_url:
-            data["base_url"] = str(URL(self.base_url).with_password(None))
+            url = URL(self.base_url).with_password(None)
+            secret = [name for name in url.query if SECRET_NAME.search(name)]
+            data["base_url"] = str(url.without_query_params(*secret) if secret else url)
+            withheld += secret
+        data["withheld"] = withheld  # given to each run anew: `run` says when it lacks them
         return data
 
     @classmethod

@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
+from batchrunner import redact
 from batchrunner.fake import FakeConfig, FakeServer, run_in_thread
 
 TEST_KEY = "sk-test-DO-NOT-LEAK-0123456789abcdef"
@@ -67,6 +68,7 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens there
     monkeypatch.setenv("BATCHRUNNER_DB", f"sqlite:///{tmp_path}/default.db")
+    monkeypatch.setattr(redact, "_SECRETS", set())  # what one test's run masks, it alone
 
 
 @pytest.fixture

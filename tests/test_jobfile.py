@@ -211,3 +211,17 @@ def test_lines_the_batch_api_would_refuse_are_refused_with_the_reason(
 def test_lines_the_batch_api_takes_are_taken(tmp_path: Path, line: dict[str, object]) -> None:
     path = write_jsonl(tmp_path / "j.jsonl", [line])
     assert check_job_file(str(path), JobDefaults()).items == 1
+
+
+def test_a_key_near_one_the_line_has_is_its_own_and_a_short_lines_url_is_checked(
+    tmp_path: Path,
+) -> None:
+    both = {"custom_id": "a", "customer_id": "c-7", "method": "POST", "body": CHAT_BODY}
+    path = write_jsonl(
+        tmp_path / "both.jsonl", [both, {"custom_id": "b", "customer_id": 1, **CHAT_BODY}]
+    )
+    (first, second) = read_job_items(str(path), JobDefaults())
+    assert orjson.loads(first.extra or b"{}") == {"customer_id": "c-7"}
+    assert orjson.loads(second.body)["customer_id"] == 1  # sent in the body, as written
+    typo = write_jsonl(tmp_path / "typo.jsonl", [{"ulr": "/v1/embeddings", **CHAT_BODY}])
+    assert problems_of(typo) == [f'{typo}:1: unknown key "ulr": did you mean "url"?']

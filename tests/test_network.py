@@ -16,6 +16,9 @@ from batchrunner.dialects.openai import endpoint_url
 from batchrunner.errors import UsageError
 from batchrunner.fake import FakeConfig, FakeServer, run_in_thread
 from batchrunner.network import Network, parse_header, parse_query, proxy_for, split_query
+from batchrunner.providers import merged_headers, merged_query
+from batchrunner.redact import mask, treat_as_secret
+from batchrunner.settings import RunSettings
 from tests.conftest import TEST_KEY, chat_line, write_jsonl
 from tests.forward_proxy import forward_proxy
 
@@ -186,7 +189,7 @@ def test_a_run_without_the_headers_the_job_was_submitted_with_says_so(
     recorded = invoke("submit", str(job), *common, "--detach", "--header", "X-Tenant: acme-1")
     assert recorded.exit_code == 0, recorded.stderr
     bare = invoke("run", *common)
-    assert bare.exit_code == 0 and "submitted with the header(s) X-Tenant" in bare.stderr
+    assert bare.exit_code == 0 and "submitted with X-Tenant, which are not stored" in bare.stderr
     assert "acme-1" not in bare.stderr
     again = invoke("run", *common, "--header", "X-Tenant: acme-1")  # nothing left, no warning
     assert again.exit_code == 0 and "X-Tenant" not in again.stderr
@@ -221,3 +224,73 @@ def test_both_modes_tunnel_through_the_proxy_to_a_server_with_its_own_ca(
     online = identities(server, ("/v1/chat/completions",))
     offline = identities(server, ("/v1/files", "/v1/batches"))
     assert online == offline and {row[0] for row in online} == {"org-tls"}
+
+
+def test_a_users_header_replaces_the_same_header_whatever_its_case_key_included() -> None:
+    identity = {"OpenAI-Organization": "org-env"}
+    auth = {"Authorization": "Bearer sk-key"}
+    given = (("openai-organization", "org-flag"), ("authorization", "Bearer gw-key"))
+    headers, kept = merged_headers(identity, auth, given)
+    assert headers == {"OpenAI-Organization": "org-flag", "Authorization": "Bearer gw-key"}
+    assert kept == {}  # the key's own header gave way: no client sends both
+    assert merged_query((("api-version", "A"), ("x", "1")), (("api-version", "B"),)) == (
+        ("api-version", "B"),
+        ("x", "1"),
+    )
+
+
+def test_both_modes_send_a_gateways_own_authorization_instead_of_the_key(
+    tmp_path: Path,
+) -> None:
+    config = FakeConfig(seed=7, record_requests=True)
+    with run_in_thread(config) as server:
+        job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(2)])
+        common = (
+            "--db", f"sqlite:///{tmp_path}/l.db", "--base-url", server.base_url + "?v=1",
+            "--header", "authorization: Bearer gateway-key-0000", "--query", "v=2",
+        )  # fmt: skip
+        assert invoke("submit", str(job), *common).exit_code == 0
+        batch = invoke("submit", str(job), "--new", "--mode", "batch", *WAIT, *common)
+        assert batch.exit_code == 0, batch.stderr
+    assert {seen.headers["authorization"] for seen in server.received} == {
+        "Bearer gateway-key-0000"
+    }
+    assert {seen.query for seen in server.received} == {"v=2"}
+
+
+def test_a_proxy_is_an_http_one_unless_it_says_and_other_kinds_are_refused_unshown() -> None:
+    assert proxy_for(HTTPS, "proxy.corp:3128") == "http://proxy.corp:3128"
+    assert (
+        proxy_for(HTTPS, None, {"HTTPS_PROXY": "u:p4ss@proxy:3128"}) == "http://u:p4ss@proxy:3128"
+    )
+    assert Network(proxy="http://u:p4ss@proxy:3128").proxy_credentials == ("u", "p4ss")
+    with pytest.raises(UsageError) as refused:
+        proxy_for(HTTPS, None, {"ALL_PROXY": "socks5h://alice:hunter22@127.0.0.1:1080"})
+    assert "hunter22" not in str(refused.value) and "http:// or https://" in str(refused.value)
+    assert proxy_for(HTTPS, None, {"https_proxy": "", "HTTPS_PROXY": PROXY}) is None
+    assert proxy_for(HTTPS, None, {"HTTPS_PROXY": PROXY, "NO_PROXY": "*.openai.com"}) is None
+    assert proxy_for("http://[::ffff:127.0.0.1]:80/v1", None, {"HTTP_PROXY": PROXY}) is None
+    assert proxy_for("http://api.localhost:80/v1", None, {"HTTP_PROXY": PROXY}) is None
+    env = {"HTTP_PROXY": PROXY, "NO_PROXY": "fd00:0::5"}
+    assert proxy_for("http://[fd00::5]:80/v1", None, env) is None
+
+
+def test_a_bad_header_is_named_without_its_value_and_short_secrets_are_masked_whole() -> None:
+    with pytest.raises(UsageError) as refused:
+        parse_header("X-Api-Key gw_live_0123456789")
+    assert "gw_live" not in str(refused.value)
+    treat_as_secret("hunter2")
+    assert mask("proxy said: 407 for alice:hunter2") == "proxy said: 407 for alice:***"
+
+
+def test_secret_query_parameters_are_never_stored_and_a_run_is_told() -> None:
+    settings = RunSettings(
+        base_url="https://gw.example/v1?api_key=gw-SECRET-1&tenant=acme",
+        query=(("api-version", "2024-10-21"), ("sig", "abc123")),
+        headers=(("X-Title", "t"),),
+    )
+    stored = settings.stored()
+    assert stored["base_url"] == "https://gw.example/v1?tenant=acme"
+    assert stored["query"] == [("api-version", "2024-10-21")]
+    assert stored["withheld"] == ["X-Title", "sig", "api_key"]
+    assert "gw-SECRET-1" not in repr(stored) and "abc123" not in repr(stored)
