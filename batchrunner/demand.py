@@ -2,7 +2,9 @@
 sent (pure, apart from the token counting).
 
 A request's demand is its prompt, counted offline with the model's encoding (tokens.py), and
-its output cap (`max_tokens` and kin; embeddings have no output). From these:
+its output cap (`max_tokens` and kin; 16 for a completion that sets none; embeddings have no
+output) times the answers it asks for (chat's `n`; a completion's prompts times `n` or
+`best_of`). From these:
 
 | who                          | counts                                                      |
 |------------------------------|-------------------------------------------------------------|
@@ -20,7 +22,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from batchrunner.dialects.openai import output_cap, writes_text
+from batchrunner.dialects.openai import (
+    COMPLETIONS,
+    COMPLETIONS_DEFAULT_MAX_TOKENS,
+    answers_asked,
+    output_cap,
+    writes_text,
+)
 from batchrunner.tokens import prompt_tokens
 
 TYPICAL_OUTPUT = 256  # output tokens assumed for a request with no cap, until answers say
@@ -30,7 +38,8 @@ WORST_CASE_OUTPUT = 16_384  # output tokens a request with no cap could take, fo
 @dataclass(frozen=True, slots=True)
 class TokenDemand:
     prompt: int
-    cap: int | None  # the output cap the request states; 0 where the answer is not text
+    cap: int | None  # the output cap of one answer; 0 where the answer is not text
+    answers: int = 1  # answers asked for, each up to the cap (chat's n; prompts x n, best_of)
 
     @property
     def capped(self) -> bool:
@@ -39,24 +48,29 @@ class TokenDemand:
         return self.cap is not None
 
     def output(self, typical: int = TYPICAL_OUTPUT) -> int:
-        return self.cap if self.cap is not None else typical
+        """`typical` is one answer's output, as TypicalOutput learns it."""
+        return (self.cap if self.cap is not None else typical) * self.answers
 
     def expected(self, typical: int = TYPICAL_OUTPUT) -> int:
         return self.prompt + self.output(typical)
 
     @property
     def worst_output(self) -> int:
-        return self.cap if self.cap is not None else WORST_CASE_OUTPUT
+        return (self.cap if self.cap is not None else WORST_CASE_OUTPUT) * self.answers
 
 
 def token_demand(url: str, body: Mapping[str, Any]) -> TokenDemand:
-    cap = output_cap(body) if writes_text(url) else 0
-    return TokenDemand(prompt_tokens(url, body), cap)
+    if not writes_text(url):
+        return TokenDemand(prompt_tokens(url, body), 0)
+    cap = output_cap(body)
+    if cap is None and url == COMPLETIONS:
+        cap = COMPLETIONS_DEFAULT_MAX_TOKENS
+    return TokenDemand(prompt_tokens(url, body), cap, answers_asked(url, body))
 
 
 class TypicalOutput:
-    """The average output of a run's answers so far: what an uncapped request is expected to
-    take, TYPICAL_OUTPUT until the first answer."""
+    """The average output of a run's answers so far: what an uncapped answer is expected to
+    take, TYPICAL_OUTPUT until the first one."""
 
     def __init__(self) -> None:
         self._total = 0
@@ -66,6 +80,7 @@ class TypicalOutput:
     def tokens(self) -> int:
         return round(self._total / self._seen) if self._seen else TYPICAL_OUTPUT
 
-    def observe(self, output_tokens: int) -> None:
+    def observe(self, output_tokens: int, answers: int = 1) -> None:
+        """One request's output, `answers` answers in all."""
         self._total += output_tokens
-        self._seen += 1
+        self._seen += answers

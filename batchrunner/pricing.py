@@ -41,6 +41,8 @@ from typing import Any
 import genai_prices
 from genai_prices.types import (
     ClauseAnd,
+    ClauseContains,
+    ClauseEndsWith,
     ClauseEquals,
     ClauseOr,
     ClauseStartsWith,
@@ -325,25 +327,54 @@ def _rate(value: Decimal | TieredPrices | None) -> Rate | None:
     return Rate(float(value))
 
 
-# What a name may add to a priced model's own name and still be that model: a date or a channel.
-_STAMP = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{4}|-latest|-preview)?")
+# What a name may add to a priced model's own name and still be that model: dates (2024-08-06,
+# 20241022, 0125, 09-2025, Vertex's @20241022), versions (-001) and channels, one after another
+# (gpt-4o-realtime-preview-2024-12-17).
+_STAMP = re.compile(
+    r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{4}|-\d{2}-\d{4}|-00\d|-latest|-preview|@\d{8}|@latest)*"
+)
+# Where a table's prefix may stop being the model's own name: `gpt-5-nano-` and
+# `claude-sonnet-4-2025` are a name and the start of a date.
+_CUT = re.compile(r"[-@]")
+
+
+def _stamped(name: str, prefix: str) -> bool:
+    """Whether `name` is `prefix`'s model plus a stamp, the prefix perhaps ending inside it."""
+    if not name.startswith(prefix):
+        return False
+    cuts = [m.start() for m in _CUT.finditer(prefix)] + [len(prefix)]
+    return any(_STAMP.fullmatch(name[cut:]) for cut in cuts)
+
+
+def _own_name(name: str) -> str:
+    """The part of a model name the price table judges: `ft:BASE:ORG:SUFFIX:ID` is `ft:BASE`."""
+    name = name.lower()
+    if name.startswith("ft:"):
+        return ":".join(name.split(":")[:2])
+    return name
 
 
 def _names_the_model(name: str, match: object) -> bool:
     """Whether `name` is the priced model's own name: one its table spells out, or one of its
-    prefixes followed by a date or a channel. Anything looser (a longer name that starts the
-    same, a word within, a pattern) may be another model: `deepseek-r1:7b` on a laptop is not
-    DeepSeek's hosted reasoner."""
-    name = name.lower()
-    if isinstance(match, ClauseEquals):
-        return match.equals.lower() == name
-    if isinstance(match, ClauseStartsWith):
-        prefix = match.starts_with.lower()
-        return name.startswith(prefix) and _STAMP.fullmatch(name[len(prefix) :]) is not None
+    stems followed by a date, a version or a channel. Anything looser (a longer name that starts
+    the same, a word within, a pattern) may be another model: `deepseek-r1:7b` on a laptop is
+    not DeepSeek's hosted reasoner."""
+    return _clause_names(_own_name(name), name.lower(), match)
+
+
+def _clause_names(name: str, full_name: str, match: object) -> bool:
+    if isinstance(match, ClauseEquals | ClauseEndsWith):
+        text = match.equals if isinstance(match, ClauseEquals) else match.ends_with
+        return text.lower() == name
+    if isinstance(match, ClauseStartsWith | ClauseContains):
+        text = match.starts_with if isinstance(match, ClauseStartsWith) else match.contains
+        return _stamped(name, text.lower())
     if isinstance(match, ClauseOr):
-        return any(_names_the_model(name, clause) for clause in match.or_)
+        return any(_clause_names(name, full_name, clause) for clause in match.or_)
     if isinstance(match, ClauseAnd):
-        return match.is_match(name) and any(_names_the_model(name, c) for c in match.and_)
+        return match.is_match(full_name) and any(
+            _clause_names(name, full_name, clause) for clause in match.and_
+        )
     return False
 
 

@@ -1,6 +1,6 @@
 """Every endpoint the Batch API takes, in both modes: the example job files of jobs/ validated,
 sent, answered and priced where a price exists (completions at their rates, moderations at
-nothing, images unpriced: never 0)."""
+nothing, gpt-image models by the tokens they report, dall-e unpriced: never 0)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from batchrunner.dialects.openai import ENDPOINTS
 from batchrunner.fake import FakeServer
 from batchrunner.jobfile import JobDefaults, check_job_file
+from batchrunner.pricing import rates_for
 from batchrunner.tokens import prompt_tokens
 from tests.test_cli import invoke, status_json
 
@@ -76,6 +77,37 @@ def test_images_are_answered_and_their_cost_is_unknown_never_zero(
     assert all(r["response"]["data"][0]["url"].endswith(".png") for r in records)
     assert {r["cost_usd"] for r in records} == {None}
     assert status["cost_usd"] is None
+
+
+@pytest.mark.parametrize("mode", ["concurrent", "batch"])
+def test_gpt_image_models_are_priced_by_the_tokens_they_report(
+    mode: str, db_url: str, fake: FakeServer, tmp_path: Path
+) -> None:
+    """gpt-image-1 reports text tokens in and image tokens out; those have a price."""
+    job = tmp_path / "pictures.jsonl"
+    lines = [
+        {"custom_id": "one", "url": "/v1/images/generations", "model": "gpt-image-1",
+         "prompt": "A lighthouse", "n": 1},
+        {"custom_id": "two", "url": "/v1/images/generations", "model": "gpt-image-1",
+         "prompt": "Two small boats at sea", "n": 2},
+    ]  # fmt: skip
+    job.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    extra = ("--mode", "batch", *POLL) if mode == "batch" else ()
+    common = ("--db", db_url, "--base-url", fake.base_url)
+    assert invoke("submit", str(job), *extra, *common).exit_code == 0
+    (status,) = status_json(db_url)["jobs"]
+    exported = invoke("export", "results", "--job", str(status["id"]), "--db", db_url)
+    records = {r["custom_id"]: r for r in map(orjson.loads, exported.stdout.splitlines())}
+    assert [records[i]["output_tokens"] for i in ("one", "two")] == [1056, 2112]
+    rates = rates_for("gpt-image-1", batch=mode == "batch")
+    assert rates is not None
+    for record in records.values():
+        expected = (
+            record["input_tokens"] * rates.input.base + record["output_tokens"] * rates.output.base
+        ) / 1e6
+        assert record["input_tokens"] > 0
+        assert record["cost_usd"] == pytest.approx(expected)
+    assert status["unpriced_models"] == []
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from batchrunner.redact import mask, treat_as_secret
 from batchrunner.settings import RunSettings
 from tests.conftest import TEST_KEY, chat_line, write_jsonl
 from tests.forward_proxy import forward_proxy
+from tests.test_cli import status_json
 
 PROXY = "http://proxy.corp:3128"
 HTTPS = "https://api.openai.com/v1"
@@ -150,19 +151,38 @@ def test_both_modes_go_through_one_proxy_with_the_same_identity_and_query(
             assert secret.encode() not in file.read_bytes()
 
 
+@pytest.mark.parametrize("mode", ["concurrent", "batch"])
+@pytest.mark.parametrize("tunnelled", [False, True], ids=["http", "https-connect"])
 def test_a_proxy_that_refuses_the_credentials_stops_the_job_and_shows_no_password(
-    tmp_path: Path,
+    mode: str, tunnelled: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with forward_proxy(("alice", "right-password-0000")) as proxy, run_in_thread() as server:
+    """407 from the proxy, to a plain request or to CONNECT: the job's proxy credentials are
+    wrong, so the job stops (exit 3, resumable) without failing an item or showing them."""
+    context = None
+    if tunnelled:
+        ca = trustme.CA()
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(context)
+    with (
+        forward_proxy(("alice", "right-password-0000")) as proxy,
+        run_in_thread(ssl_context=context) as server,
+    ):
         wrong = proxy.url.replace("http://", "http://alice:wrong-password-0000@")
         job = write_jsonl(tmp_path / "job.jsonl", [chat_line(0)])
+        extra = ("--mode", "batch", *WAIT) if mode == "batch" else ()
+        db = f"sqlite:///{tmp_path}/l.db"
         result = invoke(
-            "submit", str(job), "--db", f"sqlite:///{tmp_path}/l.db",
-            "--base-url", server.base_url, "--proxy", wrong, "--max-attempts", "1",
+            "submit", str(job), "--db", db, "--base-url", server.base_url, "--proxy", wrong, *extra
         )  # fmt: skip
     assert proxy.refused >= 1 and server.total_requests == 0
-    assert result.exit_code != 0
+    assert result.exit_code == 3, result.stderr  # stopped, resumable: no item failed for it
+    assert "the proxy wants credentials it was not given" in result.stderr
+    assert "auth" in result.stderr
     assert "wrong-password-0000" not in result.output
+    (status,) = status_json(db)["jobs"]
+    assert status["counts"].get("failed", 0) == 0
 
 
 def test_the_environments_proxy_never_carries_loopback_traffic(

@@ -262,6 +262,15 @@ def test_missing_or_binary_price_file(tmp_path: Path) -> None:
         ("gpt-4o-2024-08-06", True, None),  # a dated name the table spells out
         ("claude-3-5-sonnet-20241022", True, None),  # a prefix and a date
         ("claude-3-5-sonnet-latest", True, None),  # a prefix and a channel
+        ("gpt-5-nano-2025-08-07", True, None),  # a prefix ending in "-", then a date
+        ("claude-sonnet-4-20250514", True, None),  # a prefix ending inside a date
+        ("gemini-2.0-flash", True, None),  # an ends-with clause that is the whole name
+        ("gemini-1.5-pro-002", True, None),  # a contains clause, then a version
+        ("gpt-4o-realtime-preview-2024-12-17", True, None),  # a channel, then a date
+        ("ft:gpt-4o-mini-2024-07-18:my-org::abc123", True, None),  # a fine-tune of a base
+        ("ft:gpt-3.5-turbo-0125:org:suffix:id", True, None),
+        ("gpt-5-nano-custom", False, "openai's gpt-5-nano"),  # a prefix and a word
+        ("gemini-1.5-pro-tuned", False, "google's gemini-1.5-pro"),
         ("deepseek-r1:7b", False, "deepseek's deepseek-reasoner"),  # a prefix and more
         ("deepseek-r1-distill-qwen-7b", False, "deepseek's deepseek-reasoner"),
         ("llama3.2", False, None),  # unknown altogether

@@ -9,11 +9,8 @@ Every request sent is exactly one attempt: no hidden retries here.
 
 from __future__ import annotations
 
-import os
-import ssl
 import time
 from datetime import timedelta
-from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote, urlsplit
 
@@ -27,13 +24,16 @@ from pyreqwest.exceptions import (
 )
 from pyreqwest.proxy import ProxyBuilder
 
+from batchrunner import trust
 from batchrunner.backends.base import Reply, TransportFailure
 from batchrunner.dialects.openai import (
     CLIENT_REQUEST_ID,
     MAX_CLIENT_REQUEST_ID,
+    PROXY_REFUSED,
     auth_headers,
     endpoint_url,
     has_rate_limits,
+    proxy_refused,
     read_server_limits,
     retry_after_seconds,
 )
@@ -83,7 +83,7 @@ class HttpBackend:
             .no_proxy()  # the environment's proxies are read once, by network.py, for both modes
         )  # HTTP/1.1 only (pyreqwest's default): one connection per request in flight
         builder = self._through_proxy(builder)
-        roots = _extra_root_certificates()
+        roots = trust.root_certificates()
         for pem in roots.values():
             builder = builder.add_root_certificate_pem(pem)
         try:
@@ -139,8 +139,12 @@ class HttpBackend:
             message = f"broken response body: {reason}"
             return TransportFailure(ErrorKind.BAD_RESPONSE, message, _ms(started))
         except RequestError as exc:
-            message = f"connection error: {_reason(exc)}"
-            return TransportFailure(ErrorKind.CONNECTION, message, _ms(started))
+            reason = _reason(exc)
+            if proxy_refused(reason):
+                return TransportFailure(ErrorKind.AUTH, PROXY_REFUSED, _ms(started))
+            return TransportFailure(
+                ErrorKind.CONNECTION, f"connection error: {reason}", _ms(started)
+            )
         answer_headers = response.headers
         try:
             retry_after = retry_after_seconds(answer_headers)
@@ -181,26 +185,6 @@ class HttpBackend:
         if credentials is not None:
             proxy = proxy.basic_auth(*credentials)
         return builder.proxy(proxy)
-
-
-def _extra_root_certificates() -> dict[str, bytes]:
-    """Besides the Mozilla roots pyreqwest ships, trust what OpenSSL would by default: its CA
-    file (SSL_CERT_FILE when set: the system's bundle, or a self-hosted server's own CA) and,
-    when SSL_CERT_DIR is set, the certificates in that folder. By source, for error messages."""
-    found: dict[str, bytes] = {}
-    cafile = ssl.get_default_verify_paths().cafile
-    if cafile and os.path.isfile(cafile):
-        found[cafile] = Path(cafile).read_bytes()
-    folder = os.environ.get("SSL_CERT_DIR")
-    if folder and os.path.isdir(folder):
-        seen = set(found.values())  # OpenSSL's folders hold hash-named links to the same files
-        for entry in sorted(Path(folder).iterdir()):
-            if entry.is_file():
-                pem = entry.read_bytes()
-                if b"-----BEGIN CERTIFICATE-----" in pem and pem not in seen:
-                    found[str(entry)] = pem
-                    seen.add(pem)
-    return found
 
 
 def _ms(started: float) -> float:

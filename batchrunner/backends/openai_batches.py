@@ -10,18 +10,19 @@ same HTTP answer online (an SDK that never got an answer: timeout or connection)
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx2
 import openai
 import orjson
 from openai.types import Batch
 
+from batchrunner import trust
 from batchrunner.backends.base import FIND_PAGE, FIND_PAGES_MAX, BatchProblem, RemoteBatch
 from batchrunner.dialects.azure import batch_endpoint
-from batchrunner.dialects.openai import judge_reply
+from batchrunner.dialects.openai import PROXY_REFUSED, judge_reply, proxy_refused
 from batchrunner.errors import BackendError
 from batchrunner.failures import ErrorKind
 from batchrunner.network import Network
@@ -44,6 +45,8 @@ def _translated() -> Iterator[None]:
     except openai.APITimeoutError as exc:  # before its base class, APIConnectionError
         raise BackendError(ErrorKind.TIMEOUT, exc.message) from None
     except openai.APIConnectionError as exc:
+        if proxy_refused(str(exc.__cause__)):
+            raise BackendError(ErrorKind.AUTH, PROXY_REFUSED) from None
         raise BackendError(ErrorKind.CONNECTION, exc.message) from None
     except openai.APIError as exc:  # an answer the SDK could not read
         raise BackendError(ErrorKind.BAD_RESPONSE, exc.message) from None
@@ -200,7 +203,13 @@ class AzureV1Batches(OpenAIBatches):
 
 def _http_client(network: Network) -> openai.DefaultHttpxClient:
     """The SDK reads no proxy from the environment: network.py chose it, for both modes; the
-    certificates trusted are OpenSSL's defaults (SSL_CERT_FILE, SSL_CERT_DIR), as there."""
+    certificate authorities trusted, for the server and an https proxy, are trust.py's."""
+    context = trust.ssl_context()
+    proxy: str | httpx2.Proxy | None = network.proxy
+    if network.proxy is not None and network.proxy.startswith("https://"):  # TLS to it too
+        proxy = httpx2.Proxy(network.proxy, ssl_context=context)
     return openai.DefaultHttpxClient(
-        proxy=network.proxy, trust_env=False, verify=ssl.create_default_context()
+        proxy=proxy,
+        trust_env=False,
+        verify=context,
     )

@@ -69,6 +69,7 @@ DEFAULT_MODELS = {
     VIDEOS: "sora-2",
 }
 OUTPUT_CAP_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # /v1/completions' cap when a request sets none
 MAX_EMBEDDING_INPUTS = 2_048  # inputs in one embeddings request
 
 
@@ -92,15 +93,34 @@ def writes_text(url: str) -> bool:
     return url in WRITES_TEXT
 
 
-def embedding_inputs(body: Mapping[str, Any]) -> int:
-    """How many inputs an embeddings request holds: a string or one array of token ids is
-    one, an array of strings or of token arrays one each."""
-    value = body.get("input")
+def inputs_in(value: Any) -> int:
+    """How many inputs an embeddings `input` or a completion's `prompt` holds: a string or one
+    array of token ids is one, an array of strings or of token arrays one each."""
     if not isinstance(value, list) or not value:
         return 1
     if all(isinstance(entry, int) and not isinstance(entry, bool) for entry in value):
         return 1
     return len(value)
+
+
+def embedding_inputs(body: Mapping[str, Any]) -> int:
+    return inputs_in(body.get("input"))
+
+
+def answers_asked(url: str, body: Mapping[str, Any]) -> int:
+    """How many answers a request asks for, each up to its output cap: chat's `n`, and for a
+    completion `n` (or `best_of`, generated and billed though not all returned) per prompt."""
+    if url == COMPLETIONS:
+        per_prompt = max(_count_field(body, "n"), _count_field(body, "best_of"))
+        return inputs_in(body.get("prompt")) * per_prompt
+    if url == CHAT:
+        return _count_field(body, "n")
+    return 1
+
+
+def _count_field(body: Mapping[str, Any], key: str) -> int:
+    value = body.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
 
 
 def body_problem(url: str, body: dict[str, Any]) -> str | None:
@@ -257,6 +277,17 @@ def api_error(body: bytes) -> tuple[str | None, str | None, str | None]:
     return None, None, body[:300].decode("utf-8", "replace")
 
 
+PROXY_REFUSED = "the proxy wants credentials it was not given (407 Proxy Authentication Required)"
+# How the HTTP clients report a 407 to CONNECT (an https server through a proxy): no answer to
+# judge, a failure to connect; reqwest's words, then httpcore's.
+PROXY_REFUSED_WORDS = ("proxy authorization required", "407 Proxy Authentication Required")
+
+
+def proxy_refused(reason: str) -> bool:
+    """Whether a failure to connect was the proxy refusing the job's credentials."""
+    return any(words in reason for words in PROXY_REFUSED_WORDS)
+
+
 STOP_STATUSES = {401: ErrorKind.AUTH, 403: ErrorKind.PERMISSION, 404: ErrorKind.NOT_FOUND}
 # Other OpenAI-compatible servers' words for the same refusals: (status, error type or None,
 # words in the message or None, what it is).
@@ -293,6 +324,8 @@ def judge_reply(status: int, body: bytes, retry_after: float | None) -> Verdict:
         return Verdict.failure(ErrorKind.RATE_LIMIT, code, message, wait)
     if status in STOP_STATUSES:
         return Verdict.failure(STOP_STATUSES[status], code, message)
+    if status == 407:  # the proxy between us and the server: its credentials are the job's
+        return Verdict.failure(ErrorKind.AUTH, "proxy_authentication", PROXY_REFUSED)
     if status in (408, 409) or status >= 500:
         kind = ErrorKind.TIMEOUT if status == 408 else ErrorKind.SERVER_ERROR
         return Verdict.failure(kind, code or str(status), message, retry_after)

@@ -240,13 +240,28 @@ def moderations_body(model: str, body: dict[str, Any]) -> dict[str, Any]:
     return {"id": f"modr-{uuid.uuid4().hex[:24]}", "model": model, "results": results}
 
 
-def image_body(body: dict[str, Any]) -> dict[str, Any]:
-    """/v1/images/*: an address per image asked for (no usage, as dall-e answers)."""
+# The image tokens a 1024x1024 picture of medium quality costs gpt-image-1 (OpenAI's guide).
+IMAGE_OUTPUT_TOKENS = 1056
+
+
+def image_body(model: str, body: dict[str, Any]) -> dict[str, Any]:
+    """/v1/images/*: an address per image asked for. dall-e reports no usage; gpt-image models
+    report tokens (text in, image tokens out), as the real API does, so they can be priced."""
     given = body.get("n")
     count = given if isinstance(given, int) else 1
     digest = hashlib.sha256(repr(body.get("prompt")).encode()).hexdigest()[:16]
     data = [{"url": f"https://images.fake.invalid/{digest}-{i}.png"} for i in range(count)]
-    return {"created": int(time.time()), "data": data}
+    answer: dict[str, Any] = {"created": int(time.time()), "data": data}
+    if model.startswith("gpt-image"):
+        text_tokens = estimate_tokens(str(body.get("prompt") or ""))
+        output_tokens = IMAGE_OUTPUT_TOKENS * count
+        answer["usage"] = {
+            "input_tokens": text_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": text_tokens + output_tokens,
+            "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": 0},
+        }
+    return answer
 
 
 def video_body(model: str, body: dict[str, Any]) -> dict[str, Any]:

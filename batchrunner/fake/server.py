@@ -206,7 +206,7 @@ class FakeServer:
         if url.endswith("/moderations"):
             return answers.moderations_body(model, body)
         if url.endswith(("/images/generations", "/images/edits")):
-            return answers.image_body(body)
+            return answers.image_body(model, body)
         if url.endswith("/videos"):
             return answers.video_body(model, body)
         cached = int(prompt_tokens * config.cached_fraction)

@@ -355,7 +355,7 @@ class ConcurrentRunner:
         """Tell the throttle and the budget what the request really used."""
         result = outcome.result
         if result.output_tokens is not None:
-            self._typical_output.observe(result.output_tokens)
+            self._typical_output.observe(result.output_tokens, needs.answers if needs else 1)
             if needs is not None and not needs.capped:
                 actual = (result.input_tokens or 0) + result.output_tokens
                 self._throttle.settle(needs.expected(typical), actual)
