@@ -121,6 +121,14 @@ def run_options(func: F) -> F:
             "MODEL alone prices every name so (repeatable).",
         ),
         click.option(
+            "--hosted-prices/--local-prices",
+            "hosted_prices",
+            default=None,
+            help="Price models at the hosted APIs' rates even on a local server (a gateway "
+            "that forwards to a paid API), or never (a self-hosted server on a public name) "
+            "[hosted unless the base URL is local].",
+        ),
+        click.option(
             "--batch-max-requests",
             type=click.IntRange(1, 50_000),
             help="Batch mode: requests per batch file [50000].",

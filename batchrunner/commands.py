@@ -16,7 +16,7 @@ import gc
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -27,7 +27,7 @@ from batchrunner.ledger.batches import SUBMITTED
 from batchrunner.ledger.models import BATCH, CANCELLED, CONCURRENT
 from batchrunner.logs import EVENTS
 from batchrunner.outcome import Outcome
-from batchrunner.providers import Provider, provider_for
+from batchrunner.providers import Provider, hosted_prices, provider_for
 from batchrunner.redact import Redactor
 from batchrunner.runner.report import RunReport
 from batchrunner.settings import RunSettings
@@ -108,7 +108,8 @@ def submit_job(
     from batchrunner.pricing import job_price_table
 
     summary = check_job_file(path, defaults)
-    prices = job_price_table(settings.prices, settings.price_as)
+    settings = replace(settings, hosted_prices=hosted_prices(settings, simulated))
+    prices = job_price_table(settings)
     estimate = EstimateBuilder(path=path, overrides=prices)
     ledger = Ledger(ledger_url)
     existing = ledger.jobs_from_source(summary.sha256)

@@ -104,6 +104,7 @@ class Estimate:
     assumed_output: int
     models: dict[str, ModelEstimate] = field(default_factory=dict)
     sampled: bool = False  # extrapolated from a sample of the requests (large files, submit)
+    hosted: bool = True  # the hosted APIs' prices apply (not a local server's models)
 
     @property
     def requests(self) -> int:
@@ -151,7 +152,8 @@ class EstimateBuilder:
         if assume_output is not None and assume_output < 0:
             raise UsageError(f"the assumed output must be 0 or more tokens, got {assume_output}")
         assumed = TYPICAL_OUTPUT if assume_output is None else assume_output
-        self.estimate = Estimate(path=path, assumed_output=assumed)
+        hosted = overrides is None or overrides.hosted
+        self.estimate = Estimate(path=path, assumed_output=assumed, hosted=hosted)
         self._overrides = overrides
         self._when = when
 
@@ -276,7 +278,8 @@ def format_estimate(estimate: Estimate) -> str:
         )
     if estimate.unpriced_models:
         lines.append(
-            f"{unpriced_note(estimate.unpriced_models)}: give their prices with a price file"
+            f"{unpriced_note(estimate.unpriced_models, estimate.hosted)}: give their prices "
+            "with a price file"
         )
     return "\n".join(lines)
 
@@ -293,7 +296,7 @@ def estimate_line(estimate: Estimate, mode: str) -> str:
     if estimate.sampled:
         line += " [from a sample; `batchrunner estimate` counts every request]"
     if estimate.unpriced_models:
-        line += f"; warning: {unpriced_note(estimate.unpriced_models)}"
+        line += f"; warning: {unpriced_note(estimate.unpriced_models, estimate.hosted)}"
     return line
 
 
@@ -308,7 +311,9 @@ def estimate_as_json(estimate: Estimate) -> dict[str, Any]:
         "cost_batch_usd": _json_usd(estimate.cost_batch),
         "assumed_output_tokens_per_request": estimate.assumed_output,
         "unpriced_models": estimate.unpriced_models,
-        "unpriced_reasons": {m: unpriced_reason(m) for m in estimate.unpriced_models},
+        "unpriced_reasons": {
+            m: unpriced_reason(m, estimate.hosted) for m in estimate.unpriced_models
+        },
         "batch_discount_assumed_models": estimate.batch_assumed_models,
         "models": [
             {

@@ -144,6 +144,26 @@ def _is_loopback(host: str) -> bool:
     return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
+# Names that only a local network resolves: mDNS, the reserved home and internal zones.
+LOCAL_SUFFIXES = (".local", ".lan", ".internal", ".home.arpa", ".localdomain")
+
+
+def serves_locally(base_url: str) -> bool:
+    """Whether a base URL names a server on this machine or the local network (loopback, a
+    private or link-local address, a one-label name such as a compose service's `vllm`, a
+    `.local` / `.internal` name): a server of its owner's, not a hosted API with its prices."""
+    host = (urlsplit(base_url).hostname or "").lower().rstrip(".")
+    if not host or _is_loopback(host):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return "." not in host or host.endswith(LOCAL_SUFFIXES)
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    address = mapped or address
+    return address.is_private or address.is_link_local
+
+
 def _bypassed(host: str, port: int, no_proxy: str) -> bool:
     """Whether `no_proxy` names the host (curl's rules, CIDR blocks included)."""
     host = host.lower().rstrip(".")

@@ -30,7 +30,7 @@ import json
 import math
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, time
 from decimal import Decimal
@@ -52,6 +52,7 @@ from genai_prices.types import (
 )
 
 from batchrunner.errors import UsageError
+from batchrunner.settings import RunSettings
 from batchrunner.usage import Usage
 
 BATCH_DISCOUNT = 0.5  # OpenAI's Batch API: "50% off inputs and outputs"
@@ -176,9 +177,15 @@ class PriceTable:
     # --price-as: a name (an Azure deployment, a proxy's alias) priced as a known model; "*"
     # for every name the job uses
     price_as: Mapping[str, str] = field(default_factory=dict)
+    # False for a job on a local or self-hosted server: only this table and --price-as price
+    hosted: bool = True
 
     def priced_as(self, model: str) -> str:
         return self.price_as.get(model) or self.price_as.get("*") or model
+
+    def maps(self, model: str) -> bool:
+        """Whether --price-as names a known model for this name."""
+        return model in self.price_as or "*" in self.price_as
 
     def find(self, model: str) -> PriceEntry | None:
         name = model.lower()
@@ -251,16 +258,16 @@ def price_table_from(data: Mapping[str, Any], source: str) -> PriceTable:
     return PriceTable({str(m).lower(): _entry(source, str(m), v) for m, v in data.items()}, source)
 
 
-def job_price_table(
-    prices: Mapping[str, Any] | None, price_as: Iterable[tuple[str, str]] = ()
-) -> PriceTable | None:
-    """A job's --prices table and --price-as names, as stored with its options, if it has
-    either."""
-    aliases = dict(price_as)
-    if not prices and not aliases:
+def job_price_table(settings: RunSettings) -> PriceTable | None:
+    """A job's --prices table and --price-as names, as stored with its settings, and whether
+    the hosted APIs' prices apply; None when the library's prices alone apply."""
+    aliases = dict(settings.price_as)
+    hosted = settings.hosted_prices is not False  # a job from before the rule: hosted
+    if not settings.prices and not aliases and hosted:
         return None
+    prices = settings.prices
     table = price_table_from(prices, "--prices") if prices else PriceTable({}, "--price-as")
-    return replace(table, price_as=aliases)
+    return replace(table, price_as=aliases, hosted=hosted)
 
 
 def price_table_as_dict(table: PriceTable) -> dict[str, dict[str, float]]:
@@ -388,20 +395,30 @@ def loose_match(model: str) -> str | None:
     return f"{calc.provider.id}'s {calc.model.id}"
 
 
-def unpriced_reason(model: str) -> str:
+NO_PRICE = "no price known"
+LOCAL_SERVER = (
+    "served by a local or self-hosted server, where hosted prices do not apply; "
+    "--hosted-prices if it forwards to a paid API"
+)
+
+
+def unpriced_reason(model: str, hosted: bool = True) -> str:
     """Why a model has no price, in a few words."""
+    if not hosted:
+        return LOCAL_SERVER
     loose = loose_match(model)
     if loose is not None:
         return f"genai-prices matches it only loosely, to {loose}"
-    return "no price known"
+    return NO_PRICE
 
 
-def unpriced_note(models: list[str]) -> str:
+def unpriced_note(models: list[str], hosted: bool = True) -> str:
     """`no price known for a, b (b: ...)`: the models, and why where there is more to say."""
-    reasons = [f"{m}: {unpriced_reason(m)}" for m in models if loose_match(m) is not None]
-    return f"no price known for {', '.join(models)}" + (
-        f" ({'; '.join(reasons)})" if reasons else ""
-    )
+    if not hosted:
+        return f"no price known for {', '.join(models)}: {LOCAL_SERVER}"
+    reasons = [(m, unpriced_reason(m)) for m in models]
+    told = [f"{m}: {reason}" for m, reason in reasons if reason != NO_PRICE]
+    return f"no price known for {', '.join(models)}" + (f" ({'; '.join(told)})" if told else "")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -450,13 +467,20 @@ def rates_for(
     when: datetime | None = None,
     overrides: PriceTable | None = None,
 ) -> Rates | None:
-    """A model's rates for requests made at `when` (default now), or None if none is known."""
+    """A model's rates for requests made at `when` (default now), or None if none is known.
+    On a local server (`overrides.hosted` False) a name is priced only by the user."""
     if overrides is not None:
-        model = overrides.priced_as(model)
-    for table in (overrides, corrections()):
-        entry = table.find(model) if table is not None else None
-        if table is not None and entry is not None:
-            return _entry_rates(entry, batch, table.source)
+        known = overrides.priced_as(model)
+        entry = overrides.find(known)
+        if entry is not None:
+            return _entry_rates(entry, batch, overrides.source)
+        if not overrides.hosted and not overrides.maps(model):
+            return None
+        model = known
+    fixes = corrections()
+    entry = fixes.find(model)
+    if entry is not None:
+        return _entry_rates(entry, batch, fixes.source)
     return _library_rates(model, batch, when or datetime.now(UTC))
 
 

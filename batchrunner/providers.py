@@ -18,7 +18,7 @@ from batchrunner.dialects import Dialect
 from batchrunner.dialects import azure as azure_dialect
 from batchrunner.dialects import openai as openai_dialect
 from batchrunner.errors import UsageError
-from batchrunner.network import SECRET_NAME, Network, proxy_for, split_query
+from batchrunner.network import SECRET_NAME, Network, proxy_for, serves_locally, split_query
 from batchrunner.redact import treat_as_secret
 from batchrunner.settings import RunSettings
 
@@ -252,3 +252,19 @@ def provider_for(settings: RunSettings) -> Provider:
     if settings.provider not in PROVIDERS:
         raise UsageError(f"unknown provider {settings.provider!r}: use one of {list(PROVIDERS)}")
     return PROVIDERS[settings.provider]
+
+
+def hosted_prices(settings: RunSettings, simulated: bool = False) -> bool:
+    """Whether the hosted APIs' prices apply to a job's models: as --hosted-prices /
+    --local-prices say, else yes unless its base URL is a local or self-hosted server's, whose
+    models are its owner's (`deepseek-r1:7b` on Ollama is not DeepSeek's API). A simulated
+    job's fake server stands for the hosted API."""
+    if settings.hosted_prices is not None:
+        return settings.hosted_prices
+    if simulated:
+        return True
+    try:
+        base_url = provider_for(settings).base_url(settings)
+    except UsageError:  # Azure with no endpoint yet: it will be a hosted one
+        return True
+    return not serves_locally(base_url)

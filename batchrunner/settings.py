@@ -33,6 +33,9 @@ class RunSettings:
     finish: str = "batch"  # what runs the leftovers of an expired batch: batch | concurrent
     prices: dict[str, dict[str, float]] | None = None  # a --prices file's table, kept with the job
     price_as: tuple[tuple[str, str], ...] = ()  # (name or "*", the known model it is priced as)
+    # Whether the hosted APIs' prices apply: None until submit decides by the base URL (a local
+    # or self-hosted server's models are its owner's); --hosted-prices / --local-prices say.
+    hosted_prices: bool | None = None
     organization: str | None = None  # the provider's organization / project to bill (else the
     project: str | None = None  # provider's environment variables)
     query: tuple[tuple[str, str], ...] = ()  # parameters every request's URL carries

@@ -56,7 +56,9 @@ def job_status(
         "estimate_usd": summary.options.get("estimate_usd"),
         "budget_usd": summary.options.get("budget"),
         "unpriced_models": summary.unpriced_models,
-        "unpriced_reasons": _unpriced_reasons(summary.unpriced_models),
+        "unpriced_reasons": _unpriced_reasons(
+            summary.unpriced_models, summary.options.get("hosted_prices") is not False
+        ),
         "models": {
             name: {
                 "items": t.items,
@@ -132,12 +134,12 @@ def _counts_line(status: dict[str, Any]) -> str:
     return line
 
 
-def _unpriced_reasons(models: list[str]) -> dict[str, str]:
+def _unpriced_reasons(models: list[str], hosted: bool) -> dict[str, str]:
     if not models:
         return {}
     from batchrunner.pricing import unpriced_reason  # the price tables: only when needed
 
-    return {model: unpriced_reason(model) for model in models}
+    return {model: unpriced_reason(model, hosted) for model in models}
 
 
 def _batch(row: BatchRow) -> dict[str, Any]:
@@ -182,7 +184,9 @@ def _cost_line(status: dict[str, Any]) -> str:
     if status["unpriced_models"]:
         from batchrunner.pricing import unpriced_note  # the price tables: only when needed
 
-        line += f"; warning: {unpriced_note(status['unpriced_models'])}; price with --prices FILE"
+        hosted = status["options"].get("hosted_prices") is not False
+        note = unpriced_note(status["unpriced_models"], hosted)
+        line += f"; warning: {note}; price with --prices FILE"
     return line
 
 

@@ -113,7 +113,10 @@ def test_a_deployment_is_priced_as_the_model_it_serves_when_told(
     model it serves (then priced as that model is, exactly)."""
     lines = [chat_line(i, model="prod-mini-eu") for i in range(3)]
     job = write_jsonl(tmp_path / "job.jsonl", lines)
-    common = ("--db", db_url, "--azure-endpoint", resource(azure), "--api-version", VERSION)
+    common = (
+        "--db", db_url, "--azure-endpoint", resource(azure), "--api-version", VERSION,
+        "--hosted-prices",  # the fake on 127.0.0.1 stands for a hosted resource
+    )  # fmt: skip
     unpriced = invoke("submit", str(job), *common)
     assert unpriced.exit_code == 0 and "no price known for prod-mini-eu" in unpriced.stderr
     priced = invoke("submit", str(job), "--new", *common, "--price-as", "prod-mini-eu=gpt-4o-mini")

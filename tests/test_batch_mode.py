@@ -30,7 +30,7 @@ def submit(
     tmp_path: Path, db_url: str, fake: FakeServer, lines: list[dict[str, Any]], **settings: Any
 ) -> tuple[Ledger, int]:
     path = write_jsonl(tmp_path / f"job{len(list(tmp_path.iterdir()))}.jsonl", lines)
-    options = RunSettings(base_url=fake.base_url, **settings)
+    options = RunSettings(base_url=fake.base_url, hosted_prices=True, **settings)
     ledger, submitted = submit_job(
         db_url, str(path), defaults=JobDefaults(), settings=options, mode="batch", new=True
     )
@@ -88,7 +88,7 @@ def submit_concurrent(
     tmp_path: Path, db_url: str, fake: FakeServer, lines: list[dict[str, Any]]
 ) -> tuple[Ledger, int]:
     path = write_jsonl(tmp_path / "concurrent.jsonl", lines)
-    options = RunSettings(base_url=fake.base_url)
+    options = RunSettings(base_url=fake.base_url, hosted_prices=True)
     ledger, submitted = submit_job(
         db_url, str(path), defaults=JobDefaults(), settings=options, new=True
     )

@@ -46,7 +46,9 @@ def test_submit_status_and_both_export_formats(
     lines = [chat_line(i) for i in range(40)]
     lines[5]["metadata"] = {"row": 5}
     job = write_jsonl(tmp_path / "reviews.jsonl", lines)
-    result = invoke("submit", str(job), "--db", db_url, "--base-url", fake.base_url)
+    result = invoke(
+        "submit", str(job), "--db", db_url, "--base-url", fake.base_url, "--hosted-prices"
+    )
     assert result.exit_code == 0, result.output
     assert "recorded job 1" in result.stderr and "succeeded 40" in result.stderr
 
@@ -146,6 +148,7 @@ def test_simulate_needs_no_key_and_is_marked_everywhere(
     assert "[simulated]" in result.stderr
     (status,) = status_json(db_url)["jobs"]
     assert status["simulated"] is True and status["counts"]["succeeded"] == status["total"]
+    assert status["cost_usd"] > 0  # the fake stands for the hosted API: its prices apply
     assert "[simulated]" in invoke("status", "--db", db_url).stdout
     records = invoke("export", "results", "--db", db_url).stdout.splitlines()
     assert all(orjson.loads(r)["simulated"] is True for r in records)

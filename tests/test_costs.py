@@ -58,7 +58,9 @@ def test_an_unknown_model_costs_null_with_a_warning_and_a_price_file_prices_it(
     tmp_path: Path, db_url: str, fake: FakeServer
 ) -> None:
     job = write_jsonl(tmp_path / "ft.jsonl", [chat_line(i, model="ft:acme-7") for i in range(3)])
-    result = invoke("submit", str(job), "--db", db_url, "--base-url", fake.base_url)
+    result = invoke(
+        "submit", str(job), "--db", db_url, "--base-url", fake.base_url, "--hosted-prices"
+    )
     assert result.exit_code == 0
     assert "warning: no price known for ft:acme-7" in result.stderr
     (status,) = status_json(db_url)["jobs"]
@@ -68,7 +70,7 @@ def test_an_unknown_model_costs_null_with_a_warning_and_a_price_file_prices_it(
     prices = tmp_path / "prices.toml"
     prices.write_text('["ft:acme-7"]\ninput = 3.0\noutput = 12.0\n')
     result = invoke(
-        "submit", str(job), "--new", "--db", db_url, "--base-url", fake.base_url,
+        "submit", str(job), "--new", "--db", db_url, "--base-url", fake.base_url, "--hosted-prices",
         "--prices", str(prices),
     )  # fmt: skip
     assert result.exit_code == 0 and "warning" not in result.stderr
@@ -126,7 +128,7 @@ def test_a_stopped_budget_resumes_with_a_higher_one(
 ) -> None:
     lines = [chat_line(i, max_tokens=200) for i in range(100)]  # at most about $0.00012 each
     job = write_jsonl(tmp_path / "j.jsonl", lines)
-    args = ("--db", db_url, "--base-url", fake.base_url)
+    args = ("--db", db_url, "--base-url", fake.base_url, "--hosted-prices")
     first: Result = invoke("submit", str(job), *args, "--budget", "0.003")
     assert first.exit_code == 3 and "budget" in first.stderr
     spent = status_json(db_url)["jobs"][0]["cost_usd"]
@@ -145,7 +147,12 @@ def test_usage_export_lists_model_mode_tokens_and_cost_per_item(
 ) -> None:
     lines = [chat_line(0), chat_line(1, model="gpt-4.1-mini"), chat_line(2, "[fake:400]")]
     job = write_jsonl(tmp_path / "u.jsonl", lines)
-    assert invoke("submit", str(job), "--db", db_url, "--base-url", fake.base_url).exit_code == 1
+    assert (
+        invoke(
+            "submit", str(job), "--db", db_url, "--base-url", fake.base_url, "--hosted-prices"
+        ).exit_code
+        == 1
+    )
     rows = list(csv.DictReader(io.StringIO(invoke("export", "usage", "--db", db_url).stdout)))
     assert [(r["custom_id"], r["model"], r["mode"], r["status"]) for r in rows] == [
         ("item-0", "gpt-4o-mini", "concurrent", "succeeded"),
@@ -169,7 +176,7 @@ def test_a_model_priced_only_by_a_loose_match_is_unpriced_and_says_why(
     with: no cost (never its price), the reason named, and a price file prices it."""
     lines = [chat_line(i, model="deepseek-r1:7b") for i in range(3)]
     job = write_jsonl(tmp_path / "local.jsonl", lines)
-    common = ("--db", db_url, "--base-url", fake.base_url)
+    common = ("--db", db_url, "--base-url", fake.base_url, "--hosted-prices")
     result = invoke("submit", str(job), *common)
     assert result.exit_code == 0, result.stderr
     reason = "genai-prices matches it only loosely, to deepseek's deepseek-reasoner"
@@ -182,3 +189,53 @@ def test_a_model_priced_only_by_a_loose_match_is_unpriced_and_says_why(
     priced = invoke("submit", str(job), *common, "--new", "--prices", str(prices))
     assert priced.exit_code == 0 and "no price known" not in priced.stderr
     assert status_json(db_url)["jobs"][-1]["cost_usd"] == 0
+
+
+@pytest.mark.parametrize("mode", ["concurrent", "batch"])
+def test_a_local_servers_models_are_unpriced_unless_the_user_prices_them(
+    tmp_path: Path, db_url: str, fake: FakeServer, mode: str
+) -> None:
+    """The fake on 127.0.0.1 is, by its address, a local server: gpt-oss-20b there is its
+    owner's, not a hosted API's, so no price is taken from the table and the job says why;
+    --prices, --price-as and --hosted-prices each price it."""
+    lines = [chat_line(i, model="gpt-oss-20b") for i in range(3)]
+    job = write_jsonl(tmp_path / "local.jsonl", lines)
+    extra = ("--mode", "batch", "--wait", "--poll-interval", "0.05") if mode == "batch" else ()
+    common = ("--db", db_url, "--base-url", fake.base_url, *extra)
+    local = invoke("submit", str(job), *common)
+    assert local.exit_code == 0, local.stderr
+    assert "no price known for gpt-oss-20b: served by a local or self-hosted server" in (
+        local.stderr
+    )
+    prices = tmp_path / "free.toml"
+    prices.write_text('["gpt-oss-20b"]\ninput = 0\noutput = 0\n')
+    for how in (("--prices", str(prices)), ("--price-as", "gpt-4o-mini"), ("--hosted-prices",)):
+        priced = invoke("submit", str(job), "--new", *common, *how)
+        assert priced.exit_code == 0 and "no price known" not in priced.stderr, how
+    jobs = status_json(db_url)["jobs"]
+    assert [j["options"]["hosted_prices"] for j in jobs] == [False, False, False, True]
+    assert jobs[0]["cost_usd"] is None and jobs[0]["unpriced_models"] == ["gpt-oss-20b"]
+    assert "--hosted-prices" in jobs[0]["unpriced_reasons"]["gpt-oss-20b"]
+    assert jobs[1]["cost_usd"] == 0
+    assert jobs[2]["cost_usd"] > 0 and jobs[3]["cost_usd"] > 0
+    assert jobs[2]["cost_usd"] != pytest.approx(jobs[3]["cost_usd"])  # 4o-mini's rates, not 20b's
+
+
+def test_which_base_urls_are_a_local_servers() -> None:
+    from batchrunner.network import serves_locally
+    from batchrunner.providers import hosted_prices
+    from batchrunner.settings import RunSettings
+
+    local = [
+        "http://127.0.0.1:8000/v1", "http://localhost:11434/v1", "http://[::1]:8080/v1",
+        "http://vllm:8000/v1", "http://192.168.1.20:1234/v1", "http://10.0.0.7/v1",
+        "http://[fd00::7]/v1", "http://gpu-box.local:8000/v1", "http://host.docker.internal:4000",
+    ]  # fmt: skip
+    hosted = ["https://api.openai.com/v1", "https://openrouter.ai/api/v1", "http://8.8.8.8/v1"]
+    assert [serves_locally(url) for url in local] == [True] * len(local)
+    assert [serves_locally(url) for url in hosted] == [False] * len(hosted)
+    assert hosted_prices(RunSettings(base_url=local[0])) is False
+    assert hosted_prices(RunSettings(base_url=local[0]), simulated=True) is True  # the fake
+    assert hosted_prices(RunSettings(base_url=hosted[0])) is True
+    assert hosted_prices(RunSettings(base_url=hosted[1], hosted_prices=False)) is False
+    assert hosted_prices(RunSettings(azure_endpoint="https://r.openai.azure.com")) is True

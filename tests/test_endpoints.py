@@ -29,7 +29,7 @@ def run_example(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Submit jobs/NAME in `mode` against the fake; its status and its exported results."""
     extra = ("--mode", "batch", *POLL) if mode == "batch" else ()
-    common = ("--db", db_url, "--base-url", fake.base_url)
+    common = ("--db", db_url, "--base-url", fake.base_url, "--hosted-prices")
     result = invoke("submit", str(JOBS / name), "--new", *extra, *common)
     assert result.exit_code == 0, result.stderr
     (status,) = status_json(db_url)["jobs"][-1:]
@@ -93,7 +93,7 @@ def test_gpt_image_models_are_priced_by_the_tokens_they_report(
     ]  # fmt: skip
     job.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
     extra = ("--mode", "batch", *POLL) if mode == "batch" else ()
-    common = ("--db", db_url, "--base-url", fake.base_url)
+    common = ("--db", db_url, "--base-url", fake.base_url, "--hosted-prices")
     assert invoke("submit", str(job), *extra, *common).exit_code == 0
     (status,) = status_json(db_url)["jobs"]
     exported = invoke("export", "results", "--job", str(status["id"]), "--db", db_url)

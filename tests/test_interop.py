@@ -91,10 +91,11 @@ def submit(
 def test_a_job_through_litellm_is_answered_once_each_and_priced(
     tmp_path: Path, litellm: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A LiteLLM proxy on this machine that forwards to OpenAI: --hosted-prices says so."""
     monkeypatch.setenv("OPENAI_API_KEY", MASTER_KEY)
     lines = [chat_line(i) for i in range(20)]
     lines += [chat_line(i, model="gpt-4.1-mini") for i in range(20, 30)]
-    result, db = submit(tmp_path, litellm, lines, "--concurrency", "8")
+    result, db = submit(tmp_path, litellm, lines, "--concurrency", "8", "--hosted-prices")
     assert result.exit_code == 0, result.stderr
     records = exported_records(db)
     assert len(records) == 30 and {r["status"] for r in records} == {"succeeded"}
@@ -105,6 +106,31 @@ def test_a_job_through_litellm_is_answered_once_each_and_priced(
     (status,) = status_json(db)["jobs"]
     assert set(status["models"]) == {"gpt-4o-mini", "gpt-4.1-mini"}
     assert status["cost_usd"] > 0 and status["unpriced_models"] == []
+
+
+def test_models_on_a_local_litellm_are_unpriced_unless_the_user_prices_them(
+    tmp_path: Path, litellm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By default a local server's models are its owner's: no hosted price, and the job says
+    why; --price-as prices one as a known model; a budget wants every model priced."""
+    monkeypatch.setenv("OPENAI_API_KEY", MASTER_KEY)
+    lines = [chat_line(i) for i in range(4)]
+    lines += [chat_line(i, model="gpt-4.1-mini") for i in range(4, 8)]
+    result, db = submit(tmp_path, litellm, lines, "--price-as", "gpt-4.1-mini=gpt-4.1-mini")
+    assert result.exit_code == 0, result.stderr
+    assert "no price known for gpt-4o-mini: served by a local or self-hosted server" in (
+        result.stderr
+    )
+    (status,) = status_json(db)["jobs"]
+    assert status["counts"]["succeeded"] == 8 and status["unpriced_models"] == ["gpt-4o-mini"]
+    assert status["models"]["gpt-4o-mini"]["cost_usd"] is None
+    assert status["models"]["gpt-4.1-mini"]["cost_usd"] > 0
+    assert "--hosted-prices" in status["unpriced_reasons"]["gpt-4o-mini"]
+    budgeted, _ = submit(tmp_path, litellm, lines, "--new", "--budget", "1")
+    assert budgeted.exit_code == 2
+    assert 'needs a price for every model, and "gpt-4o-mini" has none: served by a local' in (
+        budgeted.stderr
+    )
 
 
 def test_a_model_litellm_does_not_serve_stops_the_job_as_openais_404_does(

@@ -29,7 +29,8 @@ def submit(
     tmp_path: Path, db_url: str, fake: FakeServer, lines: list[dict[str, Any]], **settings: Any
 ) -> tuple[Ledger, int]:
     path = write_jsonl(tmp_path / "job.jsonl", lines)
-    options = RunSettings(base_url=fake.base_url, **settings)
+    # the fake on 127.0.0.1 stands for OpenAI's hosted API: its prices apply
+    options = RunSettings(base_url=fake.base_url, **{"hosted_prices": True, **settings})
     ledger, submitted = submit_job(db_url, str(path), defaults=JobDefaults(), settings=options)
     return ledger, submitted.job_id
 

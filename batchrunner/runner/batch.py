@@ -84,7 +84,7 @@ class BatchRunner:
             max_tokens=settings.batch_token_limit,
             max_inputs=dialect.BATCH_MAX_INPUTS,
         )
-        self._prices = job_price_table(settings.prices, settings.price_as)
+        self._prices = job_price_table(settings)
         self._answers = AnswerReader(dialect, self._prices, batch=True)
         self._held_until: dict[str, float] = {}  # model -> monotonic time (token cap reached)
         self._stop_reason: str | None = None

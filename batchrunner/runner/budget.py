@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from batchrunner.demand import TokenDemand
 from batchrunner.errors import UsageError
-from batchrunner.pricing import PriceTable, Rates, rates_for
+from batchrunner.pricing import PriceTable, Rates, rates_for, unpriced_reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +41,10 @@ class Budget:
                 model, batch=self._batch, when=datetime.now(UTC), overrides=self._prices
             )
             if found is None:
+                why = unpriced_reason(model, self._prices is None or self._prices.hosted)
                 raise UsageError(
-                    f'--budget needs a price for every model, and "{model}" has none: '
-                    "give its prices with --prices FILE"
+                    f'--budget needs a price for every model, and "{model}" has none: {why}. '
+                    "Give its prices with --prices FILE (0 for a free one)"
                 )
             rates = self._rates[model] = found
         return rates

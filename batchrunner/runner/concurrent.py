@@ -70,7 +70,7 @@ class ConcurrentRunner:
         self._backend = backend
         self._dialect = dialect
         self._throttle = Throttle(settings.rpm, settings.tpm)
-        self._prices = job_price_table(settings.prices, settings.price_as)
+        self._prices = job_price_table(settings)
         self._answers = AnswerReader(dialect, self._prices, batch=False)
         self._budget: Budget | None = None
         self._typical_output = TypicalOutput()
