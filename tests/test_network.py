@@ -218,8 +218,9 @@ def test_a_run_without_the_headers_the_job_was_submitted_with_says_so(
 def test_both_modes_tunnel_through_the_proxy_to_a_server_with_its_own_ca(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """HTTPS through a proxy (CONNECT), to a server whose certificate authority is trusted only
-    by SSL_CERT_FILE: the openai SDK of batch mode trusts what concurrent mode trusts."""
+    """HTTPS through a proxy that wants credentials (CONNECT with Proxy-Authorization), to a
+    server whose certificate authority is trusted only by SSL_CERT_FILE: the openai SDK of
+    batch mode trusts what concurrent mode trusts."""
     ca = trustme.CA()
     ca_file = tmp_path / "own-ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
@@ -227,12 +228,16 @@ def test_both_modes_tunnel_through_the_proxy_to_a_server_with_its_own_ca(
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(context)
     config = FakeConfig(seed=7, record_requests=True)
-    with forward_proxy() as proxy, run_in_thread(config, ssl_context=context) as server:
+    with (
+        forward_proxy(("carol", "tunnel-pass-1234")) as proxy,
+        run_in_thread(config, ssl_context=context) as server,
+    ):
         assert server.base_url.startswith("https://")
+        proxied = proxy.url.replace("http://", "http://carol:tunnel-pass-1234@")
         job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(3)])
         common = (
             "--db", f"sqlite:///{tmp_path}/l.db", "--base-url", server.base_url,
-            "--proxy", proxy.url, "--organization", "org-tls",
+            "--proxy", proxied, "--organization", "org-tls",
         )  # fmt: skip
         concurrent = invoke("submit", str(job), *common)
         assert concurrent.exit_code == 0, concurrent.stderr
@@ -240,6 +245,8 @@ def test_both_modes_tunnel_through_the_proxy_to_a_server_with_its_own_ca(
         assert batch.exit_code == 0, batch.stderr
     port = server.base_url.split(":")[2].split("/")[0]
     assert proxy.seen and {seen.method for seen in proxy.seen} == {"CONNECT"}
+    assert proxy.refused == 0  # every tunnel carried the credentials
+    assert "tunnel-pass-1234" not in concurrent.output + batch.output
     assert {seen.target for seen in proxy.seen} == {f"127.0.0.1:{port}"}
     online = identities(server, ("/v1/chat/completions",))
     offline = identities(server, ("/v1/files", "/v1/batches"))
