@@ -21,7 +21,7 @@ from batchrunner.demand import TYPICAL_OUTPUT
 from batchrunner.dialects.openai import ENDPOINTS, normalize_endpoint
 from batchrunner.errors import BatchrunnerError
 from batchrunner.export import FORMATS, write_errors, write_results, write_usage
-from batchrunner.jobfile import JobDefaults, check_job_file
+from batchrunner.jobfile import JobDefaults
 from batchrunner.ledger import Ledger, database_url, describe
 from batchrunner.ledger.batches import BATCH_STATES
 from batchrunner.ledger.models import MODES
@@ -357,25 +357,29 @@ def _run_with_progress(
     type=click.IntRange(0),
     help=f"Output tokens of a request that sets no max_tokens [{TYPICAL_OUTPUT}].",
 )
+@click.option("--base-url", help="The server it would run on: a local one's models are unpriced.")
 @click.option("--prices", help="JSON or TOML prices (USD per 1M tokens) for models.")
+@click.option("--price-as", multiple=True, metavar="[NAME=]MODEL", help="As for submit.")
+@click.option(
+    "--hosted-prices/--local-prices", "hosted_prices", default=None, help="As for submit."
+)
 @click.option("--json", "json_", is_flag=True, help="Print JSON.")
 def estimate(
     file: str,
     model: str | None,
     endpoint: str,
     assume_output: int | None,
-    prices: str | None,
     json_: bool,
+    **pricing: Any,
 ) -> None:
-    """Tokens and cost of FILE in both modes, counted offline before anything is sent."""
-    from batchrunner.estimate import estimate_as_json, estimate_job_file, format_estimate
-    from batchrunner.pricing import load_price_file
+    """Tokens and cost of FILE in both modes, counted offline before anything is sent, priced
+    as `submit` with the same options would price them."""
+    from batchrunner.estimate import estimate_as_json, format_estimate
 
     try:
         defaults = JobDefaults(endpoint=normalize_endpoint(endpoint), model=model)
-        check_job_file(file, defaults)
-        table = load_price_file(prices) if prices else None
-        result = estimate_job_file(file, defaults, assume_output=assume_output, overrides=table)
+        settings = RunSettings().merged(_overrides(**pricing))
+        result = commands.estimate_file(file, defaults, settings, assume_output)
     except BatchrunnerError as exc:
         say(f"error: {exc}")
         sys.exit(exc.exit_code)

@@ -108,7 +108,7 @@ def submit_job(
     from batchrunner.pricing import job_price_table
 
     summary = check_job_file(path, defaults)
-    settings = replace(settings, hosted_prices=hosted_prices(settings, simulated))
+    settings = with_prices_decided(settings, simulated)
     prices = job_price_table(settings)
     estimate = EstimateBuilder(path=path, overrides=prices)
     ledger = Ledger(ledger_url)
@@ -138,11 +138,39 @@ def submit_job(
     return ledger, Submitted(job_id, summary, estimate.estimate, masked, reused)
 
 
+def with_prices_decided(settings: RunSettings, simulated: bool = False) -> RunSettings:
+    """The settings with the job's pricing decided once: whether hosted prices apply (by its
+    base URL, unless --hosted-prices / --local-prices said)."""
+    return replace(settings, hosted_prices=hosted_prices(settings, simulated))
+
+
+def estimate_file(
+    path: str, defaults: JobDefaults, settings: RunSettings, assume_output: int | None = None
+) -> Estimate:
+    """What `submit` with these settings would count and price, for the whole file."""
+    from batchrunner.estimate import estimate_job_file
+    from batchrunner.pricing import job_price_table
+
+    check_job_file(path, defaults)
+    prices = job_price_table(with_prices_decided(settings))
+    return estimate_job_file(path, defaults, assume_output=assume_output, overrides=prices)
+
+
+# Settings a run changes for the rest of the job's life, not for that run alone: how its
+# answers are priced (one job, one price), and its budget (over the job's whole life).
+JOB_LIFE_SETTINGS = ("prices", "price_as", "hosted_prices", "budget")
+
+
 def job_settings(ledger: Ledger, job_id: int, overrides: dict[str, Any]) -> RunSettings:
-    """The job's stored settings with this run's overrides; says when the job was submitted
-    with headers this run was not given (their values are never stored)."""
+    """The job's stored settings with this run's overrides (its prices and budget kept with
+    the job from now on); says when the job was submitted with headers this run was not given
+    (their values are never stored)."""
     options, _ = ledger.job_options(job_id)
     settings = RunSettings.from_stored(options).merged(overrides)
+    lasting = {key for key in JOB_LIFE_SETTINGS if overrides.get(key) is not None}
+    if lasting:
+        stored = settings.stored()
+        ledger.update_job_options(job_id, {key: stored[key] for key in lasting})
     given = {name.lower() for name, _ in (*settings.headers, *settings.query)}
     missing = [name for name in options.get("withheld") or () if name.lower() not in given]
     if missing:

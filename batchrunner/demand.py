@@ -2,9 +2,10 @@
 sent (pure, apart from the token counting).
 
 A request's demand is its prompt, counted offline with the model's encoding (tokens.py), and
-its output cap (`max_tokens` and kin; 16 for a completion that sets none; embeddings have no
-output) times the answers it asks for (chat's `n`; a completion's prompts times `n` or
-`best_of`). From these:
+its output cap (`max_tokens` and kin; embeddings have no output; images none that a request
+caps) times the answers it asks for (chat's `n`; a completion's prompts times `n` or
+`best_of`; images' `n`). A completion that sets no cap is uncapped here, though OpenAI stops it
+at 16 tokens: local servers do not. From these:
 
 | who                          | counts                                                      |
 |------------------------------|-------------------------------------------------------------|
@@ -22,13 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from batchrunner.dialects.openai import (
-    COMPLETIONS,
-    COMPLETIONS_DEFAULT_MAX_TOKENS,
-    answers_asked,
-    output_cap,
-    writes_text,
-)
+from batchrunner.dialects.openai import answers_asked, draws_images, output_cap, writes_text
 from batchrunner.tokens import prompt_tokens
 
 TYPICAL_OUTPUT = 256  # output tokens assumed for a request with no cap, until answers say
@@ -60,12 +55,12 @@ class TokenDemand:
 
 
 def token_demand(url: str, body: Mapping[str, Any]) -> TokenDemand:
-    if not writes_text(url):
-        return TokenDemand(prompt_tokens(url, body), 0)
-    cap = output_cap(body)
-    if cap is None and url == COMPLETIONS:
-        cap = COMPLETIONS_DEFAULT_MAX_TOKENS
-    return TokenDemand(prompt_tokens(url, body), cap, answers_asked(url, body))
+    prompt = prompt_tokens(url, body)
+    if writes_text(url):
+        return TokenDemand(prompt, output_cap(body), answers_asked(url, body))
+    if draws_images(url):  # image tokens out, as many as the size and quality take: no cap
+        return TokenDemand(prompt, None, answers_asked(url, body))
+    return TokenDemand(prompt, 0)  # vectors, moderation scores, a video job
 
 
 class TypicalOutput:

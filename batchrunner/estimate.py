@@ -104,7 +104,7 @@ class Estimate:
     assumed_output: int
     models: dict[str, ModelEstimate] = field(default_factory=dict)
     sampled: bool = False  # extrapolated from a sample of the requests (large files, submit)
-    hosted: bool = True  # the hosted APIs' prices apply (not a local server's models)
+    prices: PriceTable | None = None  # the job's own prices, as the rates were looked up
 
     @property
     def requests(self) -> int:
@@ -152,8 +152,7 @@ class EstimateBuilder:
         if assume_output is not None and assume_output < 0:
             raise UsageError(f"the assumed output must be 0 or more tokens, got {assume_output}")
         assumed = TYPICAL_OUTPUT if assume_output is None else assume_output
-        hosted = overrides is None or overrides.hosted
-        self.estimate = Estimate(path=path, assumed_output=assumed, hosted=hosted)
+        self.estimate = Estimate(path=path, assumed_output=assumed, prices=overrides)
         self._overrides = overrides
         self._when = when
 
@@ -278,7 +277,7 @@ def format_estimate(estimate: Estimate) -> str:
         )
     if estimate.unpriced_models:
         lines.append(
-            f"{unpriced_note(estimate.unpriced_models, estimate.hosted)}: give their prices "
+            f"{unpriced_note(estimate.unpriced_models, estimate.prices)}: give their prices "
             "with a price file"
         )
     return "\n".join(lines)
@@ -296,7 +295,7 @@ def estimate_line(estimate: Estimate, mode: str) -> str:
     if estimate.sampled:
         line += " [from a sample; `batchrunner estimate` counts every request]"
     if estimate.unpriced_models:
-        line += f"; warning: {unpriced_note(estimate.unpriced_models, estimate.hosted)}"
+        line += f"; warning: {unpriced_note(estimate.unpriced_models, estimate.prices)}"
     return line
 
 
@@ -312,7 +311,7 @@ def estimate_as_json(estimate: Estimate) -> dict[str, Any]:
         "assumed_output_tokens_per_request": estimate.assumed_output,
         "unpriced_models": estimate.unpriced_models,
         "unpriced_reasons": {
-            m: unpriced_reason(m, estimate.hosted) for m in estimate.unpriced_models
+            m: unpriced_reason(m, estimate.prices) for m in estimate.unpriced_models
         },
         "batch_discount_assumed_models": estimate.batch_assumed_models,
         "models": [

@@ -136,32 +136,45 @@ def _is_loopback(host: str) -> bool:
     host = host.lower().rstrip(".")
     if host in LOOPBACK_NAMES or host.endswith(".localhost"):
         return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+    address = _address(host)
+    return address is not None and address.is_loopback
 
 
-# Names that only a local network resolves: mDNS, the reserved home and internal zones.
-LOCAL_SUFFIXES = (".local", ".lan", ".internal", ".home.arpa", ".localdomain")
+BASE_URL_NAMES = "OPENAI_BASE_URL or AZURE_OPENAI_ENDPOINT"
+# Names that only a local network resolves: mDNS, the reserved home and internal zones, a
+# Kubernetes cluster's services, a Tailscale network's machines.
+LOCAL_SUFFIXES = (".local", ".lan", ".internal", ".home.arpa", ".localdomain", ".svc", ".ts.net")
+SHARED_ADDRESSES = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT, Tailscale
 
 
 def serves_locally(base_url: str) -> bool:
     """Whether a base URL names a server on this machine or the local network (loopback, a
-    private or link-local address, a one-label name such as a compose service's `vllm`, a
-    `.local` / `.internal` name): a server of its owner's, not a hosted API with its prices."""
-    host = (urlsplit(base_url).hostname or "").lower().rstrip(".")
-    if not host or _is_loopback(host):
+    private, link-local or shared address, a one-label name such as a compose service's
+    `vllm`, a `.local` / `.internal` / `.svc` name): its owner's, not a hosted API's."""
+    try:
+        host = (urlsplit(base_url).hostname or "").lower().rstrip(".")
+    except ValueError as exc:
+        raise UsageError(
+            f"the base URL (--base-url, {BASE_URL_NAMES}) is not a URL: {exc}"
+        ) from None
+    if not host:  # the URL is not shown: it may hold a password
+        raise UsageError(f"the base URL (--base-url, {BASE_URL_NAMES}) names no host")
+    if _is_loopback(host):
         return True
+    address = _address(host)
+    if address is None:
+        return "." not in host or host.endswith(LOCAL_SUFFIXES)
+    return address.is_private or address.is_link_local or address in SHARED_ADDRESSES
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address a host is, IPv4-mapped IPv6 (::ffff:10.0.0.1) as its IPv4, else None."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return "." not in host or host.endswith(LOCAL_SUFFIXES)
+        return None
     mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    address = mapped or address
-    return address.is_private or address.is_link_local
+    return mapped or address
 
 
 def _bypassed(host: str, port: int, no_proxy: str) -> bool:

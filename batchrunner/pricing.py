@@ -335,10 +335,11 @@ def _rate(value: Decimal | TieredPrices | None) -> Rate | None:
 
 
 # What a name may add to a priced model's own name and still be that model: dates (2024-08-06,
-# 20241022, 0125, 09-2025, Vertex's @20241022), versions (-001) and channels, one after another
-# (gpt-4o-realtime-preview-2024-12-17).
+# 20241022, 0125, 09-2025, 05-06, Vertex's @20241022), versions (-001) and channels, one after
+# another (gpt-4o-realtime-preview-2024-12-17, gemini-2.5-pro-preview-05-06).
 _STAMP = re.compile(
-    r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{4}|-\d{2}-\d{4}|-00\d|-latest|-preview|@\d{8}|@latest)*"
+    r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{4}|-\d{2}-\d{4}|-\d{2}-\d{2}|-00\d|-latest|-preview"
+    r"|@\d{8}|@latest)*"
 )
 # Where a table's prefix may stop being the model's own name: `gpt-5-nano-` and
 # `claude-sonnet-4-2025` are a name and the start of a date.
@@ -353,20 +354,23 @@ def _stamped(name: str, prefix: str) -> bool:
     return any(_STAMP.fullmatch(name[cut:]) for cut in cuts)
 
 
-def _own_name(name: str) -> str:
-    """The part of a model name the price table judges: `ft:BASE:ORG:SUFFIX:ID` is `ft:BASE`."""
+def _own_name(name: str, provider: str) -> str:
+    """The part of a model name the price table judges: `ft:BASE:ORG:SUFFIX:ID` is `ft:BASE`,
+    and `google/gemini-2.0-flash-001` (Vertex's OpenAI-compatible name) is its model's name
+    when the prefix is the provider the table found."""
     name = name.lower()
     if name.startswith("ft:"):
         return ":".join(name.split(":")[:2])
-    return name
+    owner, _, rest = name.partition("/")
+    return rest if rest and owner == provider.lower() else name
 
 
-def _names_the_model(name: str, match: object) -> bool:
+def _names_the_model(name: str, calc: PriceCalculation) -> bool:
     """Whether `name` is the priced model's own name: one its table spells out, or one of its
     stems followed by a date, a version or a channel. Anything looser (a longer name that starts
     the same, a word within, a pattern) may be another model: `deepseek-r1:7b` on a laptop is
     not DeepSeek's hosted reasoner."""
-    return _clause_names(_own_name(name), name.lower(), match)
+    return _clause_names(_own_name(name, calc.provider.id), name.lower(), calc.model.match)
 
 
 def _clause_names(name: str, full_name: str, match: object) -> bool:
@@ -390,9 +394,20 @@ def loose_match(model: str) -> str | None:
     """The model genai-prices would price `model` as, when it matches it only loosely (and so
     prices it not at all, unless a price file does): for saying why a model is unpriced."""
     calc = _calc(model, datetime.now(UTC), False)
-    if calc is None or _names_the_model(model, calc.model.match):
+    if calc is None or _names_the_model(model, calc):
         return None
     return f"{calc.provider.id}'s {calc.model.id}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _priced_by_image_tokens(model: str) -> bool:
+    """Whether the library prices the model's image tokens apart (gpt-image, realtime): usage
+    does not split them out, so no single input and output rate is its price."""
+    calc = _calc(model, datetime.now(UTC), False)
+    if calc is None or not _names_the_model(model, calc):
+        return False
+    prices = calc.model_price
+    return prices.input_image_mtok is not None or prices.output_image_mtok is not None
 
 
 NO_PRICE = "no price known"
@@ -400,31 +415,42 @@ LOCAL_SERVER = (
     "served by a local or self-hosted server, where hosted prices do not apply; "
     "--hosted-prices if it forwards to a paid API"
 )
+IMAGE_TOKENS = "its image tokens have prices of their own, which usage does not split out"
 
 
-def unpriced_reason(model: str, hosted: bool = True) -> str:
-    """Why a model has no price, in a few words."""
-    if not hosted:
+def unpriced_reason(model: str, table: PriceTable | None = None) -> str:
+    """Why a model has no price, in a few words (`table`: the job's, as rates_for was given)."""
+    if table is not None and table.maps(model):
+        known = table.priced_as(model)
+        return f"--price-as {known}, which has no price: {unpriced_reason(known)}"
+    if table is not None and not table.hosted:
         return LOCAL_SERVER
+    if _priced_by_image_tokens(model):
+        return IMAGE_TOKENS
     loose = loose_match(model)
     if loose is not None:
         return f"genai-prices matches it only loosely, to {loose}"
     return NO_PRICE
 
 
-def unpriced_note(models: list[str], hosted: bool = True) -> str:
+def unpriced_note(models: list[str], table: PriceTable | None = None) -> str:
     """`no price known for a, b (b: ...)`: the models, and why where there is more to say."""
-    if not hosted:
-        return f"no price known for {', '.join(models)}: {LOCAL_SERVER}"
-    reasons = [(m, unpriced_reason(m)) for m in models]
-    told = [f"{m}: {reason}" for m, reason in reasons if reason != NO_PRICE]
-    return f"no price known for {', '.join(models)}" + (f" ({'; '.join(told)})" if told else "")
+    return describe_unpriced({m: unpriced_reason(m, table) for m in models})
+
+
+def describe_unpriced(reasons: Mapping[str, str]) -> str:
+    """The note for models and their reasons (as `status --json` keeps them)."""
+    models = ", ".join(reasons)
+    if len(set(reasons.values())) == 1 and NO_PRICE not in reasons.values():
+        return f"no price known for {models}: {next(iter(reasons.values()))}"
+    told = [f"{m}: {reason}" for m, reason in reasons.items() if reason != NO_PRICE]
+    return f"no price known for {models}" + (f" ({'; '.join(told)})" if told else "")
 
 
 @functools.lru_cache(maxsize=4096)
 def _library_rates_at(model: str, batch: bool, at: datetime) -> Rates | None:
     calc = _calc(model, at, batch)
-    if calc is None or not _names_the_model(model, calc.model.match):
+    if calc is None or not _names_the_model(model, calc) or _priced_by_image_tokens(model):
         return None
     prices = calc.model_price
     input_rate = _rate(prices.input_mtok)

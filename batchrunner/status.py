@@ -56,9 +56,7 @@ def job_status(
         "estimate_usd": summary.options.get("estimate_usd"),
         "budget_usd": summary.options.get("budget"),
         "unpriced_models": summary.unpriced_models,
-        "unpriced_reasons": _unpriced_reasons(
-            summary.unpriced_models, summary.options.get("hosted_prices") is not False
-        ),
+        "unpriced_reasons": _unpriced_reasons(summary.unpriced_models, summary.options),
         "models": {
             name: {
                 "items": t.items,
@@ -134,12 +132,15 @@ def _counts_line(status: dict[str, Any]) -> str:
     return line
 
 
-def _unpriced_reasons(models: list[str], hosted: bool) -> dict[str, str]:
+def _unpriced_reasons(models: list[str], options: dict[str, Any]) -> dict[str, str]:
+    """Why each model has no price, judged by the job's own prices as its runs were."""
     if not models:
         return {}
-    from batchrunner.pricing import unpriced_reason  # the price tables: only when needed
+    from batchrunner.pricing import job_price_table, unpriced_reason  # only when needed
+    from batchrunner.settings import RunSettings
 
-    return {model: unpriced_reason(model, hosted) for model in models}
+    table = job_price_table(RunSettings.from_stored(options))
+    return {model: unpriced_reason(model, table) for model in models}
 
 
 def _batch(row: BatchRow) -> dict[str, Any]:
@@ -182,11 +183,11 @@ def _cost_line(status: dict[str, Any]) -> str:
         parts.append(f"budget {format_usd(status['budget_usd'])}")
     line = parts[0] + (f" ({', '.join(parts[1:])})" if parts[1:] else "")
     if status["unpriced_models"]:
-        from batchrunner.pricing import unpriced_note  # the price tables: only when needed
+        from batchrunner.pricing import describe_unpriced  # the price tables: only when needed
 
-        hosted = status["options"].get("hosted_prices") is not False
-        note = unpriced_note(status["unpriced_models"], hosted)
-        line += f"; warning: {note}; price with --prices FILE"
+        line += (
+            f"; warning: {describe_unpriced(status['unpriced_reasons'])}; price with --prices FILE"
+        )
     return line
 
 

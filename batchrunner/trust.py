@@ -1,8 +1,8 @@
 """Which certificate authorities a job's HTTPS connections trust, the same in both modes: the
-system's (its trust store on macOS and Windows, OpenSSL's bundle elsewhere), plus the user's
-own, added and not instead: `SSL_CERT_FILE` (a file of PEM certificates) and `SSL_CERT_DIR`
-(a folder of them), as a self-hosted server or an intercepting proxy needs. Concurrent mode's
-client also ships Mozilla's roots."""
+system's (its trust store on macOS and Windows, OpenSSL's bundle or folder elsewhere), plus the
+user's own, added and not instead: `SSL_CERT_FILE` (a file of PEM certificates) and
+`SSL_CERT_DIR` (a folder of them), as a self-hosted server or an intercepting proxy needs.
+Concurrent mode's client also ships Mozilla's roots."""
 
 from __future__ import annotations
 
@@ -15,43 +15,66 @@ import truststore
 
 from batchrunner.errors import UsageError
 
-
-def system_ca_file() -> str | None:
-    """OpenSSL's compiled-in CA bundle (Debian's /usr/lib/ssl/cert.pem), if the system has it;
-    not SSL_CERT_FILE, which adds to it here."""
-    cafile = ssl.get_default_verify_paths().openssl_cafile
-    return cafile if cafile and os.path.isfile(cafile) else None
+PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
 
 
-def users_certificates() -> dict[str, bytes]:
-    """The PEM certificates SSL_CERT_FILE and SSL_CERT_DIR name, by source (for messages)."""
-    found: dict[str, bytes] = {}
+def _system_sources() -> list[str]:
+    """OpenSSL's compiled-in CA bundle (Debian's /usr/lib/ssl/cert.pem) if the system has one,
+    else its certificate folder: not SSL_CERT_FILE / SSL_CERT_DIR, which add to these here."""
+    paths = ssl.get_default_verify_paths()
+    if paths.openssl_cafile and os.path.isfile(paths.openssl_cafile):
+        return [paths.openssl_cafile]
+    if paths.openssl_capath and os.path.isdir(paths.openssl_capath):
+        return _pem_files(paths.openssl_capath)
+    return []
+
+
+def _users_sources() -> list[str]:
+    found = []
     cafile = os.environ.get("SSL_CERT_FILE")
     if cafile and os.path.isfile(cafile):
-        found[cafile] = Path(cafile).read_bytes()
+        found.append(cafile)
     folder = os.environ.get("SSL_CERT_DIR")
     if folder and os.path.isdir(folder):
-        seen = set(found.values())  # OpenSSL's folders hold hash-named links to the same files
-        for entry in sorted(Path(folder).iterdir()):
-            if entry.is_file():
-                pem = entry.read_bytes()
-                if b"-----BEGIN CERTIFICATE-----" in pem and pem not in seen:
-                    found[str(entry)] = pem
-                    seen.add(pem)
+        found += _pem_files(folder)
     return found
 
 
+def _pem_files(folder: str) -> list[str]:
+    """The files of a folder that hold a certificate; OpenSSL's hash-named links to the same
+    file count once."""
+    seen: set[bytes] = set()
+    found = []
+    for entry in sorted(Path(folder).iterdir()):
+        if not entry.is_file():
+            continue
+        pem = entry.read_bytes()
+        if PEM_BEGIN in pem and pem not in seen:
+            seen.add(pem)
+            found.append(str(entry))
+    return found
+
+
+def _read(paths: list[str]) -> dict[str, bytes]:
+    """Each file's bytes, a file already read under another name (SSL_CERT_FILE is often the
+    system's bundle itself) once."""
+    found: dict[str, bytes] = {}
+    for path in paths:
+        pem = Path(path).read_bytes()
+        if pem not in found.values():
+            found[path] = pem
+    return found
+
+
+def users_certificates() -> dict[str, bytes]:
+    """The PEM files SSL_CERT_FILE and SSL_CERT_DIR name, by path (for messages)."""
+    return _read(_users_sources())
+
+
 def root_certificates() -> dict[str, bytes]:
-    """Every certificate to add to a client that brings its own roots: the system's bundle and
-    the user's, by source."""
-    roots: dict[str, bytes] = {}
-    system = system_ca_file()
-    if system is not None:
-        roots[system] = Path(system).read_bytes()
-    for source, pem in users_certificates().items():
-        if pem not in roots.values():  # SSL_CERT_FILE is often the system's bundle itself
-            roots[source] = pem
-    return roots
+    """Every certificate file to add to a client that brings its own roots: the system's and
+    the user's, by path."""
+    return _read(_system_sources() + _users_sources())
 
 
 def ssl_context() -> ssl.SSLContext:
@@ -59,14 +82,14 @@ def ssl_context() -> ssl.SSLContext:
     `root_certificates` says, with the platform's own verifier where it has one."""
     if platform.system() in ("Darwin", "Windows"):  # truststore adds what is loaded to the OS's
         context: ssl.SSLContext = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        sources = users_certificates()
+        sources = list(users_certificates())
     else:  # OpenSSL: truststore would reload the bundle on every handshake
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        sources = root_certificates()
-    for source, pem in sources.items():
-        try:
-            context.load_verify_locations(cadata=pem.decode("ascii", "replace"))
-        except (ssl.SSLError, ValueError) as exc:
+        sources = list(root_certificates())
+    for source in sources:
+        try:  # by path: OpenSSL skips what is not a certificate (comments in any language)
+            context.load_verify_locations(cafile=source)
+        except (ssl.SSLError, OSError, ValueError) as exc:
             problem = f"could not load the trusted certificates from {source}: {exc}"
             raise UsageError(problem) from None
     return context

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from click.testing import Result
 
+from batchrunner.errors import UsageError
 from batchrunner.estimate import estimate_job_file
 from batchrunner.fake import FakeServer
 from batchrunner.pricing import price_item
@@ -180,7 +181,7 @@ def test_a_model_priced_only_by_a_loose_match_is_unpriced_and_says_why(
     result = invoke("submit", str(job), *common)
     assert result.exit_code == 0, result.stderr
     reason = "genai-prices matches it only loosely, to deepseek's deepseek-reasoner"
-    assert f"no price known for deepseek-r1:7b (deepseek-r1:7b: {reason})" in result.stderr
+    assert f"no price known for deepseek-r1:7b: {reason}" in result.stderr
     (status,) = status_json(db_url)["jobs"]
     assert status["cost_usd"] is None and status["unpriced_models"] == ["deepseek-r1:7b"]
     assert status["unpriced_reasons"] == {"deepseek-r1:7b": reason}
@@ -231,6 +232,10 @@ def test_which_base_urls_are_a_local_servers() -> None:
         "http://vllm:8000/v1", "http://192.168.1.20:1234/v1", "http://10.0.0.7/v1",
         "http://[fd00::7]/v1", "http://gpu-box.local:8000/v1", "http://host.docker.internal:4000",
     ]  # fmt: skip
+    local += [
+        "http://100.101.102.103:8000/v1", "http://gpu.tail1234.ts.net/v1",
+        "http://vllm.default.svc:8000/v1", "http://[::ffff:10.1.2.3]:8000/v1",
+    ]  # fmt: skip
     hosted = ["https://api.openai.com/v1", "https://openrouter.ai/api/v1", "http://8.8.8.8/v1"]
     assert [serves_locally(url) for url in local] == [True] * len(local)
     assert [serves_locally(url) for url in hosted] == [False] * len(hosted)
@@ -239,3 +244,47 @@ def test_which_base_urls_are_a_local_servers() -> None:
     assert hosted_prices(RunSettings(base_url=hosted[0])) is True
     assert hosted_prices(RunSettings(base_url=hosted[1], hosted_prices=False)) is False
     assert hosted_prices(RunSettings(azure_endpoint="https://r.openai.azure.com")) is True
+    for broken in ("http:///v1", "http://bad[host/v1", "http://user:hunter22@[/v1"):
+        with pytest.raises(UsageError) as refused:
+            serves_locally(broken)
+        assert "hunter22" not in str(refused.value)
+
+
+def test_a_runs_pricing_choice_is_kept_with_the_job(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    """One job, one price: `run --hosted-prices` (or --prices, --price-as, --budget) on a job
+    recorded without it holds for its later runs and its status too."""
+    job = write_jsonl(tmp_path / "local.jsonl", [chat_line(i) for i in range(6)])
+    common = ("--db", db_url, "--base-url", fake.base_url)
+    assert invoke("submit", str(job), *common, "--detach").exit_code == 0
+    assert status_json(db_url)["jobs"][0]["options"]["hosted_prices"] is False
+    first = invoke("run", *common, "--hosted-prices", "--budget", "5")
+    assert first.exit_code == 0, first.stderr
+    (status,) = status_json(db_url)["jobs"]
+    assert status["options"]["hosted_prices"] is True and status["budget_usd"] == 5
+    assert status["cost_usd"] > 0 and status["unpriced_models"] == []
+
+
+def test_a_name_priced_as_an_unknown_model_says_so(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    job = write_jsonl(tmp_path / "alias.jsonl", [chat_line(0, model="prod-a")])
+    common = ("--db", db_url, "--base-url", fake.base_url)
+    result = invoke("submit", str(job), *common, "--price-as", "prod-a=gpt-9-imaginary")
+    assert result.exit_code == 0, result.stderr
+    (status,) = status_json(db_url)["jobs"]
+    assert status["unpriced_reasons"] == {
+        "prod-a": "--price-as gpt-9-imaginary, which has no price: no price known"
+    }
+
+
+def test_image_models_are_unpriced_by_the_library_and_say_why() -> None:
+    """gpt-image models' image tokens have rates of their own (gpt-image-1.5: $32/M out for
+    images, $10/M for text); usage does not split them, so one rate would misprice them."""
+    from batchrunner.pricing import IMAGE_TOKENS, rates_for, unpriced_reason
+
+    for model in ("gpt-image-1", "gpt-image-1.5", "gpt-image-1-mini"):
+        assert rates_for(model) is None
+        assert unpriced_reason(model) == IMAGE_TOKENS
+    assert rates_for("gpt-4o") is not None  # a chat model that reads images keeps its price

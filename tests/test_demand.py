@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 
 from batchrunner.demand import TYPICAL_OUTPUT, WORST_CASE_OUTPUT, TypicalOutput, token_demand
-from batchrunner.dialects.openai import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
+from batchrunner.dialects.openai import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    IMAGE_EDITS,
+    IMAGE_GENERATIONS,
+    RESPONSES,
+)
 from batchrunner.tokens import prompt_tokens
 
 MESSAGES = [{"role": "user", "content": "Why is the sky blue?"}]
@@ -55,16 +62,26 @@ def test_an_uncapped_request_expects_what_the_run_has_seen() -> None:
 @pytest.mark.parametrize(
     ("url", "extra", "answers", "expected_output", "worst_output"),
     [
-        (COMPLETIONS, {"prompt": "Once upon"}, 1, 16, 16),  # the endpoint's own default cap
+        # no cap: OpenAI would stop at 16, a local server at its own length: uncapped here
+        (COMPLETIONS, {"prompt": "Once upon"}, 1, TYPICAL_OUTPUT, WORST_CASE_OUTPUT),
         (COMPLETIONS, {"prompt": "Once upon", "max_tokens": 40}, 1, 40, 40),
         (COMPLETIONS, {"prompt": ["a", "b", "c"], "max_tokens": 10}, 3, 30, 30),  # per prompt
         (COMPLETIONS, {"prompt": [1, 2, 3], "max_tokens": 10}, 1, 10, 10),  # one token array
-        (COMPLETIONS, {"prompt": [[1, 2], [3]], "n": 2}, 4, 64, 64),
+        (COMPLETIONS, {"prompt": [[1, 2], [3]], "n": 2, "max_tokens": 16}, 4, 64, 64),
         (COMPLETIONS, {"prompt": "x", "n": 2, "best_of": 5, "max_tokens": 10}, 5, 50, 50),
         (CHAT, {"messages": MESSAGES, "n": 3, "max_tokens": 20}, 3, 60, 60),
         (CHAT, {"messages": MESSAGES, "n": 3}, 3, 3 * TYPICAL_OUTPUT, 3 * WORST_CASE_OUTPUT),
         (CHAT, {"messages": MESSAGES, "n": 0, "max_tokens": 20}, 1, 20, 20),  # nonsense: 1
         (RESPONSES, {"input": "hi", "n": 3, "max_output_tokens": 20}, 1, 20, 20),  # no n there
+        # image tokens out, as many as size and quality take: never 0, never capped
+        (
+            IMAGE_GENERATIONS,
+            {"prompt": "a cat", "n": 2},
+            2,
+            2 * TYPICAL_OUTPUT,
+            2 * WORST_CASE_OUTPUT,
+        ),
+        (IMAGE_EDITS, {"prompt": "a hat", "image": "file-1"}, 1, TYPICAL_OUTPUT, WORST_CASE_OUTPUT),
     ],
 )
 def test_every_answer_asked_for_counts(

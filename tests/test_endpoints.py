@@ -1,6 +1,6 @@
 """Every endpoint the Batch API takes, in both modes: the example job files of jobs/ validated,
 sent, answered and priced where a price exists (completions at their rates, moderations at
-nothing, gpt-image models by the tokens they report, dall-e unpriced: never 0)."""
+nothing, images unpriced unless a price file prices their tokens: never 0)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import pytest
 from batchrunner.dialects.openai import ENDPOINTS
 from batchrunner.fake import FakeServer
 from batchrunner.jobfile import JobDefaults, check_job_file
-from batchrunner.pricing import rates_for
 from batchrunner.tokens import prompt_tokens
 from tests.test_cli import invoke, status_json
 
@@ -79,11 +78,20 @@ def test_images_are_answered_and_their_cost_is_unknown_never_zero(
     assert status["cost_usd"] is None
 
 
+IMAGE_PRICES = """["gpt-image-1"]
+input = 5.0
+output = 40.0
+batch_input = 2.5
+batch_output = 20.0
+"""
+
+
 @pytest.mark.parametrize("mode", ["concurrent", "batch"])
-def test_gpt_image_models_are_priced_by_the_tokens_they_report(
+def test_gpt_image_models_are_priced_by_a_price_file_and_the_tokens_they_report(
     mode: str, db_url: str, fake: FakeServer, tmp_path: Path
 ) -> None:
-    """gpt-image-1 reports text tokens in and image tokens out; those have a price."""
+    """gpt-image-1 reports text tokens in and image tokens out, but its image tokens have
+    rates of their own that usage does not split: unpriced, until a price file prices them."""
     job = tmp_path / "pictures.jsonl"
     lines = [
         {"custom_id": "one", "url": "/v1/images/generations", "model": "gpt-image-1",
@@ -92,22 +100,43 @@ def test_gpt_image_models_are_priced_by_the_tokens_they_report(
          "prompt": "Two small boats at sea", "n": 2},
     ]  # fmt: skip
     job.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    prices = tmp_path / "images.toml"
+    prices.write_text(IMAGE_PRICES)
     extra = ("--mode", "batch", *POLL) if mode == "batch" else ()
-    common = ("--db", db_url, "--base-url", fake.base_url, "--hosted-prices")
-    assert invoke("submit", str(job), *extra, *common).exit_code == 0
-    (status,) = status_json(db_url)["jobs"]
-    exported = invoke("export", "results", "--job", str(status["id"]), "--db", db_url)
+    common = ("--db", db_url, "--base-url", fake.base_url, "--hosted-prices", *extra)
+    unpriced = invoke("submit", str(job), *common)
+    assert unpriced.exit_code == 0 and "image tokens have prices of their own" in unpriced.stderr
+    assert invoke("submit", str(job), "--new", *common, "--prices", str(prices)).exit_code == 0
+    first, second = status_json(db_url)["jobs"]
+    assert first["cost_usd"] is None and first["unpriced_models"] == ["gpt-image-1"]
+    exported = invoke("export", "results", "--job", str(second["id"]), "--db", db_url)
     records = {r["custom_id"]: r for r in map(orjson.loads, exported.stdout.splitlines())}
     assert [records[i]["output_tokens"] for i in ("one", "two")] == [1056, 2112]
-    rates = rates_for("gpt-image-1", batch=mode == "batch")
-    assert rates is not None
+    rate_in, rate_out = (2.5, 20.0) if mode == "batch" else (5.0, 40.0)
     for record in records.values():
-        expected = (
-            record["input_tokens"] * rates.input.base + record["output_tokens"] * rates.output.base
-        ) / 1e6
         assert record["input_tokens"] > 0
+        expected = (record["input_tokens"] * rate_in + record["output_tokens"] * rate_out) / 1e6
         assert record["cost_usd"] == pytest.approx(expected)
-    assert status["unpriced_models"] == []
+
+
+def test_a_budget_holds_an_images_worst_case_not_nothing(
+    db_url: str, fake: FakeServer, tmp_path: Path
+) -> None:
+    """An image request caps no output: the budget holds the uncapped worst case for each
+    image asked for (16,384 tokens), so a budget smaller than that sends nothing."""
+    job = tmp_path / "pictures.jsonl"
+    line = {"url": "/v1/images/generations", "model": "gpt-image-1", "prompt": "A cat", "n": 2}
+    job.write_bytes(orjson.dumps(line) + b"\n")
+    prices = tmp_path / "images.toml"
+    prices.write_text(IMAGE_PRICES)
+    common = ("--db", db_url, "--base-url", fake.base_url, "--prices", str(prices))
+    worst = (prompt_tokens("/v1/images/generations", line) * 5.0 + 2 * 16_384 * 40.0) / 1e6
+    held = invoke("submit", str(job), *common, "--budget", f"{worst * 0.99:.6f}")
+    assert held.exit_code == 3, held.stderr  # stopped before sending: resumable
+    assert fake.total_requests == 0
+    enough = invoke("run", "--db", db_url, "--budget", f"{worst * 1.01:.6f}")
+    assert enough.exit_code == 0, enough.stderr
+    assert fake.total_requests == 1
 
 
 @pytest.mark.parametrize(

@@ -217,3 +217,28 @@ def test_each_request_is_priced_at_its_own_tier() -> None:
     assert small_cost is not None and large_cost is not None
     assert large_cost.usd > 3 * small_cost.usd  # 3x the tokens, at the higher tier's prices
     assert row.cost_concurrent == pytest.approx(2 * small_cost.usd + large_cost.usd)
+
+
+def test_the_estimate_command_prices_as_submit_would_on_that_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_cli import invoke
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    job = write_jsonl(
+        tmp_path / "job.jsonl",
+        [{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi there"}]}],
+    )
+    hosted = json.loads(invoke("estimate", str(job), "--json").stdout)
+    assert hosted["cost_concurrent_usd"] > 0 and hosted["unpriced_models"] == []
+    local = json.loads(
+        invoke("estimate", str(job), "--json", "--base-url", "http://localhost:11434/v1").stdout
+    )
+    assert local["cost_concurrent_usd"] is None and local["unpriced_models"] == ["gpt-4o-mini"]
+    assert "served by a local or self-hosted server" in local["unpriced_reasons"]["gpt-4o-mini"]
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://vllm:8000/v1")  # the environment counts too
+    assert json.loads(invoke("estimate", str(job), "--json").stdout)["unpriced_models"]
+    told = invoke("estimate", str(job), "--json", "--hosted-prices")
+    assert json.loads(told.stdout)["cost_concurrent_usd"] == hosted["cost_concurrent_usd"]
+    aliased = invoke("estimate", str(job), "--json", "--price-as", "gpt-4o-mini=gpt-4o")
+    assert json.loads(aliased.stdout)["cost_concurrent_usd"] > hosted["cost_concurrent_usd"]

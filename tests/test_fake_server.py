@@ -61,6 +61,17 @@ def test_output_allowance_cuts_the_answer_with_finish_reason_length(server: Fake
     assert answer.usage.completion_tokens == 5  # type: ignore[attr-defined]
 
 
+def test_a_completion_with_no_cap_stops_at_16_tokens_as_openais_does(server: FakeServer) -> None:
+    long_prompt = "Tell me everything about the history of the printing press in Europe."
+    answer = client(server).completions.create(model="gpt-3.5-turbo-instruct", prompt=long_prompt)
+    assert answer.usage is not None and answer.usage.completion_tokens == 16
+    assert answer.choices[0].finish_reason == "length"
+    capped = client(server).completions.create(
+        model="gpt-3.5-turbo-instruct", prompt=long_prompt, max_tokens=40
+    )
+    assert capped.usage is not None and 16 < capped.usage.completion_tokens <= 40
+
+
 def test_responses_api_answer(server: FakeServer) -> None:
     answer = client(server).responses.create(model="gpt-4.1-mini", input="what is 2+2?")
     assert answer.output_text == "echo: what is 2+2?"

@@ -269,6 +269,9 @@ def test_missing_or_binary_price_file(tmp_path: Path) -> None:
         ("gpt-4o-realtime-preview-2024-12-17", True, None),  # a channel, then a date
         ("ft:gpt-4o-mini-2024-07-18:my-org::abc123", True, None),  # a fine-tune of a base
         ("ft:gpt-3.5-turbo-0125:org:suffix:id", True, None),
+        ("gemini-2.5-pro-preview-05-06", True, None),  # a channel, then a month and a day
+        ("google/gemini-2.0-flash-001", True, None),  # Vertex's name: its provider, then it
+        ("openrouter/gemini-2.0-flash-001", False, "google's gemini-2.0-flash"),  # not its prefix
         ("gpt-5-nano-custom", False, "openai's gpt-5-nano"),  # a prefix and a word
         ("gemini-1.5-pro-tuned", False, "google's gemini-1.5-pro"),
         ("deepseek-r1:7b", False, "deepseek's deepseek-reasoner"),  # a prefix and more

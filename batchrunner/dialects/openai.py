@@ -69,7 +69,7 @@ DEFAULT_MODELS = {
     VIDEOS: "sora-2",
 }
 OUTPUT_CAP_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # /v1/completions' cap when a request sets none
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's /v1/completions stops here when none is set
 MAX_EMBEDDING_INPUTS = 2_048  # inputs in one embeddings request
 
 
@@ -107,13 +107,18 @@ def embedding_inputs(body: Mapping[str, Any]) -> int:
     return inputs_in(body.get("input"))
 
 
+def draws_images(url: str) -> bool:
+    return url in (IMAGE_GENERATIONS, IMAGE_EDITS)
+
+
 def answers_asked(url: str, body: Mapping[str, Any]) -> int:
-    """How many answers a request asks for, each up to its output cap: chat's `n`, and for a
-    completion `n` (or `best_of`, generated and billed though not all returned) per prompt."""
+    """How many answers a request asks for, each up to its output cap: chat's and images' `n`,
+    and for a completion `n` (or `best_of`, generated and billed though not all returned) per
+    prompt."""
     if url == COMPLETIONS:
         per_prompt = max(_count_field(body, "n"), _count_field(body, "best_of"))
         return inputs_in(body.get("prompt")) * per_prompt
-    if url == CHAT:
+    if url == CHAT or draws_images(url):
         return _count_field(body, "n")
     return 1
 

@@ -95,14 +95,23 @@ class Completion:
     finish_reason: str  # stop, length or content_filter
 
 
-def complete(model: str, prompt_text: str, body: dict[str, Any], trigger: str | None) -> Completion:
-    """The echo answer, cut at the request's output allowance like a real model."""
+def complete(
+    model: str,
+    prompt_text: str,
+    body: dict[str, Any],
+    trigger: str | None,
+    default_cap: int | None = None,
+) -> Completion:
+    """The echo answer, cut at the request's output allowance like a real model (or at the
+    endpoint's own cap when the request sets none: OpenAI's completions stop at 16)."""
     text = ECHO_PREFIX + prompt_text[:ECHO_LIMIT]
     reasoning = REASONING_TOKENS if REASONING_MODEL.match(model) else 0
     visible = estimate_tokens(text)
     if trigger == "content_filter":
         return Completion(None, reasoning, reasoning, "content_filter")
     allowance = output_cap(body)
+    if allowance is None:
+        allowance = default_cap
     if trigger == "length":
         allowance = min(allowance or visible, max(1, visible // 2) + reasoning)
     if allowance is not None and reasoning + visible > allowance:

@@ -29,7 +29,7 @@ from urllib.parse import unquote
 import orjson
 from aiohttp import web
 
-from batchrunner.dialects.openai import ENDPOINTS, output_cap
+from batchrunner.dialects.openai import COMPLETIONS_DEFAULT_MAX_TOKENS, ENDPOINTS, output_cap
 from batchrunner.fake import answers
 from batchrunner.fake.azure import add_azure_routes
 from batchrunner.fake.batches import FakeBatchApi
@@ -210,7 +210,8 @@ class FakeServer:
         if url.endswith("/videos"):
             return answers.video_body(model, body)
         cached = int(prompt_tokens * config.cached_fraction)
-        completion = answers.complete(model, prompt_text, body, trigger)
+        default_cap = COMPLETIONS_DEFAULT_MAX_TOKENS if url.endswith("/v1/completions") else None
+        completion = answers.complete(model, prompt_text, body, trigger, default_cap)
         if url.endswith("/responses"):
             return answers.responses_body(model, prompt_tokens, cached, completion)
         if not url.endswith("/chat/completions") and url.endswith("/completions"):

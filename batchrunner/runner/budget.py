@@ -41,7 +41,7 @@ class Budget:
                 model, batch=self._batch, when=datetime.now(UTC), overrides=self._prices
             )
             if found is None:
-                why = unpriced_reason(model, self._prices is None or self._prices.hosted)
+                why = unpriced_reason(model, self._prices)
                 raise UsageError(
                     f'--budget needs a price for every model, and "{model}" has none: {why}. '
                     "Give its prices with --prices FILE (0 for a free one)"
