@@ -72,6 +72,12 @@ def run_options(func: F) -> F:
         click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Tokens/min."),
         click.option("--max-attempts", type=click.IntRange(1), help="Attempts per item [5]."),
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds."),
+        click.option(
+            "--unreachable-wait",
+            type=click.FloatRange(min=0),
+            help="Seconds to wait for an endpoint that cannot be reached (probing it) before "
+            "the job stops, resumably [120].",
+        ),
         click.option("--base-url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL)."),
         click.option(
             "--provider",

@@ -16,7 +16,10 @@ Files/Batch API calls by the batch backend (as a `BackendError`). Both modes the
 | not_found        | 404 (model_not_found, no such endpoint)  | stops the job                  |
 | invalid_request  | 400, 422, other 4xx                      | fails the item                 |
 | timeout          | 408, or no answer in time                | retry; possibly billed         |
-| connection       | refused, reset, no such host             | retry                          |
+| unreachable      | nothing reached the server: refused, no  | retry, not an attempt; the     |
+|                  | such host, TLS or connect timeout        | breaker stops the job when the |
+|                  |                                          | endpoint stays down            |
+| connection       | a connection broken mid-request          | retry                          |
 | server_error     | 409, 5xx                                 | retry                          |
 | bad_response     | a 200 that is not a JSON object          | retry                          |
 | batch            | a batch line never run (expired,         | retry; not an attempt          |
@@ -51,6 +54,7 @@ class ErrorKind(StrEnum):
     NOT_FOUND = "not_found"
     INVALID_REQUEST = "invalid_request"
     TIMEOUT = "timeout"
+    UNREACHABLE = "unreachable"
     CONNECTION = "connection"
     SERVER_ERROR = "server_error"
     BAD_RESPONSE = "bad_response"
@@ -69,6 +73,7 @@ class Rule:
     min_wait_s: float = 0.0  # the wait when the server names none
     possibly_billed: bool = False  # sent, outcome unknown: the budget counts it as spent
     is_attempt: bool = True  # False: the request never ran (no attempt is recorded)
+    breaks_circuit: bool = False  # evidence that the endpoint is down (runner/breaker.py)
 
 
 RULES: Final[dict[ErrorKind, Rule]] = {
@@ -79,6 +84,7 @@ RULES: Final[dict[ErrorKind, Rule]] = {
     ErrorKind.NOT_FOUND: Rule(retry=False, stops_job=True),
     ErrorKind.INVALID_REQUEST: Rule(retry=False),
     ErrorKind.TIMEOUT: Rule(retry=True, possibly_billed=True),
+    ErrorKind.UNREACHABLE: Rule(retry=True, is_attempt=False, breaks_circuit=True),
     ErrorKind.CONNECTION: Rule(retry=True),
     ErrorKind.SERVER_ERROR: Rule(retry=True),
     ErrorKind.BAD_RESPONSE: Rule(retry=True),

@@ -141,6 +141,9 @@ def _is_loopback(host: str) -> bool:
 
 
 BASE_URL_NAMES = "OPENAI_BASE_URL or AZURE_OPENAI_ENDPOINT"
+# Seconds to connect (TCP, TLS, a proxy's tunnel) in both modes, as the openai SDK's default:
+# a server that does not take the connection by then is unreachable, and nothing was sent.
+CONNECT_TIMEOUT_S = 5.0
 # Names that only a local network resolves: mDNS, the reserved home and internal zones, a
 # Kubernetes cluster's services, a Tailscale network's machines.
 LOCAL_SUFFIXES = (".local", ".lan", ".internal", ".home.arpa", ".localdomain", ".svc", ".ts.net")

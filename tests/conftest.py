@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,3 +163,10 @@ def chat_line(index: int, text: str | None = None, **body: Any) -> dict[str, Any
 def write_jsonl(path: Path, lines: list[Any]) -> Path:
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
+
+
+def free_port() -> int:
+    """A port nothing listens on now (for a server a test starts later, or never)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -180,7 +180,7 @@ def test_create_over_max_lines_is_refused_and_creates_nothing(
         submit(backend, tmp_path, [chat_line(i) for i in range(6)])
     assert (refused.value.kind, refused.value.status) == (ErrorKind.INVALID_REQUEST, 400)
     assert refused.value.code == "invalid_request_error"
-    assert refused.value.message.startswith("HTTP 400: The batch input file has 6 requests")
+    assert "HTTP 400: The batch input file has 6 requests" in refused.value.message
     assert server.batch_api.batches_created == 0 and not server.batch_api.batches
 
 
@@ -270,11 +270,23 @@ def test_both_backends_describe_the_same_batch_alike(server: FakeServer, tmp_pat
 # -- the SDK backend alone: the in-process one has no connection to lose and no key to send ------
 
 
-def test_a_server_that_is_not_listening_is_a_connection_failure() -> None:
+def test_a_server_that_is_not_listening_is_unreachable_and_named() -> None:
     backend = OpenAIBatches("http://127.0.0.1:9/v1", "sk-test", timeout=5)
     with pytest.raises(BackendError) as failed:
         backend.create("file-any", CHAT, {})  # create never retries: one refused connection
-    assert (failed.value.kind, failed.value.status) == (ErrorKind.CONNECTION, None)
+    assert (failed.value.kind, failed.value.status) == (ErrorKind.UNREACHABLE, None)
+    assert failed.value.message.startswith("POST http://127.0.0.1:9/v1/batches: cannot connect")
+
+
+def test_a_refusal_names_the_call_that_was_refused(tmp_path: Path) -> None:
+    with run_in_thread(quick_config(api_key="sk-right")) as keyed:
+        backend = OpenAIBatches(keyed.base_url, "sk-wrong", timeout=10)
+        path = tmp_path / "in.jsonl"
+        path.write_bytes(b"{}\n")
+        with pytest.raises(BackendError) as refused:
+            backend.upload(path)
+    assert refused.value.status == 401
+    assert refused.value.message.startswith(f"POST {keyed.base_url}/files: HTTP 401")
 
 
 def test_a_wrong_key_is_an_auth_failure(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ TABLE = {
     ErrorKind.NOT_FOUND: (STOP, PENDING, FAILED, False, False, True),
     ErrorKind.INVALID_REQUEST: (FAIL, FAILED, FAILED, False, False, True),
     ErrorKind.TIMEOUT: (RETRY, None, PENDING, False, True, True),
+    ErrorKind.UNREACHABLE: (RETRY, None, PENDING, False, False, False),
     ErrorKind.CONNECTION: (RETRY, None, PENDING, False, False, True),
     ErrorKind.SERVER_ERROR: (RETRY, None, PENDING, False, False, True),
     ErrorKind.BAD_RESPONSE: (RETRY, None, PENDING, False, False, True),

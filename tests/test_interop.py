@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import urllib.request
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
-from tests.conftest import chat_line, write_jsonl
+from tests.conftest import chat_line, free_port, write_jsonl
 from tests.test_cli import exported_records, invoke, status_json
 
 MASTER_KEY = "sk-litellm-master-key-0123456789"
@@ -31,12 +30,6 @@ general_settings:
   master_key: {key}
 """
 START_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

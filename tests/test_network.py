@@ -180,7 +180,7 @@ def test_a_proxy_that_refuses_the_credentials_stops_the_job_and_shows_no_passwor
     assert proxy.refused >= 1 and server.total_requests == 0
     assert result.exit_code == 3, result.stderr  # stopped, resumable: no item failed for it
     assert re.search(
-        r"stopped early \(auth: (HTTP 407: )?the proxy wants credentials", result.stderr
+        r"stopped early \(auth: (POST \S+ HTTP 407: )?the proxy wants credentials", result.stderr
     )
     assert "resume with: batchrunner run 1" in result.stderr
     assert "wrong-password-0000" not in result.output

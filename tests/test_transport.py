@@ -1,6 +1,7 @@
 """The HTTP transport against real servers on 127.0.0.1: which certificate authorities it trusts
-over TLS, and how a refused certificate (a connection failure) and a body cut short (a bad
-response) are reported."""
+over TLS, and how each failure is reported: nothing reached the server (unreachable: refused,
+a certificate refused, a handshake never finished), sent and not answered in time (a timeout),
+a body cut short (a bad response)."""
 
 from __future__ import annotations
 
@@ -47,13 +48,14 @@ def test_a_server_signed_by_the_ca_in_ssl_cert_file_is_trusted(
     assert answer.status == 200 and b"chat.completion" in answer.body
 
 
-def test_a_certificate_no_trusted_ca_signed_is_refused_as_a_connection_failure(
+def test_a_certificate_no_trusted_ca_signed_is_refused_as_unreachable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The TLS handshake failed: nothing was sent, so the request is no attempt."""
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-bundle.pem"))
     answer = anyio.run(post_once, trustme.CA())
     assert isinstance(answer, TransportFailure), answer
-    assert answer.kind == "connection"
+    assert answer.kind == "unreachable" and answer.message.startswith("cannot reach https://")
     assert "invalid peer certificate" in answer.message, answer.message
 
 
@@ -146,3 +148,63 @@ def test_requests_in_flight_are_abandoned_at_once_when_cancelled() -> None:
             await server.stop()  # waits for its handlers: the 4 s answers it still owes
 
     assert anyio.run(cancel_in_flight) < 2.0  # the answers would come after 4 s
+
+
+def post_to_silent_server(
+    scheme: str, answer_after_s: float | None, timeout: float
+) -> Reply | TransportFailure:
+    """One request to a server on 127.0.0.1 that takes the connection and then says nothing
+    (answer_after_s None: never; else it reads the request, waits, and closes)."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if answer_after_s is not None:
+            await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(answer_after_s if answer_after_s is not None else 30)
+        writer.close()
+
+    async def post() -> Reply | TransportFailure:
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        base = f"{scheme}://127.0.0.1:{port}/v1"
+        async with HttpBackend(base, None, timeout, 2) as transport:
+            answer = await transport.post("/v1/chat/completions", BODY, "item-1")
+        server.close()
+        return answer
+
+    return asyncio.run(post())
+
+
+def test_nothing_listening_is_unreachable_and_names_the_server() -> None:
+    async def post() -> Reply | TransportFailure:
+        async with HttpBackend("http://127.0.0.1:9/v1", None, 10, 2) as transport:
+            return await transport.post("/v1/chat/completions", BODY, "item-1")
+
+    answer = asyncio.run(post())
+    assert isinstance(answer, TransportFailure) and answer.kind == "unreachable"
+    assert answer.message.startswith("cannot reach http://127.0.0.1:9/v1: client error (Connect)")
+
+
+def test_a_server_that_never_finishes_the_handshake_is_unreachable_in_the_connect_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("batchrunner.backends.http.CONNECT_TIMEOUT_S", 0.3)
+    started = time.perf_counter()
+    answer = post_to_silent_server("https", None, timeout=20)
+    assert isinstance(answer, TransportFailure) and answer.kind == "unreachable", answer
+    assert time.perf_counter() - started < 10  # the connect timeout, not the request's
+
+
+def test_a_slow_answer_is_a_timeout_possibly_billed_not_unreachable() -> None:
+    """pyreqwest reports a request sent and not answered in time as a connect timeout too;
+    it was sent, so it is a timeout (an attempt, perhaps billed)."""
+    answer = post_to_silent_server("http", 5, timeout=0.5)
+    assert isinstance(answer, TransportFailure) and answer.kind == "timeout", answer
+    assert "possibly billed" in answer.message
+
+
+def test_a_connection_dropped_after_the_request_went_out_is_an_attempt_not_unreachable() -> None:
+    """pyreqwest calls this a ConnectError too; the request was sent (and may be billed), so
+    it counts against the item, and no circuit breaker may take it for a dead endpoint."""
+    answer = post_to_silent_server("http", 0, timeout=5)
+    assert isinstance(answer, TransportFailure) and answer.kind == "connection", answer
+    assert "connection closed before message completed" in answer.message

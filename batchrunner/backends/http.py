@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import (
     BuilderError,
+    ConnectError,
     DecodeError,
     DetailedPyreqwestError,
     RequestError,
@@ -39,7 +40,10 @@ from batchrunner.dialects.openai import (
 )
 from batchrunner.errors import UsageError
 from batchrunner.failures import ErrorKind
-from batchrunner.network import Network
+from batchrunner.network import CONNECT_TIMEOUT_S, Network
+
+# The cause pyreqwest gives for a failure while connecting (TCP, TLS, a proxy's tunnel).
+CONNECT_PHASE = "client error (Connect)"
 
 
 class HttpBackend:
@@ -79,6 +83,7 @@ class HttpBackend:
             ClientBuilder()
             .max_connections(self._max_connections)
             .timeout(timedelta(seconds=self._timeout))
+            .connect_timeout(timedelta(seconds=min(CONNECT_TIMEOUT_S, self._timeout)))
             .default_headers(self._headers)
             .no_proxy()  # the environment's proxies are read once, by network.py, for both modes
         )  # HTTP/1.1 only (pyreqwest's default): one connection per request in flight
@@ -127,7 +132,16 @@ class HttpBackend:
         try:
             response = await request.build().send()
             payload = bytes(await response.bytes())
-        except RequestTimeoutError:  # pyreqwest may call a slow answer a connect timeout too
+        except (ConnectError, RequestTimeoutError) as exc:
+            # pyreqwest's labels are loose: a connection dropped after the request went out is
+            # a ConnectError and a slow answer a ConnectTimeoutError. Only the Connect phase
+            # among the causes says nothing was sent (refused, no such host, TLS).
+            if CONNECT_PHASE in _causes(exc) or proxy_refused(_reason(exc)):
+                return self._unreachable(exc, started)
+            if isinstance(exc, ConnectError):
+                return TransportFailure(
+                    ErrorKind.CONNECTION, f"connection error: {_reason(exc)}", _ms(started)
+                )
             elapsed = time.perf_counter() - started
             return TransportFailure(
                 ErrorKind.TIMEOUT,
@@ -139,11 +153,8 @@ class HttpBackend:
             message = f"broken response body: {reason}"
             return TransportFailure(ErrorKind.BAD_RESPONSE, message, _ms(started))
         except RequestError as exc:
-            reason = _reason(exc)
-            if proxy_refused(reason):
-                return TransportFailure(ErrorKind.AUTH, PROXY_REFUSED, _ms(started))
             return TransportFailure(
-                ErrorKind.CONNECTION, f"connection error: {reason}", _ms(started)
+                ErrorKind.CONNECTION, f"connection error: {_reason(exc)}", _ms(started)
             )
         answer_headers = response.headers
         try:
@@ -169,6 +180,17 @@ class HttpBackend:
         joined = self._urls[url] = endpoint_url(self._base_url, url, self._network.query)
         return joined
 
+    def _unreachable(self, exc: DetailedPyreqwestError, started: float) -> TransportFailure:
+        """Nothing reached the server; a proxy that refused its credentials is the job's."""
+        reason = _reason(exc)
+        if proxy_refused(reason):
+            return TransportFailure(ErrorKind.AUTH, PROXY_REFUSED, _ms(started))
+        causes = [c for c in _causes(exc) if not c.startswith("error sending request")]
+        why = ": ".join(causes) or reason
+        return TransportFailure(
+            ErrorKind.UNREACHABLE, f"cannot reach {self._base_url}: {why}", _ms(started)
+        )
+
     def _through_proxy(self, builder: ClientBuilder) -> ClientBuilder:
         """The job's proxy, its credentials as Basic auth (reqwest would take them from the
         URL too; this way they never sit in a URL it might print)."""
@@ -187,6 +209,10 @@ class HttpBackend:
         return builder.proxy(proxy)
 
 
+def _causes(exc: DetailedPyreqwestError) -> list[str]:
+    return [cause["message"] for cause in exc.details.get("causes") or []]
+
+
 def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
@@ -194,5 +220,4 @@ def _ms(started: float) -> float:
 def _reason(exc: DetailedPyreqwestError) -> str:
     """pyreqwest's chain of causes, outermost first: "error sending request for url (...):
     client error (Connect): invalid peer certificate: UnknownIssuer"."""
-    causes = [cause["message"] for cause in exc.details.get("causes") or []]
-    return ": ".join(causes or [exc.message or type(exc).__name__])
+    return ": ".join(_causes(exc) or [exc.message or type(exc).__name__])

@@ -25,14 +25,15 @@ from batchrunner.dialects.azure import batch_endpoint
 from batchrunner.dialects.openai import PROXY_REFUSED, judge_reply, proxy_refused
 from batchrunner.errors import BackendError
 from batchrunner.failures import ErrorKind
-from batchrunner.network import Network
+from batchrunner.network import CONNECT_TIMEOUT_S, Network
 
 READ_RETRIES = 3
 
 
 @contextmanager
-def _translated() -> Iterator[None]:
-    """The SDK's exceptions as `BackendError`s."""
+def _translated(call: str) -> Iterator[None]:
+    """The SDK's exceptions as `BackendError`s whose message names the call (`POST
+    http://host/v1/files`): a refusal says which endpoint refused."""
     try:
         yield
     except openai.APIStatusError as exc:
@@ -40,16 +41,20 @@ def _translated() -> Iterator[None]:
         error = exc.body if isinstance(exc.body, dict) else {"message": exc.message}
         verdict = judge_reply(exc.status_code, orjson.dumps({"error": error}), None)
         kind = verdict.kind or ErrorKind.BAD_RESPONSE  # a "status error" with status 200
-        message = f"HTTP {exc.status_code}: {verdict.message or exc.message}"
+        message = f"{call}: HTTP {exc.status_code}: {verdict.message or exc.message}"
         raise BackendError(kind, message, verdict.code, exc.status_code) from None
-    except openai.APITimeoutError as exc:  # before its base class, APIConnectionError
-        raise BackendError(ErrorKind.TIMEOUT, exc.message) from None
-    except openai.APIConnectionError as exc:
-        if proxy_refused(str(exc.__cause__)):
+    except openai.APIConnectionError as exc:  # APITimeoutError too
+        cause = exc.__cause__
+        if proxy_refused(str(cause)):
             raise BackendError(ErrorKind.AUTH, PROXY_REFUSED) from None
-        raise BackendError(ErrorKind.CONNECTION, exc.message) from None
+        if isinstance(cause, httpx2.ConnectError | httpx2.ConnectTimeout):  # nothing was sent
+            raise BackendError(ErrorKind.UNREACHABLE, f"{call}: cannot connect: {cause}") from None
+        kind = (
+            ErrorKind.TIMEOUT if isinstance(exc, openai.APITimeoutError) else ErrorKind.CONNECTION
+        )
+        raise BackendError(kind, f"{call}: {exc.message}") from None
     except openai.APIError as exc:  # an answer the SDK could not read
-        raise BackendError(ErrorKind.BAD_RESPONSE, exc.message) from None
+        raise BackendError(ErrorKind.BAD_RESPONSE, f"{call}: {exc.message}") from None
 
 
 def _remote(batch: Batch) -> RemoteBatch:
@@ -90,7 +95,7 @@ class OpenAIBatches:
         client = openai.OpenAI(
             api_key=api_key or "none",
             base_url=base_url,
-            timeout=timeout,
+            timeout=_timeout(timeout),
             max_retries=0,
             default_headers={**network.headers, **(auth or {})},
             default_query=dict(network.query),
@@ -102,12 +107,15 @@ class OpenAIBatches:
         self._once = client
         self._retrying = client.with_options(max_retries=READ_RETRIES)
 
+    def _call(self, method: str, path: str) -> str:
+        return f"{method} {self._once.base_url}{path}"
+
     def upload(self, path: Path) -> str:
-        with _translated(), path.open("rb") as handle:
+        with _translated(self._call("POST", "files")), path.open("rb") as handle:
             return self._retrying.files.create(file=(path.name, handle), purpose="batch").id
 
     def create(self, input_file_id: str, endpoint: str, metadata: dict[str, str]) -> RemoteBatch:
-        with _translated():
+        with _translated(self._call("POST", "batches")):
             batch = self._once.batches.create(
                 input_file_id=input_file_id,
                 endpoint=self._endpoint(endpoint),  # type: ignore[arg-type]
@@ -121,7 +129,7 @@ class OpenAIBatches:
 
     def find(self, key: str, value: str) -> RemoteBatch | None:
         """The newest batch whose metadata has key=value, among the recent ones."""
-        with _translated():
+        with _translated(self._call("GET", "batches")):
             page = self._retrying.batches.list(limit=FIND_PAGE)
             for _ in range(FIND_PAGES_MAX):
                 for batch in page.data:
@@ -133,17 +141,17 @@ class OpenAIBatches:
         return None
 
     def retrieve(self, batch_id: str) -> RemoteBatch:
-        with _translated():
+        with _translated(self._call("GET", f"batches/{batch_id}")):
             return _remote(self._retrying.batches.retrieve(batch_id))
 
     def cancel(self, batch_id: str) -> RemoteBatch:
-        with _translated():
+        with _translated(self._call("POST", f"batches/{batch_id}/cancel")):
             return _remote(self._retrying.batches.cancel(batch_id))
 
     def download(self, file_id: str, destination: Path) -> None:
         """Stream a file to disk: output files can be hundreds of MB."""
         with (
-            _translated(),
+            _translated(self._call("GET", f"files/{file_id}/content")),
             self._retrying.files.with_streaming_response.content(file_id) as response,
             destination.open("wb") as out,
         ):
@@ -181,7 +189,7 @@ class AzureBatches(OpenAIBatches):
             azure_endpoint=resource,
             api_key=api_key,
             api_version=api_version,
-            timeout=timeout,
+            timeout=_timeout(timeout),
             max_retries=0,
             default_headers=network.headers,
             default_query={k: v for k, v in network.query if k != "api-version"},
@@ -199,6 +207,11 @@ class AzureV1Batches(OpenAIBatches):
 
     def _endpoint(self, url: str) -> str:
         return batch_endpoint(url)
+
+
+def _timeout(seconds: float) -> httpx2.Timeout:
+    """The request's timeout, and network.py's to connect (both modes connect alike)."""
+    return httpx2.Timeout(seconds, connect=min(CONNECT_TIMEOUT_S, seconds))
 
 
 def _http_client(network: Network) -> openai.DefaultHttpxClient:

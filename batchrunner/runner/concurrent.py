@@ -32,6 +32,7 @@ from batchrunner.ledger.records import utcnow
 from batchrunner.logs import ATTEMPTS, EVENTS, log_attempt
 from batchrunner.outcome import Outcome
 from batchrunner.pricing import job_price_table
+from batchrunner.runner.breaker import Breaker
 from batchrunner.runner.budget import Budget, Reservation
 from batchrunner.runner.limits import Throttle
 from batchrunner.runner.outcomes import CONCURRENT_EFFECTS, AnswerReader
@@ -70,6 +71,8 @@ class ConcurrentRunner:
         self._backend = backend
         self._dialect = dialect
         self._throttle = Throttle(settings.rpm, settings.tpm)
+        self._breaker = Breaker(settings.unreachable_wait)
+        self._circuit_changed = anyio.Event()  # set when the breaker closes, or on stop
         self._prices = job_price_table(settings)
         self._answers = AnswerReader(dialect, self._prices, batch=False)
         self._budget: Budget | None = None
@@ -96,6 +99,7 @@ class ConcurrentRunner:
             self._hungry.set()  # the feed and idle workers see the stop and return
             self._items_ready.set()
             self._settled.set()
+            self._circuit_changed.set()
 
     async def run(self, handle_signals: bool = False) -> RunReport:
         settings = self._settings
@@ -290,7 +294,10 @@ class ConcurrentRunner:
         """Send one item until it succeeds, fails for good, or the job stops."""
         body = item.body.encode()
         attempt = item.attempts
+        unreachable_tries = 0
         while True:
+            if not await self._admitted():
+                return
             needs = self._demand(item) if self._needs_demand else None
             typical = self._typical_output.tokens if needs is not None else 0
             await self._throttle.acquire(
@@ -305,6 +312,11 @@ class ConcurrentRunner:
             started = utcnow()
             answer = await self._backend.post(item.url, body, item.custom_id, item.model)
             verdict = self._judge(answer)
+            if self._breaker.troubled or isinstance(answer, TransportFailure):
+                unreachable_tries = self._watch_the_circuit(verdict, unreachable_tries)
+                if unreachable_tries and await self._again_unsent(reservation, unreachable_tries):
+                    attempt -= 1  # nothing was sent: no attempt, nothing spent
+                    continue
             verdict = final_verdict(verdict, attempt, self._settings.max_attempts)
             outcome = self._outcome(item, attempt, started, answer, verdict)
             self._account(needs, typical, reservation, outcome, verdict)
@@ -322,6 +334,54 @@ class ConcurrentRunner:
                 await self._stopping.wait()
             if self._stopping.is_set():
                 return
+
+    async def _admitted(self) -> bool:
+        """Wait while the endpoint is unreachable (one worker at a time probes it); stop the
+        job when it has been for `unreachable_wait`. False: the job is stopping."""
+        breaker = self._breaker
+        while not self._stopping.is_set():
+            if breaker.may_call():
+                return True
+            if breaker.gave_up():
+                self.stop(breaker.stop_reason())
+                return False
+            changed = self._circuit_changed
+            wait = min(breaker.seconds_to_next_probe(), breaker.seconds_to_give_up())
+            with anyio.move_on_after(max(wait, 0.01)):
+                await changed.wait()
+        return False
+
+    def _watch_the_circuit(self, verdict: Verdict, unreachable_tries: int) -> int:
+        """Tell the breaker how the call went; the item's count of calls that reached nothing
+        in a row (0 once one reached the server)."""
+        rule = verdict.rule
+        breaker = self._breaker
+        if rule is not None and rule.breaks_circuit:
+            if breaker.unreachable(verdict.message or "unreachable"):
+                EVENTS.warning(
+                    "%s; waiting up to %.0fs for it (--unreachable-wait), probing",
+                    verdict.message,
+                    breaker.give_up_s,
+                )
+            return unreachable_tries + 1
+        if breaker.answered():
+            EVENTS.warning("the endpoint answers again: going on")
+            changed, self._circuit_changed = self._circuit_changed, anyio.Event()
+            changed.set()
+        return 0
+
+    async def _again_unsent(self, reservation: Reservation | None, tries: int) -> bool:
+        """After a call that reached nothing: True to send the item again as if it had not
+        been (no attempt, nothing spent). While the circuit is closed (the server answers
+        others) an item gets `max_attempts` such tries, then they count as attempts."""
+        if not self._breaker.is_open and tries > self._settings.max_attempts:
+            return False
+        if reservation is not None and self._budget is not None:
+            self._budget.settle(reservation, None, billed=False)
+        if not self._breaker.is_open:
+            with anyio.move_on_after(backoff_delay(tries, self._rng)):
+                await self._stopping.wait()
+        return True
 
     def _defers(self, verdict: Verdict) -> bool:
         """A wait longer than `max_retry_wait` is the ledger's to keep, not a worker's."""
