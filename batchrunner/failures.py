@@ -13,7 +13,11 @@ Files/Batch API calls by the batch backend (as a `BackendError`). Both modes the
 | quota            | 429 insufficient_quota                   | stops the job                  |
 | auth             | 401                                      | stops the job                  |
 | permission       | 403                                      | stops the job                  |
-| not_found        | 404 (model_not_found, no such endpoint)  | stops the job                  |
+| model_not_found  | 404 model_not_found (or a server's words | fails the item, and the items  |
+|                  | for it): no such model here              | of that model on that endpoint |
+|                  |                                          | unsent                         |
+| not_found        | any other 404: no such endpoint here     | fails the item, and the items  |
+|                  |                                          | of that endpoint unsent        |
 | invalid_request  | 400, 422, other 4xx                      | fails the item                 |
 | timeout          | 408, or no answer in time                | retry; possibly billed         |
 | unreachable      | nothing reached the server: refused, no  | retry, not an attempt; the     |
@@ -29,7 +33,9 @@ Files/Batch API calls by the batch backend (as a `BackendError`). Both modes the
 
 A retry after the last allowed attempt fails the item (`final_verdict`). What each mode does
 with a rule: concurrent mode retries with backoff (`backoff_delay`), pauses every worker where
-the rule says, stops the job where it says; batch mode puts a retryable line's item back to
+the rule says, stops the job where it says, and fails unsent the items a failure proves would
+fail alike (`fails_alike`: one missing model, or one missing endpoint, never the whole job);
+batch mode puts a retryable line's item back to
 pending for the next batch and fails the others (a batch line proves nothing about the rest of
 the job), and for a refused Files/Batch API call stops the job, gives up the batch (a call
 refused for good), or tries again on the next pass.
@@ -51,6 +57,7 @@ class ErrorKind(StrEnum):
     QUOTA = "quota"
     AUTH = "auth"
     PERMISSION = "permission"
+    MODEL_NOT_FOUND = "model_not_found"
     NOT_FOUND = "not_found"
     INVALID_REQUEST = "invalid_request"
     TIMEOUT = "timeout"
@@ -74,6 +81,9 @@ class Rule:
     possibly_billed: bool = False  # sent, outcome unknown: the budget counts it as spent
     is_attempt: bool = True  # False: the request never ran (no attempt is recorded)
     breaks_circuit: bool = False  # evidence that the endpoint is down (runner/breaker.py)
+    # What one such answer proves for the job's other items: that every item of the same
+    # model on the same endpoint ("model"), or of the same endpoint ("endpoint"), fails alike.
+    fails_alike: Literal["model", "endpoint"] | None = None
 
 
 RULES: Final[dict[ErrorKind, Rule]] = {
@@ -81,7 +91,8 @@ RULES: Final[dict[ErrorKind, Rule]] = {
     ErrorKind.QUOTA: Rule(retry=False, stops_job=True),
     ErrorKind.AUTH: Rule(retry=False, stops_job=True),
     ErrorKind.PERMISSION: Rule(retry=False, stops_job=True),
-    ErrorKind.NOT_FOUND: Rule(retry=False, stops_job=True),
+    ErrorKind.MODEL_NOT_FOUND: Rule(retry=False, fails_alike="model"),
+    ErrorKind.NOT_FOUND: Rule(retry=False, fails_alike="endpoint"),
     ErrorKind.INVALID_REQUEST: Rule(retry=False),
     ErrorKind.TIMEOUT: Rule(retry=True, possibly_billed=True),
     ErrorKind.UNREACHABLE: Rule(retry=True, is_attempt=False, breaks_circuit=True),

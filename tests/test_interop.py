@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -126,16 +127,30 @@ def test_models_on_a_local_litellm_are_unpriced_unless_the_user_prices_them(
     )
 
 
-def test_a_model_litellm_does_not_serve_stops_the_job_as_openais_404_does(
+def test_a_model_litellm_does_not_serve_fails_its_items_only_as_openais_404_does(
     tmp_path: Path, litellm: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """LiteLLM answers 400 "Invalid model name" where OpenAI answers 404 model_not_found:
-    both mean every line of that model would fail, so the job stops, resumably."""
+    both prove that model's lines would all fail; the other model's lines go on."""
     monkeypatch.setenv("OPENAI_API_KEY", MASTER_KEY)
-    result, db = submit(tmp_path, litellm, [chat_line(0, model="gpt-9-imaginary")])
-    assert result.exit_code == 3, result.stderr
-    assert "not_found: /chat/completions: Invalid model name" in result.stderr
-    assert status_json(db)["jobs"][0]["counts"]["pending"] == 1
+    lines = [
+        chat_line(i, model="gpt-9-imaginary" if i % 3 == 0 else "gpt-4o-mini") for i in range(9)
+    ]
+    result, db = submit(tmp_path, litellm, lines, "--concurrency", "1")
+    assert result.exit_code == 1, result.stderr
+    assert "gpt-9-imaginary" in result.stderr and "fail unsent, the rest go on" in result.stderr
+    counts = status_json(db)["jobs"][0]["counts"]
+    assert {state: n for state, n in counts.items() if n} == {"succeeded": 6, "failed": 3}
+    with sqlite3.connect(db.removeprefix("sqlite:///")) as conn:
+        sent = conn.execute(
+            "SELECT count(*) FROM attempts a JOIN items i ON i.id = a.item_id"
+            " WHERE i.model = 'gpt-9-imaginary'"
+        ).fetchone()[0]
+        kinds = {
+            row[0] for row in conn.execute("SELECT error_kind FROM items WHERE state = 'failed'")
+        }
+    assert sent == 1  # one proof; the other two were never sent
+    assert kinds == {"model_not_found"}
 
 
 def test_a_key_litellm_cannot_check_stops_the_job_as_a_bad_key(

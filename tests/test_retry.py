@@ -35,7 +35,17 @@ def error_body(code: str | None, kind: str = "invalid_request_error") -> bytes:
         (429, error_body("insufficient_quota", "insufficient_quota"), STOP, "quota"),
         (401, error_body("invalid_api_key"), STOP, "auth"),
         (403, error_body(None), STOP, "permission"),
-        (404, error_body("model_not_found"), STOP, "not_found"),
+        (404, error_body("model_not_found"), FAIL, "model_not_found"),
+        (
+            404,
+            b'{"error": "model \'llama9\' not found, try pulling it first"}',
+            FAIL,
+            "model_not_found",
+        ),
+        (404, b'{"detail": "The model `x` does not exist."}', FAIL, "model_not_found"),
+        (404, b"File Not Found", FAIL, "not_found"),
+        (404, error_body("DeploymentNotFound"), FAIL, "model_not_found"),  # Azure
+        (404, error_body(None), FAIL, "not_found"),
         (400, error_body("context_length_exceeded"), FAIL, "invalid_request"),
         (422, error_body(None), FAIL, "invalid_request"),
         (408, b"", RETRY, "timeout"),
@@ -81,8 +91,8 @@ def test_backoff_grows_with_full_jitter_and_honours_the_server() -> None:
             b'{"error": {"message": "/chat/completions: Invalid model name passed in '
             b'model=gpt-9. Call `/v1/models` to view available models for your key.", '
             b'"type": "invalid_request_error", "param": null, "code": "400"}}',
-            STOP,
-            "not_found",
+            FAIL,
+            "model_not_found",
         ),
         (  # LiteLLM's proxy without a database, given a key that is not its master key
             b'{"error": {"message": "No connected db.", "type": "no_db_connection", '

@@ -293,13 +293,26 @@ def proxy_refused(reason: str) -> bool:
     return any(words in reason for words in PROXY_REFUSED_WORDS)
 
 
-STOP_STATUSES = {401: ErrorKind.AUTH, 403: ErrorKind.PERMISSION, 404: ErrorKind.NOT_FOUND}
+STOP_STATUSES = {401: ErrorKind.AUTH, 403: ErrorKind.PERMISSION}
 # Other OpenAI-compatible servers' words for the same refusals: (status, error type or None,
 # words in the message or None, what it is).
 OTHER_SERVERS: tuple[tuple[int, str | None, str | None, ErrorKind], ...] = (
     (400, "no_db_connection", None, ErrorKind.AUTH),  # LiteLLM: a key it has no way to check
-    (400, None, "Invalid model name passed in model=", ErrorKind.NOT_FOUND),  # LiteLLM
+    (400, None, "Invalid model name passed in model=", ErrorKind.MODEL_NOT_FOUND),  # LiteLLM
 )
+# A 404 that speaks of the model is about the model, not the path: OpenAI's model_not_found
+# ("The model `x` does not exist ..."; "This is not a chat model ..." for one sent to the
+# wrong endpoint), Azure's DeploymentNotFound (a deployment is its model), vLLM's and Ollama's
+# words. A missing path's 404 names no model ("Invalid
+# URL (POST /v1/x)", "File Not Found", "404 page not found").
+MODEL_WORD = re.compile(r"\bmodels?\b", re.IGNORECASE)
+
+
+def not_found_kind(code: str | None, message: str) -> ErrorKind:
+    """Which 404: the model is missing (its items fail) or the endpoint is (its items fail)."""
+    if code in ("model_not_found", "DeploymentNotFound") or MODEL_WORD.search(message):
+        return ErrorKind.MODEL_NOT_FOUND
+    return ErrorKind.NOT_FOUND
 
 
 def judge_reply(status: int, body: bytes, retry_after: float | None) -> Verdict:
@@ -327,6 +340,8 @@ def judge_reply(status: int, body: bytes, retry_after: float | None) -> Verdict:
             return Verdict.failure(ErrorKind.QUOTA, code or error_type, message)
         wait = retry_after if retry_after is not None else wait_from_message(message)
         return Verdict.failure(ErrorKind.RATE_LIMIT, code, message, wait)
+    if status == 404:
+        return Verdict.failure(not_found_kind(code, message), code, message)
     if status in STOP_STATUSES:
         return Verdict.failure(STOP_STATUSES[status], code, message)
     if status == 407:  # the proxy between us and the server: its credentials are the job's

@@ -60,7 +60,7 @@ from batchrunner.fake.batch_files import (
     usage_of,
     validate_input,
 )
-from batchrunner.fake.faults import error_answer, forced_answer
+from batchrunner.fake.faults import error_answer, forced_answer, model_missing
 
 if TYPE_CHECKING:
     from batchrunner.fake.server import FakeServer
@@ -126,6 +126,8 @@ class FakeBatchApi:
 
     max_lines = 50_000  # requests in one input file; `create` refuses more
     max_bytes = 200 * 1024 * 1024  # size of an input file; `create` refuses more
+    # route name ("upload", "create", "retrieve", ...) -> the HTTP status it answers instead
+    refuse: dict[str, int]
     max_upload_bytes = 512 * 1024 * 1024  # size of any uploaded file (the app also caps bodies)
     create_delay_s = 0.0  # answer a create this late; the batch exists from the start
     upload_delay_s = 0.0  # answer an upload this late; the file is stored from the start
@@ -136,6 +138,7 @@ class FakeBatchApi:
         self.batches: dict[str, FakeBatch] = {}
         self.lines_by_id: Counter[str] = Counter()  # batch lines answered, per custom_id
         self.batches_created = 0
+        self.refuse = {}
         self.calls: Counter[str] = Counter()  # requests per route ("upload", "create", ...)
         self.total_calls = 0
         self._random = random.Random(server.config.seed)  # the order of the output lines
@@ -150,29 +153,41 @@ class FakeBatchApi:
     def add_routes(self, app: web.Application, prefix: str, check: Check | None = None) -> None:
         """The routes under `prefix` (/v1; Azure's /openai), each checked by `check` first."""
         keyed = functools.partial(self._keyed, check=check)
-        app.router.add_post(f"{prefix}/files", keyed(self._upload))
-        app.router.add_get(f"{prefix}/files/{{file_id}}", keyed(self._file))
-        app.router.add_get(f"{prefix}/files/{{file_id}}/content", keyed(self._file_content))
-        app.router.add_delete(f"{prefix}/files/{{file_id}}", keyed(self._delete_file))
-        app.router.add_post(f"{prefix}/batches", keyed(self._create))
-        app.router.add_get(f"{prefix}/batches", keyed(self._list))
-        app.router.add_get(f"{prefix}/batches/{{batch_id}}", keyed(self._retrieve))
-        app.router.add_post(f"{prefix}/batches/{{batch_id}}/cancel", keyed(self._cancel))
+        app.router.add_post(f"{prefix}/files", keyed("upload", self._upload))
+        app.router.add_get(f"{prefix}/files/{{file_id}}", keyed("file", self._file))
+        app.router.add_get(
+            f"{prefix}/files/{{file_id}}/content", keyed("content", self._file_content)
+        )
+        app.router.add_delete(f"{prefix}/files/{{file_id}}", keyed("delete", self._delete_file))
+        app.router.add_post(f"{prefix}/batches", keyed("create", self._create))
+        app.router.add_get(f"{prefix}/batches", keyed("list", self._list))
+        app.router.add_get(f"{prefix}/batches/{{batch_id}}", keyed("retrieve", self._retrieve))
+        app.router.add_post(f"{prefix}/batches/{{batch_id}}/cancel", keyed("cancel", self._cancel))
 
-    def _keyed(self, route: Route, check: Check | None = None) -> Route:
+    def _keyed(self, name: str, route: Route, check: Check | None = None) -> Route:
         """The route, refusing a request without the key the server asks for with a 401, as
-        the online routes do (and what `check` refuses, as it says)."""
+        the online routes do (and what `check` refuses, as it says); a route named in
+        `refuse` answers its status instead (a server failing its uploads, say)."""
 
         async def checked(request: web.Request) -> web.Response:
             self.server.record(request)
             if self.server.key_refused(request):
                 return _response(Refusal(401, error_answer("401").body))
+            if name in self.refuse:
+                self.called(name)
+                return _response(self._refused_route(request, self.refuse[name]))
             refusal = check(request) if check is not None else None
             if refusal is not None:
                 return _response(refusal)
             return await route(request)
 
         return checked
+
+    def _refused_route(self, request: web.Request, status: int) -> Refusal:
+        if status == 404:  # as OpenAI answers a path it does not serve
+            missing = f"Invalid URL ({request.method} {request.path})"
+            return Refusal(404, answers.error_body(missing, "invalid_request_error", None))
+        return Refusal(status, error_answer(str(status)).body)
 
     # -- the core: plain values in and out, callable from any thread ----------------------------
 
@@ -432,6 +447,12 @@ class FakeBatchApi:
         trigger = answers.find_trigger(line["raw"])
         seen = self.lines_by_id[line["custom_id"]]
         output_trigger = None
+        served = self.server.config.models
+        model = str(line["body"].get("model") or "")
+        if served is not None and model not in served:
+            missing = model_missing(model).body
+            assert isinstance(missing, dict)
+            return 404, missing
         if trigger is not None and (trigger.times is None or seen <= trigger.times):
             if trigger.name in ("length", "content_filter"):
                 output_trigger = trigger.name

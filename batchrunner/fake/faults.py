@@ -78,6 +78,12 @@ def error_answer(name: str, retry_after_ms: int = 50) -> ErrorAnswer:
     return ErrorAnswer(status, error_body(message, kind, code), headers)
 
 
+def model_missing(model: str) -> ErrorAnswer:
+    """OpenAI's answer to a model the account does not have."""
+    message = f"The model `{model}` does not exist or you do not have access to it."
+    return ErrorAnswer(404, error_body(message, "invalid_request_error", "model_not_found"), {})
+
+
 def forced_answer(status: int, code: str | None) -> ErrorAnswer:
     """`force_status` / `force_code`: every request gets this error."""
     if code is not None and code in ERRORS:

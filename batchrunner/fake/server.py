@@ -38,6 +38,7 @@ from batchrunner.fake.faults import (
     ErrorAnswer,
     error_answer,
     forced_answer,
+    model_missing,
     rate_limited,
 )
 
@@ -74,6 +75,11 @@ class FakeConfig:
     echo_auth: bool = False  # error messages quote the Authorization header, as leaky proxies do
     record_requests: bool = False  # keep each request's path, query and headers (`received`)
     azure_api_version: str | None = None  # set: serve Azure OpenAI's shape only (fake/azure.py)
+    # A server that lacks some models or endpoints (a local server without /v1/responses, an
+    # account without a model): set, only these are served; others get the 404 such a server
+    # sends (model_not_found as OpenAI's; a bare "File Not Found" as llama.cpp's, for a path).
+    models: tuple[str, ...] | None = None
+    endpoints: tuple[str, ...] | None = None
     batch_validating_s: float = 0.05  # how long a batch spends in each state (see batches.py)
     batch_in_progress_s: float = 0.3
     batch_finalizing_s: float = 0.05
@@ -163,6 +169,10 @@ class FakeServer:
         model = str(body.get("model") or "")
         if self.key_refused(request):
             return self._error(request, error_answer("401"))
+        if config.endpoints is not None and url not in config.endpoints:
+            return self._error(request, ErrorAnswer(404, b"File Not Found", {}))
+        if config.models is not None and model not in config.models:
+            return self._error(request, model_missing(model))
         if config.force_status is not None:
             return self._error(request, forced_answer(config.force_status, config.force_code))
 

@@ -39,6 +39,7 @@ from batchrunner.ledger.batches import BatchQueries
 from batchrunner.ledger.engine import READ_ONLY, describe, open_engine
 from batchrunner.ledger.jobs import JobQueries
 from batchrunner.ledger.models import (
+    FAILED,
     PENDING,
     RUNNING,
     attempts_t,
@@ -151,6 +152,31 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
         claimed = [ClaimedItem(*row) for row in rows]
         claimed.sort(key=lambda item: item.position)
         return claimed
+
+    def fail_pending_alike(self, job_id: int, url: str, model: str | None, result: Result) -> int:
+        """Fail, unsent, the job's pending items of one endpoint (and model, when given) with
+        `result`'s error: one answer proved they would all get it (a missing model or path).
+        Their attempts stay as they were: none of them was sent."""
+        now = utcnow()
+        alike = [items_t.c.job_id == job_id, items_t.c.state == PENDING, items_t.c.url == url]
+        if model is not None:
+            alike.append(items_t.c.model == model)
+        with self._write("fail items in") as conn:
+            return int(
+                conn.execute(
+                    update(items_t)
+                    .where(*alike)
+                    .values(
+                        state=FAILED,
+                        error_kind=result.error_kind,
+                        error_code=result.error_code,
+                        error_message=result.error_message,
+                        not_before=None,
+                        updated_at=now,
+                        finished_at=now,
+                    )
+                ).rowcount
+            )
 
     def next_not_before(self, job_id: int) -> datetime | None:
         """The earliest future `not_before` among the job's pending items, or None: when

@@ -62,6 +62,29 @@ class BatchProgress:
     states: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class CallTrouble:
+    """Since when the Files/Batch API calls have failed with none going through between:
+    what bounds a run's retries of an endpoint that is down or keeps failing."""
+
+    since: float | None = None
+    last_kind: str = ""
+    last_message: str = ""
+    clock: Callable[[], float] = time.monotonic
+
+    def failed(self, exc: BackendError) -> None:
+        if self.since is None:
+            self.since = self.clock()
+        self.last_kind, self.last_message = exc.kind.value, exc.message
+
+    def went_through(self) -> None:
+        self.since = None
+
+    def failing_for(self) -> float:
+        """Seconds since the first failure of the streak; 0.0 when there is none."""
+        return 0.0 if self.since is None else max(self.clock() - self.since, 1e-9)
+
+
 class BatchRunner:
     def __init__(
         self,
@@ -92,6 +115,7 @@ class BatchRunner:
         self._packed_once = False
         self._over_budget: str | None = None  # why no more batches go out
         self._worst_of: dict[int, float] = {}  # batch id -> its worst-case cost (budget)
+        self._calls = CallTrouble()  # Files/Batch API calls failing, with none going through
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -109,17 +133,27 @@ class BatchRunner:
                 repacking = self._settings.finish != "concurrent" and not self._cancelled
                 repacking = repacking and not self._over_budget
                 done = not live and not (repacking and self._ledger.has_pending(self._job_id))
+                if not self._stop_reason:
+                    self._stop_reason = self._gave_up()
+                if not wait and not self._stop_reason and self._calls.failing_for() > 0:
+                    self._stop_reason = f"{self._calls.last_kind}: {self._calls.last_message}"
                 if self._stop_reason or not wait or done:
                     break
                 delay = poll_s if changed else min(delay * 1.5, poll_max_s)
                 time.sleep(delay)
         finally:
+            if self._stop_reason:
+                self._give_back_unsent()
             state = self._ledger.end_run(self._job_id, run_id)
             if self._cancelled:
                 self._ledger.update_job_state(self._job_id, CANCELLED)
         if self._over_budget and state != "completed" and not self._stop_reason:
             self._stop_reason = self._over_budget
-        if self._ledger.batches_of(self._job_id) and not self._stop_reason:
+        if self._stop_reason:
+            return RunReport(
+                self._job_id, "stopped" if state != "completed" else state, self._stop_reason
+            )
+        if self._ledger.batches_of(self._job_id, (SUBMITTED,)):
             if not self._cancelled:
                 self._ledger.update_job_state(self._job_id, "running")  # remote batches go on
             state = "submitted"
@@ -273,17 +307,53 @@ class BatchRunner:
             self._ledger.release_batch(batch_id, ABANDONED)
             self._stop_reason = f"batch refused by the API: {exc.message}"
         else:
-            EVENTS.warning("batch %s not submitted yet (will retry): %s", batch_id, exc.message)
+            self._call_failed(f"batch {batch_id} not submitted", exc)
 
     def _stops(self, exc: BackendError) -> bool:
-        """Whether a failed call stops the job (the rule table's word): every later call
-        would fail alike (a bad key, no quota)."""
-        if RULES[exc.kind].stops_job:
+        """Whether a failed call stops the job: the rule table's word (every later call would
+        fail alike: a bad key, no quota), or a Files/Batch API address the server does not
+        have (a 404 to the Batch API itself proves every batch would meet it)."""
+        rule = RULES[exc.kind]
+        if rule.stops_job or rule.fails_alike:
             self._stop_reason = f"{exc.kind}: {exc.message}"
             return True
         return False
 
+    def _call_failed(self, doing: str, exc: BackendError) -> None:
+        """A call that may go better next pass; the job stops when none has gone well for
+        `unreachable_wait` (an endpoint that is down, a server that keeps failing)."""
+        EVENTS.warning("%s (will retry): %s", doing, exc.message)
+        self._calls.failed(exc)
+
+    def _gave_up(self) -> str | None:
+        """Why the run stops now, if it does: no call has gone well for too long."""
+        trouble = self._calls
+        if trouble.failing_for() < self._settings.unreachable_wait:
+            return None
+        return (
+            f"{trouble.last_kind}: no Files/Batch API call went through for "
+            f"{self._settings.unreachable_wait:.0f}s: {trouble.last_message}"
+        )
+
+    def _give_back_unsent(self) -> int:
+        """At a stop: the batches never created give their items back to pending. An uploaded
+        one only when the API says no batch has its token (a create whose answer was lost may
+        have made one); one that cannot be looked up stays, for the next run to look again."""
+        returned = 0
+        for batch in self._ledger.batches_of(self._job_id, (PACKING, UPLOADED)):
+            if batch.state == UPLOADED:
+                try:
+                    found = self._backend.find(BATCH_KEY, batch.token)
+                except BackendError:
+                    continue
+                if found is not None:
+                    self._record_created(batch.id, found)
+                    continue
+            returned += self._ledger.release_batch(batch.id, ABANDONED)
+        return returned
+
     def _record_created(self, batch_id: int, remote: RemoteBatch) -> None:
+        self._calls.went_through()
         self._ledger.update_batch(
             batch_id, state=SUBMITTED, remote_id=remote.id, remote_status=remote.status
         )
@@ -324,8 +394,9 @@ class BatchRunner:
             except BackendError as exc:
                 if self._stops(exc):
                     return changed
-                EVENTS.warning("could not poll batch %s: %s", batch.remote_id, exc.message)
+                self._call_failed(f"could not poll batch {batch.remote_id}", exc)
                 continue
+            self._calls.went_through()
             progress.states[remote.status] = progress.states.get(remote.status, 0) + 1
             if (remote.status, remote.completed, remote.failed) != (
                 batch.remote_status,
@@ -347,7 +418,7 @@ class BatchRunner:
                 except BackendError as exc:  # its files could not be read: the next poll goes on
                     if self._stops(exc):
                         return changed
-                    EVENTS.warning("batch %s not settled yet: %s", batch.remote_id, exc.message)
+                    self._call_failed(f"batch {batch.remote_id} not settled yet", exc)
                     continue
                 changed = True
             else:

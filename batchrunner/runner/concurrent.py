@@ -14,6 +14,7 @@ import signal
 import sys
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import anyio
@@ -25,12 +26,20 @@ from batchrunner.backends.base import Reply, RequestBackend, TransportFailure
 from batchrunner.demand import TokenDemand, TypicalOutput, token_demand
 from batchrunner.dialects import Dialect, ServerLimits
 from batchrunner.errors import BatchrunnerError
-from batchrunner.failures import RETRY, STOP, SUCCEED, Verdict, backoff_delay, final_verdict
+from batchrunner.failures import (
+    FAIL,
+    RETRY,
+    STOP,
+    SUCCEED,
+    Verdict,
+    backoff_delay,
+    final_verdict,
+)
 from batchrunner.ledger import ClaimedItem, Ledger
-from batchrunner.ledger.models import PENDING
+from batchrunner.ledger.models import FAILED, PENDING
 from batchrunner.ledger.records import utcnow
 from batchrunner.logs import ATTEMPTS, EVENTS, log_attempt
-from batchrunner.outcome import Outcome
+from batchrunner.outcome import Outcome, Result
 from batchrunner.pricing import job_price_table
 from batchrunner.runner.breaker import Breaker
 from batchrunner.runner.budget import Budget, Reservation
@@ -90,6 +99,8 @@ class ConcurrentRunner:
         self._stopping = anyio.Event()
         self._stop_reason: str | None = None
         self._run_id = ""
+        # (url, model) or (url, None) -> the error one answer proved all its items would get
+        self._proven_failures: dict[tuple[str, str | None], Result] = {}
 
     def stop(self, reason: str) -> None:
         """Send nothing more; in-flight requests finish and are recorded."""
@@ -295,6 +306,9 @@ class ConcurrentRunner:
         body = item.body.encode()
         attempt = item.attempts
         unreachable_tries = 0
+        if self._failed_alike(item):
+            await self._writer.write(self._unsent_failure(item))
+            return
         while True:
             if not await self._admitted():
                 return
@@ -324,6 +338,8 @@ class ConcurrentRunner:
                 self._log(item, outcome)
             if verdict.action == STOP:
                 self.stop(f"{verdict.kind}: {verdict.message}")
+            if verdict.action == FAIL and verdict.rule is not None and verdict.rule.fails_alike:
+                await self._fail_alike(item, verdict.rule.fails_alike, outcome)
             if verdict.action == RETRY and self._defers(verdict):
                 outcome.state = PENDING  # back to the ledger until the server's time
                 outcome.not_before = utcnow() + timedelta(seconds=verdict.retry_after or 0)
@@ -334,6 +350,59 @@ class ConcurrentRunner:
                 await self._stopping.wait()
             if self._stopping.is_set():
                 return
+
+    def _alike_key(self, item: ClaimedItem, scope: str) -> tuple[str, str | None]:
+        return (item.url, item.model if scope == "model" else None)
+
+    def _failed_alike(self, item: ClaimedItem) -> bool:
+        alike = self._proven_failures
+        return (item.url, item.model) in alike or (item.url, None) in alike
+
+    async def _fail_alike(self, item: ClaimedItem, scope: str, outcome: Outcome) -> None:
+        """One answer proved that every item of this model (or endpoint) fails alike: fail
+        the pending ones unsent, and this run's queued ones as they come up; the rest of the
+        job goes on."""
+        key = self._alike_key(item, scope)
+        if key in self._proven_failures:
+            return
+        proof = outcome.result
+        unsent = Result(
+            error_kind=proof.error_kind,
+            error_code=proof.error_code,
+            error_message=f"not sent: {item.custom_id} got {proof.http_status}: "
+            f"{proof.error_message}",
+        )
+        self._proven_failures[key] = unsent
+        await anyio.to_thread.run_sync(
+            self._ledger.fail_pending_alike, self._job_id, key[0], key[1], unsent
+        )
+        what = f"model {item.model} at {item.url}" if key[1] is not None else item.url
+        EVENTS.warning(
+            "%s is missing here (%s: %s): its items fail unsent, the rest go on",
+            what,
+            proof.error_kind,
+            proof.error_message,
+        )
+
+    def _unsent_failure(self, item: ClaimedItem) -> Outcome:
+        """A queued item whose model or endpoint was proven missing: failed, never sent."""
+        alike = self._proven_failures
+        proof = alike.get((item.url, item.model)) or alike[(item.url, None)]
+        now = utcnow()
+        outcome = Outcome(
+            job_id=self._job_id,
+            custom_id=item.custom_id,
+            state=FAILED,
+            attempt_outcome="failed",
+            started_at=now,
+            ended_at=now,
+            run_id=self._run_id,
+            item_id=item.id,
+            number=item.attempts,
+            is_attempt=False,
+        )
+        outcome.result = replace(proof)
+        return outcome
 
     async def _admitted(self) -> bool:
         """Wait while the endpoint is unreachable (one worker at a time probes it); stop the
