@@ -64,10 +64,9 @@ def treat_as_secret(value: str) -> None:
         _SECRETS.add(value)
 
 
-def mask_secrets(text: str, *, cards: bool = False) -> tuple[str, int]:
-    """`text` with API keys (the configured one, whatever its shape, and anything shaped like
-    one), the other secrets given to this process and `Bearer` tokens masked, and with `cards`
-    card numbers too; and how many."""
+def _mask_known(text: str) -> tuple[str, int]:
+    """`text` with the configured key and the secrets given to this process masked (plain
+    substring searches: cheap enough for every answer)."""
     count = 0
     known = os.environ.get(KEY_ENV) or ""
     if len(known) >= MIN_KNOWN_KEY and known in text:
@@ -77,6 +76,14 @@ def mask_secrets(text: str, *, cards: bool = False) -> tuple[str, int]:
         if secret in text:
             count += text.count(secret)
             text = text.replace(secret, "***")
+    return text, count
+
+
+def mask_secrets(text: str, *, cards: bool = False) -> tuple[str, int]:
+    """`text` with API keys (the configured one, whatever its shape, and anything shaped like
+    one), the other secrets given to this process and `Bearer` tokens masked, and with `cards`
+    card numbers too; and how many."""
+    text, count = _mask_known(text)
 
     def key(match: re.Match[str]) -> str:
         nonlocal count
@@ -111,11 +118,13 @@ def mask_answer(
     error_message: str | None, response: str | None, http_status: int | None
 ) -> tuple[str | None, str | None]:
     """What a server sent back, ready to store: keys masked in the error message and in a
-    non-200 body. A 200 body is the answer itself and is kept exactly as sent."""
+    non-200 body. A 200 body is the answer itself: kept exactly as sent but for this job's
+    own key and secrets, should it quote them (a leaky gateway's echo, a model repeating its
+    prompt); other key-shaped text in it is the model's and stays."""
     if error_message:
         error_message = mask(error_message)
-    if response and http_status != 200:
-        response = mask(response)
+    if response:
+        response = mask(response) if http_status != 200 else _mask_known(response)[0]
     return error_message, response
 
 

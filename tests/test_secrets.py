@@ -46,7 +46,7 @@ def assert_no_key(name: str, data: bytes | str) -> None:
 
 
 def test_a_key_echoed_by_the_server_is_masked_everywhere(tmp_path: Path, fake: FakeServer) -> None:
-    fake.config.echo_auth = True  # every error message quotes the Authorization header
+    fake.config.echo_auth = True  # every error message and answer quotes the Authorization
     lines = [
         chat_line(0),
         chat_line(1, "[fake:400] rejected"),
@@ -82,6 +82,8 @@ def test_a_key_echoed_by_the_server_is_masked_everywhere(tmp_path: Path, fake: F
     records = [orjson.loads(x) for x in outputs["export results () of job 1"].splitlines()]
     messages = [r["error"]["message"] for r in records if r["error"]]
     assert len(messages) == 2 and all(f"Bearer {MASKED_KEY}" in m for m in messages)
+    answers = [r["response"]["choices"][0]["message"]["content"] for r in records if r["response"]]
+    assert len(answers) == 2 and all(f"Bearer {MASKED_KEY}" in a for a in answers)
 
 
 def test_a_traceback_never_shows_the_key(tmp_path: Path) -> None:

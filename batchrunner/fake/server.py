@@ -72,7 +72,7 @@ class FakeConfig:
     cached_fraction: float = 0.0
     embedding_dims: int = 16
     api_key: str | None = None  # when set, any other key gets a 401
-    echo_auth: bool = False  # error messages quote the Authorization header, as leaky proxies do
+    echo_auth: bool = False  # error messages and chat answers quote the Authorization header
     record_requests: bool = False  # keep each request's path, query and headers (`received`)
     azure_api_version: str | None = None  # set: serve Azure OpenAI's shape only (fake/azure.py)
     # A server that lacks some models or endpoints (a local server without /v1/responses, an
@@ -204,7 +204,19 @@ class FakeServer:
             await asyncio.sleep(config.hang_seconds)
 
         await self._latency()
-        return self._json(request, 200, self.success_body(url, body, output_trigger), limits)
+        answer = self.success_body(url, body, output_trigger)
+        if config.echo_auth:
+            self._quote_auth(request, answer)
+        return self._json(request, 200, answer, limits)
+
+    def _quote_auth(self, request: web.Request, answer: dict[str, Any]) -> None:
+        """A chat answer that quotes the request's Authorization header, as a gateway's debug
+        echo (or a model repeating what it was shown) may."""
+        for choice in answer.get("choices") or []:
+            message = choice.get("message") or {}
+            if isinstance(message.get("content"), str):
+                received = request.headers.get("Authorization", "")
+                message["content"] += f" (request had Authorization: {received})"
 
     def success_body(self, url: str, body: dict[str, Any], trigger: str | None) -> dict[str, Any]:
         """The 200 answer's body for a request (also what a batch's output line holds)."""
