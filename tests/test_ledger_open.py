@@ -381,7 +381,7 @@ def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
 def test_a_submit_refused_after_its_job_was_recorded_says_to_resume(
     tmp_path: Path, fake: FakeServer
 ) -> None:
-    fake.config.latency_ms = 2000.0  # the run is still on its first answers when the lock comes
+    fake.config.latency_ms = 5000.0  # the run is still on its first answers when the lock comes
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(4)])
     db = tmp_path / "ledger.db"
     impatient = f"sqlite:///{db}?timeout=0.3"
