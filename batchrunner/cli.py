@@ -275,7 +275,7 @@ def run(job: str | None, wait: bool, poll_interval: float, db: str, **run: Any) 
     """Run or resume JOB's unfinished items (default: the latest job); in batch mode, submit
     what is pending and settle the batches that ended (all of it, with --wait)."""
 
-    ledger = closed_at_the_end(Ledger(db))
+    ledger = closed_at_the_end(Ledger(db, create=False))
     job_id = ledger.find_job(job)
     sys.exit(_run_with_progress(ledger, job_id, _overrides(**run), wait, poll_interval))
 
@@ -298,7 +298,7 @@ def worker(
     items, send them, and leave when no work is left."""
     if bool(jobs) == all_jobs:
         raise click.UsageError("give --job JOB (one or more) or --all")
-    ledger = closed_at_the_end(Ledger(db))
+    ledger = closed_at_the_end(Ledger(db, create=False))
     job_ids = None if all_jobs else [ledger.find_job(job) for job in jobs]
     overrides = _overrides(**run, lease_s=lease_s)
     reports = commands.run_async(
@@ -318,7 +318,7 @@ def worker(
 @common
 def cancel(job: str | None, db: str) -> None:
     """Cancel JOB: its remote batches and its pending items; what finished stays."""
-    ledger = closed_at_the_end(Ledger(db))
+    ledger = closed_at_the_end(Ledger(db, create=False))
     job_id = ledger.find_job(job)
     count = commands.cancel_job(ledger, job_id)
     say(f"cancelled {count:,} pending items of job {job_id}; what had finished stays")
@@ -401,7 +401,7 @@ def estimate(
 @common
 def status(job: str | None, json_: bool, db: str) -> None:
     """Show JOB (default: all recent jobs) with counts, tokens, cost, progress and rate."""
-    ledger = closed_at_the_end(Ledger(db))
+    ledger = closed_at_the_end(Ledger(db, create=False))
     ids = [ledger.find_job(job)] if job else ledger.job_ids()
     statuses = []
     for job_id in ids:
@@ -465,7 +465,7 @@ def _export(
     write: Callable[[Ledger, int, IO[bytes]], int],
 ) -> None:
     """Find the job, write it out (to stdout, or a file replaced only once complete)."""
-    ledger = closed_at_the_end(Ledger(db))
+    ledger = closed_at_the_end(Ledger(db, create=False))
     job_id = ledger.find_job(job)
     with _output(output) as out:
         count = write(ledger, job_id, out)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from batchrunner.errors import UsageError
+from batchrunner.errors import LedgerError, UsageError
 from batchrunner.jobfile import FileSummary, JobDefaults, check_job_file, read_job_items
 from batchrunner.ledger import Ledger
 from batchrunner.ledger.batches import SUBMITTED
@@ -111,8 +111,9 @@ def submit_job(
     settings = with_prices_decided(settings, simulated)
     prices = job_price_table(settings)
     estimate = EstimateBuilder(path=path, overrides=prices)
-    ledger = Ledger(ledger_url)
-    existing = ledger.jobs_from_source(summary.sha256)
+    with nothing_recorded_yet():  # (a refused create_job says so itself)
+        ledger = Ledger(ledger_url)
+        existing = ledger.jobs_from_source(summary.sha256)
     if existing and not new:
         job_id, state = existing[-1]
         raise UsageError(
@@ -136,6 +137,16 @@ def submit_job(
     reused = ledger.summary(job_id).reused if reuse else 0
     masked = redactor.masked if redactor else 0
     return ledger, Submitted(job_id, summary, estimate.estimate, masked, reused)
+
+
+@contextmanager
+def nothing_recorded_yet() -> Iterator[None]:
+    """Around what `submit` does before it records its job: a ledger that refuses it there
+    leaves nothing to resume, so the error says to submit again."""
+    try:
+        yield
+    except LedgerError as exc:
+        raise LedgerError(exc.problem, recorded=False) from None
 
 
 def with_prices_decided(settings: RunSettings, simulated: bool = False) -> RunSettings:

@@ -3,10 +3,12 @@
     BatchrunnerError              anything the CLI turns into a clear message and an exit code
     ├── JobFileError              the job file is unreadable or invalid (exit 2); carries every
     │                             problem found, each naming file:line
-    ├── UsageError                bad options or a job that does not exist (exit 2)
+    ├── UsageError                bad options, a job or a ledger that does not exist, a
+    │                             ledger of a newer batchrunner, no database driver (exit 2)
     ├── JobBusyError              another live run already works on this job (exit 2)
     ├── LedgerError               the ledger could not be read or written (disk full, locked);
-    │                             the job stays resumable (exit 3)
+    │                             the job stays resumable, or (refused before `submit`
+    │                             recorded it) was not recorded (exit 3)
     ├── BackendError              a Files/Batch API call failed; `kind` (an ErrorKind) says
     │                             what it means, and the batch runner decides from the rule
     │                             table; one that reaches the CLI leaves the job resumable (exit 3)
@@ -80,9 +82,21 @@ class JobBusyError(BatchrunnerError):
 
 
 class LedgerError(BatchrunnerError):
-    """The ledger refused a read or a write; what was committed before is intact."""
+    """The ledger refused a read or a write; what was committed before is intact. `problem`
+    says what and where; the message adds what to do: resume the job, or, when nothing was
+    `recorded` (a submit refused before its job was), submit it again."""
 
     exit_code = 3
+
+    def __init__(self, problem: str, *, recorded: bool = True) -> None:
+        self.problem = problem
+        self.recorded = recorded
+        advice = (
+            "Nothing already recorded is lost; fix the cause and resume with `batchrunner run`."
+            if recorded
+            else "No job was recorded; fix the cause and submit it again."
+        )
+        super().__init__(f"{problem}. {advice}")
 
 
 class BackendError(BatchrunnerError):

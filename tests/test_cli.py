@@ -180,7 +180,9 @@ def test_cancel_of_a_concurrent_job_needs_no_key(
     assert (status["state"], status["counts"]["cancelled"]) == ("cancelled", 3)
 
 
-def test_unknown_job_is_a_usage_error(db_url: str) -> None:
+def test_unknown_job_is_a_usage_error(tmp_path: Path, db_url: str) -> None:
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(0)])
+    assert invoke("submit", str(job), "--db", db_url, "--detach").exit_code == 0
     result = invoke("status", "42", "--db", db_url)
     assert result.exit_code == 2 and "no job '42'" in result.stderr
 

@@ -9,10 +9,16 @@ PostgreSQL (psycopg 3) keeps its default READ COMMITTED transactions and row loc
 no BEGIN listener; the READ_ONLY option means nothing there. Its pool is small and checked: a
 run uses a few connections at once (claims, the result writer, the heartbeat), and a server
 restart or an idle timeout must not fail the next query of a long job.
+
+Only a command that records jobs (`submit`) creates a ledger (`create`): a new SQLite file is
+made readable by its owner alone, as it holds prompts and answers (SQLite gives its -wal, -shm
+and -journal files the database file's mode). Every other command opens an existing ledger and
+touches nothing when there is none, so a mistyped --db is an error, not a new empty ledger.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any
@@ -41,7 +47,9 @@ def describe(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def open_engine(url: str) -> Engine:
+def open_engine(url: str, *, create: bool = True) -> Engine:
+    """An engine on the ledger's database; without `create`, a SQLite file that is not there
+    is a UsageError and nothing is created."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "postgresql":
@@ -52,13 +60,25 @@ def open_engine(url: str) -> Engine:
             "postgresql+psycopg://USER@HOST/DB"
         )
     if parsed.database and parsed.database != ":memory:":
-        folder = os.path.dirname(os.path.abspath(parsed.database))
-        os.makedirs(folder, exist_ok=True)
+        _sqlite_file(parsed.database, create)
     timeout = _busy_timeout(parsed)
     engine = create_engine(url, connect_args={"timeout": timeout})
-    event.listen(engine, "connect", functools.partial(_tune_sqlite, timeout))
+    event.listen(engine, "connect", functools.partial(_tune_sqlite, timeout, create))
     event.listen(engine, "begin", _begin_sqlite)
     return engine
+
+
+def _sqlite_file(path: str, create: bool) -> None:
+    """Make a new ledger file (and its folder), 0600; leave an existing one as it is."""
+    if os.path.exists(path):
+        return
+    if not create:
+        raise UsageError(
+            f"no ledger at {os.path.abspath(path)} (submit a job first, or check --db)"
+        )
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # another process opening it made it first
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _open_postgres(url: URL) -> Engine:
@@ -69,13 +89,30 @@ def _open_postgres(url: URL) -> Engine:
         connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
     if "application_name" not in url.query:
         connect_args["application_name"] = "batchrunner"
-    return create_engine(
-        url,
-        pool_size=PG_POOL_SIZE,
-        max_overflow=PG_MAX_OVERFLOW,
-        pool_recycle=PG_POOL_RECYCLE_S,
-        pool_pre_ping=True,
-        connect_args=connect_args,
+    try:
+        return create_engine(
+            url,
+            pool_size=PG_POOL_SIZE,
+            max_overflow=PG_MAX_OVERFLOW,
+            pool_recycle=PG_POOL_RECYCLE_S,
+            pool_pre_ping=True,
+            connect_args=connect_args,
+        )
+    except ImportError as exc:  # the driver is imported here, before any connection
+        raise UsageError(_missing_driver(url, exc)) from None
+
+
+def _missing_driver(url: URL, exc: ImportError) -> str:
+    """One line: what to install (psycopg's own reasons, such as no libpq, span several)."""
+    driver, reason = url.get_driver_name(), (str(exc).splitlines() or [type(exc).__name__])[0]
+    if driver == "psycopg":
+        return (
+            f"PostgreSQL needs its driver, psycopg, which could not be imported ({reason}): "
+            "pip install 'batchrunner[postgres]'"
+        )
+    return (
+        f"the PostgreSQL driver {driver} could not be imported ({reason}): use "
+        "postgresql+psycopg://USER@HOST/DB, with pip install 'batchrunner[postgres]'"
     )
 
 
@@ -87,14 +124,20 @@ def _busy_timeout(url: URL) -> float:
         raise UsageError(f"the ledger URL's timeout must be seconds, got {value!r}") from None
 
 
-def _tune_sqlite(timeout: float, dbapi_connection: Any, _record: Any) -> None:
+def _tune_sqlite(timeout: float, create: bool, dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    if create or _has_schema(cursor):  # switching to WAL writes: not to a file with no ledger
+        cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable against process kills in WAL mode
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
     cursor.close()
+
+
+def _has_schema(cursor: Any) -> bool:
+    cursor.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'")
+    return cursor.fetchone() is not None
 
 
 def _begin_sqlite(conn: Connection) -> None:

@@ -52,11 +52,12 @@ class JobQueries(QueriesMixin):
         items: Iterable[JobItem],
         reuse: bool = False,
     ) -> int:
-        """Record a job and all its items in one transaction: all of it, or nothing. With
-        `reuse`, items whose request already succeeded in an earlier job take that answer in
-        the same transaction (see `_reuse_answers`)."""
+        """Record a job and all its items in one transaction: all of it, or nothing (so its
+        refusal says that no job was recorded). With `reuse`, items whose request already
+        succeeded in an earlier job take that answer in the same transaction (see
+        `_reuse_answers`)."""
         now = utcnow()
-        with self._write("record the job in") as conn:
+        with self._write("record the job in", recorded=False) as conn:
             job_id: int = conn.execute(
                 insert(jobs_t).returning(jobs_t.c.id),
                 {

@@ -12,11 +12,13 @@ slower) until SQLITE_SCHEMA is captured again (`python -m batchrunner.ledger.mig
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, text
 
+from batchrunner.errors import UsageError
 from batchrunner.ledger.engine import READ_ONLY, open_engine
 
 if TYPE_CHECKING:
@@ -62,6 +64,9 @@ def alembic_upgrade(engine: Engine, revision: str = "head") -> None:
         conn.rollback()
     if revision == "head" and current == set(script.get_heads()):
         return
+    known = {each.revision for each in script.walk_revisions()}
+    if current - known:
+        raise UsageError(_from_a_newer_version(engine, current - known, script.get_heads()))
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Two processes opening a new ledger at once: the second waits here, then Alembic
@@ -69,6 +74,18 @@ def alembic_upgrade(engine: Engine, revision: str = "head") -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+
+
+def _from_a_newer_version(engine: Engine, unknown: set[str], heads: Sequence[str]) -> str:
+    """A ledger at a revision no migration here knows was written by a newer batchrunner:
+    Alembic would fail with a traceback, and a downgrade could lose its data."""
+    where = engine.url.render_as_string(hide_password=True)
+    return (
+        f"the ledger at {where} has schema revision {', '.join(sorted(unknown))}, newer than "
+        f"this batchrunner knows (its newest is {', '.join(heads)}): it was written by a newer "
+        "batchrunner; upgrade batchrunner (pip install -U batchrunner) to use it (the ledger "
+        "was not changed)"
+    )
 
 
 def downgrade(engine: Engine, revision: str) -> None:

@@ -219,7 +219,7 @@ class QueriesMixin:
 
     url: str  # the ledger's database URL, for messages
 
-    def _write(self, doing: str) -> AbstractContextManager[Connection]:
+    def _write(self, doing: str, recorded: bool = True) -> AbstractContextManager[Connection]:
         raise NotImplementedError
 
     def _read(self) -> AbstractContextManager[Connection]:

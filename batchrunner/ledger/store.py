@@ -25,6 +25,7 @@ from sqlalchemy import (
     Engine,
     Executable,
     func,
+    inspect,
     literal,
     or_,
     select,
@@ -34,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from batchrunner.errors import LedgerError
+from batchrunner.errors import LedgerError, UsageError
 from batchrunner.ledger.batches import BatchQueries
 from batchrunner.ledger.engine import READ_ONLY, describe, open_engine
 from batchrunner.ledger.jobs import JobQueries
@@ -83,38 +84,61 @@ SCHEMA_HEAD = "0005"
 
 
 class Ledger(JobQueries, BatchQueries, RunQueries):
-    """The ledger at one database URL; migrated to the latest schema when opened."""
+    """The ledger at one database URL; migrated to the latest schema when opened.
 
-    def __init__(self, url: str) -> None:
+    With `create` (what `submit` does) a ledger that is not there is made; without it (every
+    command that only reads or changes existing jobs) a missing SQLite file, or a database with
+    no ledger in it, is a UsageError and nothing is created. A ledger of a newer batchrunner is
+    a UsageError too (migrate.py), and stays as it was."""
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = url
         with self._errors("open"):
-            self.engine: Engine = open_engine(url)
-            if not self._schema_is_current():
-                # Alembic only when the schema is behind (or new): importing it costs about
-                # a tenth of a second of every command's start-up.
-                from batchrunner.ledger import migrate
+            self.engine: Engine = open_engine(url, create=create)
+            try:
+                self._bring_to_head(create)
+            except BaseException:
+                self.engine.dispose()  # a ledger that could not be opened keeps nothing open
+                raise
 
-                migrate.upgrade(self.engine)
+    def _bring_to_head(self, create: bool) -> None:
+        revisions = self._schema_revisions()
+        if revisions is None and not create:
+            raise UsageError(
+                f"no ledger in {describe(self.url)}: it holds no batchrunner tables (submit a "
+                "job first, or check --db)"
+            )
+        if revisions != [SCHEMA_HEAD]:
+            # Alembic only when the schema is behind (or new): importing it costs about a
+            # tenth of a second of every command's start-up.
+            from batchrunner.ledger import migrate
 
-    def _schema_is_current(self) -> bool:
-        """Whether the ledger is at SCHEMA_HEAD: one read of alembic_version. A ledger without
-        that table, or at any other revision, goes through `migrate.upgrade`, which decides."""
+            migrate.upgrade(self.engine)
+
+    def _schema_revisions(self) -> list[str] | None:
+        """The ledger's schema revisions, one read of alembic_version; None when it has no
+        such table (a new ledger, or a database that holds none). A revision other than
+        SCHEMA_HEAD goes through `migrate.upgrade`, which decides."""
         with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
             try:
                 found = conn.execute(text("SELECT version_num FROM alembic_version")).all()
             except DatabaseError:
-                found = []  # no such table yet (a new ledger); a real fault recurs in upgrade
+                conn.rollback()
+                if inspect(conn).has_table("alembic_version"):
+                    raise  # a real fault, not a missing table
+                return None
             conn.rollback()
-        return [row[0] for row in found] == [SCHEMA_HEAD]
+        return [row[0] for row in found]
 
     def close(self) -> None:
         self.engine.dispose()
 
     @contextmanager
-    def _errors(self, doing: str) -> Iterator[None]:
+    def _errors(self, doing: str, recorded: bool = True) -> Iterator[None]:
         """What the database or the disk refused (locked, full, read-only, not a database, a
-        folder that cannot be created) becomes a LedgerError that names the ledger. Errors that
-        mean a bug (a broken constraint, bad SQL) stay tracebacks."""
+        folder that cannot be created) becomes a LedgerError that names the ledger (and says
+        to resume, or, with `recorded` False, that nothing was recorded). Errors that mean a
+        bug (a broken constraint, bad SQL) stay tracebacks."""
         try:
             yield
         except (DatabaseError, OSError) as exc:
@@ -123,14 +147,13 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
             reason = str(exc.orig) if isinstance(exc, DatabaseError) else _os_reason(exc)
             hint = next((h for cause, h in HINTS.items() if cause in reason), "")
             raise LedgerError(
-                f"could not {doing} the ledger at {describe(self.url)}: {reason}{hint}. "
-                "Nothing already recorded is lost; fix the cause and resume with "
-                "`batchrunner run`."
+                f"could not {doing} the ledger at {describe(self.url)}: {reason}{hint}",
+                recorded=recorded,
             ) from None
 
     @contextmanager
-    def _write(self, doing: str) -> Iterator[Connection]:
-        with self._errors(doing), self.engine.begin() as conn:
+    def _write(self, doing: str, recorded: bool = True) -> Iterator[Connection]:
+        with self._errors(doing, recorded), self.engine.begin() as conn:
             yield conn
 
     @contextmanager
