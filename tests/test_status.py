@@ -1,6 +1,8 @@
 """`status` tells the story (issue 15): why each job stopped and when (`stop_reason`,
 `stopped_at`), what to do next (`next_step`), the budget in force, and the answers cut by
-`length` or a content filter counted apart from plain successes."""
+`length` or a content filter counted apart from plain successes.
+
+Tests taking `ledger_url` run on SQLite and on PostgreSQL (see conftest.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from batchrunner.commands import run_batch_job
 from batchrunner.fake import FakeServer
 from batchrunner.stops import next_step
 from tests import test_batch_mode, test_run
@@ -34,29 +37,29 @@ def status_text(db_url: str, job: int = 1) -> str:
 
 
 def test_a_bad_key_says_set_a_valid_key_and_a_good_run_clears_the_story(
-    tmp_path: Path, db_url: str, fake: FakeServer
+    tmp_path: Path, ledger_url: str, fake: FakeServer
 ) -> None:
-    ledger, job = test_run.submit(tmp_path, db_url, fake, [chat_line(i) for i in range(20)])
+    ledger, job = test_run.submit(tmp_path, ledger_url, fake, [chat_line(i) for i in range(20)])
     fake.config.force_status, fake.config.force_code = 401, "invalid_api_key"
     assert run(ledger, job).state == "stopped"
-    status = job_status(db_url, job)
+    status = job_status(ledger_url, job)
     assert status["state"] == "stopped"
     assert status["stop_reason"].startswith("auth: Incorrect API key provided")
     assert status["stopped_at"] is not None and status["stopped_at"].endswith("Z")
     assert status["next_step"] == f"set a valid OPENAI_API_KEY, then batchrunner run {job}"
-    text = status_text(db_url, job)
+    text = status_text(ledger_url, job)
     assert f"  stopped: auth: Incorrect API key provided. (at {status['stopped_at']})" in text
     assert f"  next: set a valid OPENAI_API_KEY, then batchrunner run {job}" in text
 
     fake.config.force_status = fake.config.force_code = None
     assert run(ledger, job).state == "completed"
-    status = job_status(db_url, job)
+    status = job_status(ledger_url, job)
     assert (status["state"], status["stop_reason"], status["next_step"]) == (
         "completed",
         None,
         None,
     )
-    assert "stopped:" not in status_text(db_url, job)
+    assert "stopped:" not in status_text(ledger_url, job)
 
 
 def test_no_quota_says_add_credit(tmp_path: Path, db_url: str, fake: FakeServer) -> None:
@@ -169,19 +172,19 @@ def test_every_stop_reason_the_runners_give_has_a_next_step(reason: str, step: s
 
 
 def test_answers_cut_by_length_or_a_content_filter_are_counted_apart(
-    tmp_path: Path, db_url: str, fake: FakeServer
+    tmp_path: Path, ledger_url: str, fake: FakeServer
 ) -> None:
     lines = [chat_line(i) for i in range(6)]
     lines += [chat_line(6, "[fake:length] a long story"), chat_line(7, "[fake:content_filter]")]
     lines.append(chat_line(8, "a question whose answer the cap cuts " * 8, max_tokens=3))
-    ledger, job = test_run.submit(tmp_path, db_url, fake, lines)
+    ledger, job = test_run.submit(tmp_path, ledger_url, fake, lines)
     assert run(ledger, job).state == "completed"
-    status = job_status(db_url, job)
+    status = job_status(ledger_url, job)
     assert status["counts"]["succeeded"] == 9
     assert status["flagged"] == {"length": 2, "content_filter": 1}
     assert status["next_step"] is None
     assert "succeeded 9 (2 cut by length, 1 stopped by a content filter)" in status_text(
-        db_url, job
+        ledger_url, job
     )
 
 
@@ -201,3 +204,15 @@ def test_batch_mode_stores_its_stop_and_counts_flagged_answers(
     assert test_batch_mode.wait_for(ledger, job).state == "completed"
     status = job_status(db_url, job)
     assert status["stop_reason"] is None and status["flagged"] == {"length": 1}
+
+
+def test_a_batch_job_with_batches_out_says_follow_them(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    fake.config.batch_in_progress_s = 30.0  # still at the API while status looks
+    ledger, job = test_batch_mode.submit(tmp_path, db_url, fake, [chat_line(0), chat_line(1)])
+    assert run_batch_job(ledger, job, test_batch_mode.FAST, wait=False).state == "submitted"
+    status = job_status(db_url, job)
+    assert status["stop_reason"] is None
+    assert status["next_step"] == f"follow its batches: batchrunner run {job} --wait"
+    assert "its batches are at the API" in status_text(db_url, job)
