@@ -137,16 +137,20 @@ def test_a_killed_run_says_so_and_to_run_it_again(
     path = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(400)])
     args = ("--db", db_url, "--base-url", fake.base_url, "--concurrency", "2")
     assert invoke("submit", str(path), *args, "--detach").exit_code == 0
+    fake.config.force_status, fake.config.force_code = 401, "invalid_api_key"
+    assert invoke("run", "1", *args).exit_code == 3  # a stop with a reason first
+    assert job_status(db_url)["stop_reason"].startswith("auth:")
+    fake.config.force_status = fake.config.force_code = None
     child = batchrunner("run", "1", *args)
     try:
-        assert wait_for(lambda: fake.total_requests >= 5, timeout=60)
+        assert wait_for(lambda: fake.status_counts[200] >= 5, timeout=60)
     finally:
         child.kill()
         child.wait()
     deadline = time.monotonic() + 30
     while job_status(db_url)["state"] != "stopped" and time.monotonic() < deadline:
         time.sleep(0.1)  # its process is gone: the next look sees its run dead
-    status = job_status(db_url)
+    status = job_status(db_url)  # the earlier run's reason is not this one's
     assert status["state"] == "stopped" and status["stop_reason"] is None
     assert status["next_step"] == "batchrunner run 1"
     assert "  stopped: its run ended without saying why (killed" in status_text(db_url)
