@@ -268,15 +268,38 @@ def submit(
 
 @cli.command()
 @click.argument("job", required=False)
+@click.option(
+    "--retry-failed", is_flag=True, help="Put the failed items back to pending first, then run."
+)
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    metavar="KIND",
+    help="With --retry-failed: only the items failed with this error kind (repeatable).",
+)
 @run_options
 @wait_options
 @common
-def run(job: str | None, wait: bool, poll_interval: float, db: str, **run: Any) -> None:
+def run(
+    job: str | None,
+    retry_failed: bool,
+    kinds: tuple[str, ...],
+    wait: bool,
+    poll_interval: float,
+    db: str,
+    **run: Any,
+) -> None:
     """Run or resume JOB's unfinished items (default: the latest job); in batch mode, submit
     what is pending and settle the batches that ended (all of it, with --wait)."""
-
+    if kinds and not retry_failed:
+        raise click.UsageError("--kind chooses which failed items --retry-failed retries")
     ledger = closed_at_the_end(Ledger(db, create=False))
     job_id = ledger.find_job(job)
+    if retry_failed:
+        retried = commands.retry_failed(ledger, job_id, kinds)
+        which = f" ({', '.join(kinds)})" if kinds else ""
+        say(f"--retry-failed: {retried:,} failed items{which} of job {job_id} back to pending")
     sys.exit(_run_with_progress(ledger, job_id, _overrides(**run), wait, poll_interval))
 
 

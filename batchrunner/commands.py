@@ -14,13 +14,14 @@ from __future__ import annotations
 import functools
 import gc
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from batchrunner.errors import LedgerError, UsageError
+from batchrunner.failures import ErrorKind
 from batchrunner.jobfile import FileSummary, JobDefaults, check_job_file, read_job_items
 from batchrunner.ledger import Ledger
 from batchrunner.ledger.batches import SUBMITTED
@@ -234,6 +235,25 @@ def run(
     )
 
 
+def retry_failed(ledger: Ledger, job_id: int, kinds: Sequence[str] = ()) -> int:
+    """`run --retry-failed [--kind KIND ...]`: put the job's failed items (of these error kinds;
+    none given: all) back to pending for the next run, each with max_attempts more; return how
+    many. A kind that is not an ErrorKind is refused before anything changes."""
+    known = [kind.value for kind in ErrorKind]
+    wrong = [kind for kind in kinds if kind not in known]
+    if wrong:
+        raise UsageError(f"--kind {wrong[0]!r} is not an error kind; the kinds: {', '.join(known)}")
+    return ledger.retry_failed(job_id, tuple(dict.fromkeys(kinds)))
+
+
+def _stop_kept(ledger: Ledger, report: RunReport) -> RunReport:
+    """A run that stopped early leaves its reason with the job, for `status` (the next run
+    clears it)."""
+    if report.stop_reason and report.state != "completed":
+        ledger.record_stop(report.job_id, report.stop_reason)
+    return report
+
+
 @asynccontextmanager
 async def simulated_endpoint(config: FakeConfig | None = None) -> AsyncIterator[str]:
     """The fake OpenAI-compatible server on 127.0.0.1, in this event loop."""
@@ -322,7 +342,7 @@ async def _run(
         runner = ConcurrentRunner(
             ledger, job_id, settings, backend, provider.dialect, on_flush, shared=shared
         )
-        return await runner.run(handle_signals=handle_signals)
+        return _stop_kept(ledger, await runner.run(handle_signals=handle_signals))
 
 
 def run_batch_job(
@@ -363,6 +383,7 @@ def _run_batches(
     on_progress: Callable[[BatchProgress], None] | None,
 ) -> RunReport:
     report = _batch_runner(ledger, job_id, settings, api_key, on_progress).run(wait, poll_s)
+    report = _stop_kept(ledger, report)
     leftovers = report.state == "stopped" and not report.stop_reason
     if settings.finish == "concurrent" and wait and leftovers:
 

@@ -33,6 +33,9 @@ class Result:
     latency_ms: float | None = None
 
 
+# Answers that were billed but cut short (by the output cap, or a content filter): they count as
+# succeeded, and `status` counts them apart.
+FLAGGED_FINISH_REASONS: tuple[str, ...] = ("length", "content_filter")
 RESULT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Result))
 result_values = attrgetter(*RESULT_COLUMNS)  # a Result's values, in RESULT_COLUMNS order
 

@@ -10,6 +10,7 @@ import orjson
 from batchrunner.ledger import BatchRow, JobSummary, WorkerStatus
 from batchrunner.ledger.models import FINISHED_STATES, ITEM_STATES
 from batchrunner.ledger.records import utcnow
+from batchrunner.stops import next_step, stopped_story
 from batchrunner.usage import format_usd
 
 
@@ -36,15 +37,19 @@ def job_status(
         rate = summary.finished_in_run / elapsed
         if summary.live_run and rate > 0:
             eta = (total - done) / rate
-    return {
+    status = {
         "id": summary.id,
         "name": summary.name,
         "mode": summary.mode,
         "state": summary.state,
+        "stop_reason": summary.stop_reason if summary.state == "stopped" else None,
+        "stopped_at": _iso(summary.stopped_at) if summary.state == "stopped" else None,
+        "next_step": None,
         "simulated": summary.simulated,
         "source_file": summary.source_path,
         "total": total,
         "counts": counts,
+        "flagged": summary.flagged,  # succeeded, but cut: by length, by a content filter
         "reused": summary.reused,
         "progress": round(done / total, 4) if total else 1.0,
         "attempts": summary.attempts,
@@ -87,6 +92,8 @@ def job_status(
             for worker in workers or []
         ],
     }
+    status["next_step"] = next_step(status)
+    return status
 
 
 def format_job(status: dict[str, Any]) -> str:
@@ -121,12 +128,25 @@ def format_job(status: dict[str, Any]) -> str:
     if status["failures_by_kind"]:
         kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(status["failures_by_kind"].items()))
         lines.append(f"  failures by kind: {kinds}")
+    story = stopped_story(status)
+    if story:
+        lines.append(f"  stopped: {story}")
+    if status["next_step"]:
+        lines.append(f"  next: {status['next_step']}")
     return "\n".join(lines)
+
+
+# How the text view names an answer's flag (`status --json` keeps the finish_reason).
+FLAG_WORDS = {"length": "cut by length", "content_filter": "stopped by a content filter"}
 
 
 def _counts_line(status: dict[str, Any]) -> str:
     counts = status["counts"]
-    line = ", ".join(f"{state} {counts[state]:,}" for state in ITEM_STATES if counts[state])
+    cut = [f"{n:,} {words}" for r, words in FLAG_WORDS.items() if (n := status["flagged"].get(r))]
+    flags = {"succeeded": f" ({', '.join(cut)})"} if cut else {}
+    line = ", ".join(
+        f"{state} {counts[state]:,}{flags.get(state, '')}" for state in ITEM_STATES if counts[state]
+    )
     if status["reused"]:
         line += f" ({status['reused']:,} reused from earlier jobs, at no cost)"
     return line

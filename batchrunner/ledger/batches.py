@@ -184,9 +184,14 @@ class BatchQueries(QueriesMixin):
         mask_outcomes(lines)
         with self._write("record batch results in") as conn:
             held = {
-                row.custom_id: (row.id, row.attempts)
+                row.custom_id: (row.id, row.attempts, row.attempts_floor)
                 for row in conn.execute(
-                    select(items_t.c.id, items_t.c.custom_id, items_t.c.attempts).where(
+                    select(
+                        items_t.c.id,
+                        items_t.c.custom_id,
+                        items_t.c.attempts,
+                        items_t.c.attempts_floor,
+                    ).where(
                         items_t.c.job_id == job_id,
                         items_t.c.batch_id == batch_id,
                         items_t.c.state == RUNNING,
@@ -198,10 +203,11 @@ class BatchQueries(QueriesMixin):
             for line in lines:
                 item = held.pop(line.custom_id, None)
                 if item is not None:
-                    item_id, previous = item
+                    item_id, previous, floor = item
                     number = previous + 1 if line.is_attempt else previous
                     line = replace(line, item_id=item_id, number=number)
-                    if line.state == PENDING and line.is_attempt and number >= max_attempts:
+                    used = number - floor  # a retried item's earlier attempts do not count
+                    if line.state == PENDING and line.is_attempt and used >= max_attempts:
                         line = replace(line, state=FAILED, attempt_outcome="failed")
                     found.append(line)
             write_outcomes(conn, found, "batch_id")

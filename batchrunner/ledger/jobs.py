@@ -3,7 +3,7 @@ jobs, their options and state, and the summary `status` shows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ from batchrunner.ledger.models import (
     FAILED,
     PENDING,
     RUNNING,
+    SUCCEEDED,
     items_t,
     jobs_t,
     runs_t,
@@ -33,6 +34,7 @@ from batchrunner.ledger.records import (
 )
 from batchrunner.ledger.results import reuse_answers
 from batchrunner.ledger.runs import run_is_live
+from batchrunner.outcome import FLAGGED_FINISH_REASONS
 
 INSERT_CHUNK = 2000
 
@@ -163,6 +165,47 @@ class JobQueries(QueriesMixin):
                 ).rowcount
             )
 
+    def retry_failed(self, job_id: int, kinds: Sequence[str] = ()) -> int:
+        """Put the job's failed items (those of these error kinds; none given: all) back to
+        pending, in one statement, and return how many. Each gets max_attempts more from the
+        attempts it has used (attempts_floor); its attempts count, its attempt rows, its last
+        error (until its next outcome replaces it) and what it cost stay. A completed job is
+        stopped again, so a kill before the next run starts leaves it to `run`; a live run
+        (or worker) of the job claims the items as any pending ones."""
+        now = utcnow()
+        with self._write("retry items in") as conn:
+            state = conn.execute(
+                select(jobs_t.c.state).where(jobs_t.c.id == job_id).with_for_update()
+            ).scalar_one()
+            if state == CANCELLED:
+                raise UsageError(f"job {job_id} was cancelled: its failed items stay failed")
+            retry = update(items_t).where(items_t.c.job_id == job_id, items_t.c.state == FAILED)
+            if kinds:
+                retry = retry.where(items_t.c.error_kind.in_(kinds))
+            count = conn.execute(
+                retry.values(
+                    state=PENDING,
+                    attempts_floor=items_t.c.attempts,
+                    run_id=None,  # no late write of a former holder reaches it (results.py)
+                    batch_id=None,
+                    not_before=None,
+                    finished_at=None,
+                    updated_at=now,
+                )
+            ).rowcount
+            if count and state == "completed":
+                conn.execute(
+                    update(jobs_t)
+                    .where(jobs_t.c.id == job_id)
+                    .values(
+                        state="stopped",
+                        finished_at=None,
+                        stop_reason=f"retried: {count:,} failed items back to pending",
+                        stopped_at=now,
+                    )
+                )
+        return int(count)
+
     def summary(self, job_id: int) -> JobSummary:
         with self._read() as conn:
             job = conn.execute(select(jobs_t).where(jobs_t.c.id == job_id)).one()
@@ -178,6 +221,8 @@ class JobQueries(QueriesMixin):
                 created_at=job.created_at,
                 started_at=job.started_at,
                 finished_at=job.finished_at,
+                stop_reason=job.stop_reason,
+                stopped_at=job.stopped_at,
             )
             found = conn.execute(
                 select(*row_columns(runs_t, RunRow))
@@ -205,6 +250,10 @@ class JobQueries(QueriesMixin):
                         items_t.c.cost_usd.is_(None), items_t.c.output_tokens.is_not(None)
                     ),
                     func.count().filter(items_t.c.reused.is_(True)),
+                    *(
+                        func.count().filter(items_t.c.finish_reason == reason)
+                        for reason in FLAGGED_FINISH_REASONS
+                    ),
                 )
                 .where(items_t.c.job_id == job_id)
                 .group_by(items_t.c.state, items_t.c.model)
@@ -223,6 +272,7 @@ class JobQueries(QueriesMixin):
                     recent,
                     unpriced,
                     reused,
+                    *flagged,
                 ) = row
                 summary.counts[state] = summary.counts.get(state, 0) + count
                 totals = summary.models.setdefault(model, ModelTotals())
@@ -238,6 +288,9 @@ class JobQueries(QueriesMixin):
                 summary.attempts += attempts or 0
                 summary.finished_in_run += recent or 0
                 summary.reused += reused or 0
+                for reason, n in zip(FLAGGED_FINISH_REASONS, flagged, strict=True):
+                    if n and state == SUCCEEDED:
+                        summary.flagged[reason] = summary.flagged.get(reason, 0) + n
                 if cost is not None:
                     summary.cost_usd = (summary.cost_usd or 0.0) + cost
             kinds = conn.execute(

@@ -1,6 +1,6 @@
 """Apply the Alembic migrations automatically, so no one ever runs one by hand.
 
-A new SQLite ledger is the one case that skips Alembic: importing it and running 0001-0005
+A new SQLite ledger is the one case that skips Alembic: importing it and running 0001-0006
 takes about a tenth of a second of `submit` (more than ingesting 10,000 lines). Such a ledger
 is created from SQLITE_SCHEMA, the very statements a fresh Alembic upgrade leaves in
 sqlite_master, in the same order, with the same alembic_version row; a test checks that the
@@ -160,13 +160,14 @@ def _capture() -> str:
     return "\n".join([*lines, ")"]) + "\n"
 
 
-# Captured by `python -m batchrunner.ledger.migrate` (which prints them) from migrations 0001-0004.
+# Captured by `python -m batchrunner.ledger.migrate` (which prints them) from migrations 0001-0006.
 SQLITE_SCHEMA_REVISIONS = (
     "0001_initial.py",
     "0002_not_before.py",
     "0003_batches.py",
     "0004_summary_index.py",
     "0005_reuse_without_index.py",
+    "0006_retry_and_stop_reason.py",
 )
 SQLITE_SCHEMA = (
     (
@@ -188,7 +189,7 @@ SQLITE_SCHEMA = (
         "\toptions JSON NOT NULL, \n"
         "\tcreated_at DATETIME NOT NULL, \n"
         "\tstarted_at DATETIME, \n"
-        "\tfinished_at DATETIME, \n"
+        "\tfinished_at DATETIME, stop_reason TEXT, stopped_at DATETIME, \n"
         "\tPRIMARY KEY (id)\n"
         ")"
     ),
@@ -221,7 +222,8 @@ SQLITE_SCHEMA = (
         "\tcreated_at DATETIME NOT NULL, \n"
         "\tupdated_at DATETIME, \n"
         "\tfinished_at DATETIME, not_before DATETIME, batch_id INTEGER, "
-        "request_hash VARCHAR(64), reused BOOLEAN DEFAULT 0 NOT NULL, \n"
+        "request_hash VARCHAR(64), reused BOOLEAN DEFAULT 0 NOT NULL, "
+        "attempts_floor INTEGER DEFAULT 0 NOT NULL, \n"
         "\tPRIMARY KEY (id), \n"
         "\tCONSTRAINT uq_items_job_custom_id UNIQUE (job_id, custom_id), \n"
         "\tFOREIGN KEY(job_id) REFERENCES jobs (id) ON DELETE CASCADE\n"
@@ -307,9 +309,9 @@ SQLITE_SCHEMA = (
     (
         "CREATE INDEX ix_items_summary ON items (job_id, state, model, error_kind, "
         "finished_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, "
-        "cost_usd, attempts, reused)"
+        "cost_usd, attempts, reused, finish_reason)"
     ),
-    "INSERT INTO alembic_version (version_num) VALUES ('0005')",
+    "INSERT INTO alembic_version (version_num) VALUES ('0006')",
 )
 
 if __name__ == "__main__":

@@ -60,6 +60,10 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # Why the job's last run stopped early ("auth: ...", "budget: ...", "interrupted") and
+    # when; cleared when a run starts. `status` tells the user what to do next from it.
+    stop_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Item(Base):
@@ -91,7 +95,8 @@ class Item(Base):
             postgresql_where=text(DEFERRED),
         ),
         # Every column `Ledger.summary` reads: `status` counts and sums from the index alone.
-        # finished_at before the sums: a finishing item is appended, not scattered (0004).
+        # finished_at before the sums: a finishing item is appended, not scattered (0004);
+        # finish_reason last, only read (flagged answers, 0006).
         Index(
             "ix_items_summary",
             "job_id",
@@ -106,6 +111,7 @@ class Item(Base):
             "cost_usd",
             "attempts",
             "reused",
+            "finish_reason",
         ),
     )
 
@@ -120,6 +126,9 @@ class Item(Base):
     state: Mapped[str] = mapped_column(String(20), default=PENDING)
     run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The attempts already used when `run --retry-failed` put the item back to pending: it
+    # gets max_attempts more from there (attempts stays cumulative, its history is kept).
+    attempts_floor: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     error_kind: Mapped[str | None] = mapped_column(String(40), nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(100), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)

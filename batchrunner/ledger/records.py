@@ -49,6 +49,7 @@ class ClaimedItem:
     model: str
     body: str
     attempts: int
+    attempts_floor: int  # attempts used before `run --retry-failed`: not counted against it
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ class ItemRow:
     run_id: str | None
     batch_id: int | None
     attempts: int
+    attempts_floor: int
     not_before: datetime | None
     request_hash: str | None
     reused: bool
@@ -195,6 +197,8 @@ class JobSummary:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    stop_reason: str | None = None  # why its last run stopped early (None: it did not)
+    stopped_at: datetime | None = None
     counts: dict[str, int] = field(default_factory=dict)
     input_tokens: int = 0
     cached_tokens: int = 0
@@ -207,6 +211,7 @@ class JobSummary:
     finished_in_run: int = 0
     reused: int = 0  # items that took an earlier job's answer (--reuse): no request, no cost
     failures_by_kind: dict[str, int] = field(default_factory=dict)
+    flagged: dict[str, int] = field(default_factory=dict)  # succeeded, cut: finish_reason -> n
     models: dict[str, ModelTotals] = field(default_factory=dict)
 
     @property

@@ -92,7 +92,12 @@ class RunQueries(QueriesMixin):
             conn.execute(
                 update(jobs_t)
                 .where(jobs_t.c.id == job_id)
-                .values(state=RUNNING, started_at=func.coalesce(jobs_t.c.started_at, now))
+                .values(
+                    state=RUNNING,
+                    started_at=func.coalesce(jobs_t.c.started_at, now),
+                    stop_reason=None,  # an earlier run's: this one tells its own
+                    stopped_at=None,
+                )
             )
         return run_id
 
@@ -101,6 +106,16 @@ class RunQueries(QueriesMixin):
         before they are sent again: a batch job's retried lines come back to pending."""
         with self._write("fail items in") as conn:
             return _fail_exhausted(conn, job_id, max_attempts, utcnow())
+
+    def record_stop(self, job_id: int, reason: str) -> None:
+        """Keep why the job's run stopped early, and when, for `status` (the next run clears
+        it)."""
+        with self._write("record the stop in") as conn:
+            conn.execute(
+                update(jobs_t)
+                .where(jobs_t.c.id == job_id)
+                .values(stop_reason=reason, stopped_at=utcnow())
+            )
 
     def heartbeat(self, run_id: str) -> None:
         with self._write("update the heartbeat in") as conn:
@@ -212,13 +227,15 @@ def _end_dead_runs(conn: Connection, job_id: int, now: datetime, lease_s: float)
 
 
 def _fail_exhausted(conn: Connection, job_id: int, max_attempts: int, now: datetime) -> int:
+    """Attempts count from the item's floor: a retried item (`retry_failed`) gets a fresh
+    allowance."""
     return int(
         conn.execute(
             update(items_t)
             .where(
                 items_t.c.job_id == job_id,
                 items_t.c.state == PENDING,
-                items_t.c.attempts >= max_attempts,
+                items_t.c.attempts - items_t.c.attempts_floor >= max_attempts,
             )
             .values(state=FAILED, updated_at=now, finished_at=now)
         ).rowcount

@@ -331,7 +331,8 @@ class ConcurrentRunner:
                 if unreachable_tries and await self._again_unsent(reservation, unreachable_tries):
                     attempt -= 1  # nothing was sent: no attempt, nothing spent
                     continue
-            verdict = final_verdict(verdict, attempt, self._settings.max_attempts)
+            used = attempt - item.attempts_floor  # a retried item's earlier ones do not count
+            verdict = final_verdict(verdict, used, self._settings.max_attempts)
             outcome = self._outcome(item, attempt, started, answer, verdict)
             self._account(needs, typical, reservation, outcome, verdict)
             if ATTEMPTS.isEnabledFor(logging.INFO):
@@ -346,7 +347,7 @@ class ConcurrentRunner:
             await self._writer.write(outcome)
             if verdict.action != RETRY or outcome.state == PENDING:
                 return
-            with anyio.move_on_after(backoff_delay(attempt, self._rng, verdict.retry_after)):
+            with anyio.move_on_after(backoff_delay(used, self._rng, verdict.retry_after)):
                 await self._stopping.wait()
             if self._stopping.is_set():
                 return
