@@ -25,8 +25,21 @@ NEXT_STEPS: dict[str, str] = {
     "interrupted": "{run}",
     "terminated": "{run}",
     "unreachable": "check the endpoint (--base-url) and the proxy, then {run}",
-    "not_found": "check the model names and the endpoint (the server answered 404), then {run}",
+    # a 404 to the Files/Batch API itself (a 404 to a request fails only its model's items)
+    "not_found": "the server has no Batch API at the address the reason names: check "
+    "--base-url (a local server may have none: submit the file with --mode concurrent), then "
+    "{run}",
+    # Files/Batch API calls that kept failing (or a run in one pass whose call failed)
+    "server_error": "wait until the API answers again (the reason names the call), then {run}",
+    "connection": "wait until the API answers again (the reason names the call), then {run}",
+    "timeout": "wait until the API answers again (the reason names the call), then {run}",
     "batch refused by the API": "fix what the API refused (the reason says), then {run}",
+}
+# Failed items whose retry cannot help before something else changes.
+FIX_FIRST: dict[str, str] = {
+    "model_not_found": "serve the missing models (or fix their names in a new job: "
+    "batchrunner export errors)",
+    "not_found": "check --base-url (the server has no such endpoint)",
 }
 DIED = "its run ended without saying why (killed, or the machine went down)"
 
@@ -56,8 +69,11 @@ def next_step(job: dict[str, Any]) -> str | None:
     if counts["pending"] or counts["running"]:
         return f"follow its batches: {run} --wait" if _batches_out(job) else run
     if counts["failed"]:
-        kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(job["failures_by_kind"].items()))
-        return f"{run} --retry-failed (failed: {kinds}; add --kind KIND to retry only those)"
+        by_kind = job["failures_by_kind"]
+        kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(by_kind.items()))
+        retry = f"{run} --retry-failed (failed: {kinds}; add --kind KIND to retry only those)"
+        first = [FIX_FIRST[kind] for kind in sorted(by_kind) if kind in FIX_FIRST]
+        return f"{'; '.join(first)}, then {retry}" if first else retry
     return None
 
 

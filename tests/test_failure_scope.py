@@ -106,3 +106,21 @@ def test_the_cli_says_what_failed_and_run_does_not_send_them_again(
     again = invoke("run", "--db", db, env=env)
     assert fake.total_requests == sent  # nothing left to send: failed items stay failed
     assert again.exit_code == 1, again.output
+
+
+def test_status_says_what_failed_and_what_to_do_first(tmp_path: Path, fake: FakeServer) -> None:
+    fake.config.models = ("gpt-4o-mini",)
+    db = f"sqlite:///{tmp_path}/ledger.db"
+    job_file = write_jsonl(tmp_path / "job.jsonl", mixed_models(6))
+    env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake.base_url}
+    assert invoke("submit", str(job_file), "--db", db, env=env).exit_code == 1
+    status = status_json(db)["jobs"][0]
+    assert status["next_step"] == (
+        "serve the missing models (or fix their names in a new job: batchrunner export errors), "
+        "then batchrunner run 1 --retry-failed (failed: model_not_found 2; add --kind KIND to "
+        "retry only those)"
+    )
+    fake.config.models = None  # the model is served now (pulled, or added to the gateway)
+    again = invoke("run", "--db", db, "--retry-failed", "--kind", "model_not_found", env=env)
+    assert again.exit_code == 0, again.output
+    assert status_json(db)["jobs"][0]["counts"]["succeeded"] == 6
