@@ -6,7 +6,9 @@
     ├── UsageError                bad options or a job that does not exist (exit 2)
     ├── JobBusyError              another live run already works on this job (exit 2)
     ├── LedgerError               the ledger could not be read or written (disk full, locked);
-    │                             the job stays resumable (exit 3)
+    │   │                         the job stays resumable (exit 3)
+    │   └── LedgerUnavailable     its database is away (connection lost, server restarting,
+    │                             locked past the busy timeout): a run waits for it first
     ├── BackendError              a Files/Batch API call failed; `kind` (an ErrorKind) says
     │                             what it means, and the batch runner decides from the rule
     │                             table; one that reaches the CLI leaves the job resumable (exit 3)
@@ -83,6 +85,28 @@ class LedgerError(BatchrunnerError):
     """The ledger refused a read or a write; what was committed before is intact."""
 
     exit_code = 3
+
+
+def ledger_refusal(doing: str, where: str, reason: str) -> str:
+    """The message of a LedgerError: what was refused, where (no password), why."""
+    return (
+        f"could not {doing} the ledger at {where}: {reason}. Nothing already recorded is "
+        "lost; fix the cause and resume with `batchrunner run`."
+    )
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger's database is away rather than refusing: worth waiting for (see
+    ledger/outages.py); raised as it stands once the run has waited `--db-wait`."""
+
+    def __init__(self, doing: str, where: str, reason: str) -> None:
+        super().__init__(ledger_refusal(doing, where, reason))
+        self.doing, self.where, self.reason = doing, where, reason
+
+    def waited(self, seconds: float, until: str = "--db-wait") -> None:
+        """Say how long the run waited for the database, and what ended the wait."""
+        reason = f"{self.reason}; waited {seconds:.0f}s for it ({until})"
+        self.args = (ledger_refusal(self.doing, self.where, reason),)
 
 
 class BackendError(BatchrunnerError):

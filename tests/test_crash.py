@@ -249,17 +249,18 @@ def test_a_locked_ledger_stops_the_run_clearly_and_the_job_resumes(
     assert invoke("submit", str(job), "--db", url, "--detach").exit_code == 0
     impatient = f"{url}?timeout=0.3"  # the busy timeout, 30 s by default
     args = ("run", "--db", impatient, "--base-url", fake.base_url, "--concurrency", "8")
-    proc = batchrunner(*args, stderr=tmp_path / "run.err")
+    proc = batchrunner(*args, "--db-wait", "1", stderr=tmp_path / "run.err")
     assert wait_for(lambda: fake.total_requests >= 50, timeout=30)
     with contextlib.closing(sqlite3.connect(db, timeout=10, isolation_level=None)) as other:
         other.execute("BEGIN IMMEDIATE")  # another process holds the write lock ...
         try:
-            proc.wait(timeout=30)  # ... longer than the run's busy timeout
+            proc.wait(timeout=30)  # ... longer than the run's busy timeout and --db-wait
         finally:
             other.execute("ROLLBACK")
     stderr = (tmp_path / "run.err").read_text()
     result = subprocess.CompletedProcess(args, proc.returncode, "", stderr)
     assert_refused_clearly(result, impatient, "database is locked")
+    assert "waited 1s for it (--db-wait)" in stderr
     sent_before = Counter(fake.requests_by_id)
 
     assert_resumes_resending_only_what_was_in_flight(url, db, fake, 400, sent_before)

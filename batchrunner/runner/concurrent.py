@@ -173,6 +173,7 @@ class ConcurrentRunner:
                     self.stop("interrupted" if signum == signal.SIGINT else "terminated")
                 else:
                     EVENTS.warning("abandoning the requests in flight")
+                    self._ledger.stop_waiting()  # nor wait any longer for a database away
                     scope.cancel()
 
     async def _heartbeat(self) -> None:
