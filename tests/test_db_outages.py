@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -34,9 +35,12 @@ from batchrunner.ledger.results import write_outcomes
 from batchrunner.ledger.store import HINTS, claim_statement, claimed_before
 from tests.conftest import chat_line, free_port, postgres_required, write_jsonl
 from tests.test_crash import (
+    SETTLE_S,
     assert_each_item_succeeded_once,
     batchrunner,
     invoke,
+    query,
+    succeeded_ids,
     wait_for,
 )
 from tests.test_ledger import new_job, record
@@ -213,6 +217,43 @@ def test_a_ledger_locked_past_the_busy_timeout_is_waited_for(
     assert set(fake.requests_by_id.values()) == {1}
 
 
+def test_a_run_killed_while_the_ledger_is_locked_resends_at_most_twice_the_concurrency(
+    tmp_path: Path, fake: FakeServer
+) -> None:
+    concurrency = 8
+    fake.config.latency_ms = 20.0
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(400)])
+    db = tmp_path / "ledger.db"
+    url = f"sqlite:///{db}"
+    assert invoke("submit", str(job), "--db", url, "--detach").exit_code == 0
+    args = ("run", "--db", url, "--base-url", fake.base_url, "--concurrency", str(concurrency))
+    proc = batchrunner(*args, stderr=tmp_path / "run.err")
+    try:
+        assert wait_for(lambda: fake.total_requests >= 50, timeout=30)
+        with contextlib.closing(hold_write_lock(db)) as other:
+            # Answers keep coming while no result can be written: the run sends until the
+            # answers waiting for the ledger fill its backlog, then stops sending.
+            assert quiet(fake)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            other.execute("ROLLBACK")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    time.sleep(SETTLE_S)
+    recorded, sent_before = succeeded_ids(db), Counter(fake.requests_by_id)
+    assert 0 < len(recorded) < 400
+
+    assert invoke("run", "--db", url, "--base-url", fake.base_url).exit_code == 0
+    assert_each_item_succeeded_once(db, 400)
+    resent = {cid for cid, n in fake.requests_by_id.items() if n > 1}
+    assert resent and not resent & recorded  # only answers the ledger never got
+    assert all(sent_before[cid] == 1 for cid in resent)
+    assert len(resent) <= 2 * concurrency, len(resent)
+    assert query(db, "SELECT count(*) FROM attempts") == [(fake.total_requests - len(resent),)]
+
+
 # -- the ledger's side, on both backends ------------------------------------------------------
 
 
@@ -357,3 +398,4 @@ def test_a_second_ctrl_c_gives_up_on_a_ledger_that_is_away(
     assert "database is locked" in stderr and "for it (then a second Ctrl-C)" in stderr
     assert invoke("run", "--db", url, "--base-url", fake.base_url).exit_code == 0
     assert_each_item_succeeded_once(db, 300)
+    assert len({cid for cid, n in fake.requests_by_id.items() if n > 1}) <= 2 * 8
