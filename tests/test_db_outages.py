@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import update
+from sqlalchemy.engine import make_url
 
 from batchrunner.errors import LedgerUnavailable
 from batchrunner.fake import FakeServer
@@ -34,6 +35,7 @@ from batchrunner.ledger.records import utcnow
 from batchrunner.ledger.results import write_outcomes
 from batchrunner.ledger.store import HINTS, claim_statement, claimed_before
 from tests.conftest import chat_line, free_port, postgres_required, write_jsonl
+from tests.lossy_proxy import lossy_proxy
 from tests.test_crash import (
     SETTLE_S,
     assert_each_item_succeeded_once,
@@ -399,3 +401,35 @@ def test_a_second_ctrl_c_gives_up_on_a_ledger_that_is_away(
     assert invoke("run", "--db", url, "--base-url", fake.base_url).exit_code == 0
     assert_each_item_succeeded_once(db, 300)
     assert len({cid for cid, n in fake.requests_by_id.items() if n > 1}) <= 2 * 8
+
+
+@pytest.mark.postgres
+def test_writes_whose_commit_answer_was_lost_are_repeated_safely(pg_url: str) -> None:
+    """The COMMIT lands but its answer never comes back (the connection dies on the way): each
+    write is repeated, and the repeat finds what the lost try did instead of doing it twice."""
+    given = make_url(pg_url)
+    with lossy_proxy(given.host or "127.0.0.1", given.port or 5432) as proxy:
+        ledger = Ledger(given.set(host="127.0.0.1", port=proxy.port).render_as_string(False))
+        ledger.wait_for_database(30)
+        job = new_job(ledger, 5)
+
+        proxy.commits_to_lose = 1
+        run = ledger.start_run(job, max_attempts=5)  # alone: its own lost run is no rival
+        proxy.commits_to_lose = 1
+        claimed = ledger.claim_pending(job, run, 3)
+        assert [item.position for item in claimed] == [1, 2, 3]
+        assert ledger.summary(job).counts == {"running": 3, "pending": 2}  # none orphaned
+
+        proxy.commits_to_lose = 1
+        ledger.record_outcomes([record(item.id, job, run, 1, "succeeded") for item in claimed])
+        for item in claimed:
+            assert [(a.number, a.outcome) for a in ledger.attempts_of(item.id)] == [
+                (1, "succeeded")
+            ]
+        proxy.commits_to_lose = 1
+        ledger.heartbeat(run)
+        proxy.commits_to_lose = 1
+        assert ledger.end_run(job, run) == "stopped"
+        assert ledger.summary(job).counts == {"succeeded": 3, "pending": 2}
+        assert proxy.lost == 5
+        ledger.close()
