@@ -78,6 +78,12 @@ def run_options(func: F) -> F:
             help="Seconds to wait for an endpoint that cannot be reached (probing it) before "
             "the job stops, resumably [120].",
         ),
+        click.option(
+            "--db-wait",
+            type=click.FloatRange(min=0),
+            help="Seconds to wait for a ledger database that went away (restarting, locked) "
+            "before the run stops, resumably [120].",
+        ),
         click.option("--base-url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL)."),
         click.option(
             "--provider",

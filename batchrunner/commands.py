@@ -179,6 +179,7 @@ def job_settings(ledger: Ledger, job_id: int, overrides: dict[str, Any]) -> RunS
     (their values are never stored)."""
     options, _ = ledger.job_options(job_id)
     settings = RunSettings.from_stored(options).merged(overrides)
+    ledger.wait_for_database(settings.db_wait)  # from now on: a run's reads and writes
     lasting = {key for key in JOB_LIFE_SETTINGS if overrides.get(key) is not None}
     if lasting:
         stored = settings.stored()

@@ -7,8 +7,10 @@
     │                             ledger of a newer batchrunner, no database driver (exit 2)
     ├── JobBusyError              another live run already works on this job (exit 2)
     ├── LedgerError               the ledger could not be read or written (disk full, locked);
-    │                             the job stays resumable, or (refused before `submit`
-    │                             recorded it) was not recorded (exit 3)
+    │   │                         the job stays resumable, or (refused before `submit`
+    │   │                         recorded it) was not recorded (exit 3)
+    │   └── LedgerUnavailable     its database is away (connection lost, server restarting,
+    │                             locked past the busy timeout): a run waits for it first
     ├── BackendError              a Files/Batch API call failed; `kind` (an ErrorKind) says
     │                             what it means, and the batch runner decides from the rule
     │                             table; one that reaches the CLI leaves the job resumable (exit 3)
@@ -91,12 +93,35 @@ class LedgerError(BatchrunnerError):
     def __init__(self, problem: str, *, recorded: bool = True) -> None:
         self.problem = problem
         self.recorded = recorded
+        super().__init__(self._said())
+
+    def _said(self) -> str:
         advice = (
             "Nothing already recorded is lost; fix the cause and resume with `batchrunner run`."
-            if recorded
+            if self.recorded
             else "No job was recorded; fix the cause and submit it again."
         )
-        super().__init__(f"{problem}. {advice}")
+        return f"{self.problem}. {advice}"
+
+
+def ledger_refusal(doing: str, where: str, reason: str) -> str:
+    """The problem a LedgerError names: what was refused, where (no password), why."""
+    return f"could not {doing} the ledger at {where}: {reason}"
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger's database is away rather than refusing: worth waiting for (see
+    ledger/outages.py); raised as it stands once the run has waited `--db-wait`."""
+
+    def __init__(self, doing: str, where: str, reason: str, *, recorded: bool = True) -> None:
+        super().__init__(ledger_refusal(doing, where, reason), recorded=recorded)
+        self.doing, self.where, self.reason = doing, where, reason
+
+    def waited(self, seconds: float, until: str = "--db-wait") -> None:
+        """Say how long the run waited for the database, and what ended the wait."""
+        reason = f"{self.reason}; waited {seconds:.0f}s for it ({until})"
+        self.problem = ledger_refusal(self.doing, self.where, reason)
+        self.args = (self._said(),)
 
 
 class BackendError(BatchrunnerError):

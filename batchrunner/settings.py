@@ -23,6 +23,7 @@ class RunSettings:
     lease_s: float = 60.0  # a worker silent this long is dead: its items go to the others
     max_retry_wait: float = 60.0  # a longer Retry-After defers the item instead of a worker
     unreachable_wait: float = 120.0  # seconds an unreachable endpoint is waited for (probed)
+    db_wait: float = 120.0  # seconds a ledger database that went away is waited for (retried)
     base_url: str | None = None  # None: the provider's env variable, else its own API
     provider: str = "openai"  # openai (and every server that copies it) | azure
     azure_endpoint: str | None = None  # https://RESOURCE.openai.azure.com (Azure OpenAI)

@@ -385,7 +385,7 @@ def test_a_submit_refused_after_its_job_was_recorded_says_to_resume(
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(4)])
     db = tmp_path / "ledger.db"
     impatient = f"sqlite:///{db}?timeout=0.3"
-    args = ["submit", str(job), "--db", impatient, "--base-url", fake.base_url]
+    args = ["submit", str(job), "--db", impatient, "--base-url", fake.base_url, "--db-wait", "1"]
     stderr = tmp_path / "submit.err"
     with stderr.open("wb") as err:
         proc = subprocess.Popen(

@@ -22,6 +22,7 @@ from batchrunner.ledger.models import (
     jobs_t,
     runs_t,
 )
+from batchrunner.ledger.outages import outlasting, outlasting_read
 from batchrunner.ledger.records import (
     JobSummary,
     ModelTotals,
@@ -97,11 +98,13 @@ class JobQueries(QueriesMixin):
             raise UsageError(f"no job {ref!r} in the ledger at {describe(self.url)}")
         return int(found)
 
+    @outlasting_read
     def job_ids(self, limit: int = 50) -> list[int]:
         with self._read() as conn:
             rows = conn.execute(select(jobs_t.c.id).order_by(jobs_t.c.id.desc()).limit(limit))
             return sorted(int(r[0]) for r in rows)
 
+    @outlasting_read
     def job_options(self, job_id: int) -> tuple[dict[str, Any], bool]:
         with self._read() as conn:
             row = conn.execute(
@@ -114,6 +117,7 @@ class JobQueries(QueriesMixin):
         with self._read() as conn:
             return str(conn.execute(select(jobs_t.c.state).where(jobs_t.c.id == job_id)).one()[0])
 
+    @outlasting_read
     def job_mode(self, job_id: int) -> str:
         """concurrent or batch: one column of the jobs row, without counting the items."""
         with self._read() as conn:
@@ -142,6 +146,7 @@ class JobQueries(QueriesMixin):
             )
             return [(row.id, row.state) for row in rows]
 
+    @outlasting
     def update_job_options(self, job_id: int, changes: dict[str, Any]) -> None:
         """Merge `changes` into the job's stored options (the estimate, a raised budget)."""
         with self._write("update the job in") as conn:
@@ -206,6 +211,7 @@ class JobQueries(QueriesMixin):
                 )
         return int(count)
 
+    @outlasting_read
     def summary(self, job_id: int) -> JobSummary:
         with self._read() as conn:
             job = conn.execute(select(jobs_t).where(jobs_t.c.id == job_id)).one()

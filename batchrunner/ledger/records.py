@@ -11,11 +11,14 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Column, Connection, DateTime, Dialect, Table
 
 from batchrunner.outcome import Result
+
+if TYPE_CHECKING:
+    from batchrunner.ledger.outages import Outage
 
 # Turns a time into what the ledger's driver stores (SQLite: text; PostgreSQL: as is).
 TimeToSql = Callable[[datetime | None], Any]
@@ -223,6 +226,7 @@ class QueriesMixin:
     """A group of ledger queries mixed into `Ledger`, which provides the transactions."""
 
     url: str  # the ledger's database URL, for messages
+    _outage: Outage  # how long its database has been away (see outages.py)
 
     def _write(self, doing: str, recorded: bool = True) -> AbstractContextManager[Connection]:
         raise NotImplementedError

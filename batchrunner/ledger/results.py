@@ -33,6 +33,9 @@ RECORD_ATTEMPT = (
     f"INSERT INTO attempts ({', '.join(ATTEMPT_KEYS + ATTEMPT_RESULT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * (len(ATTEMPT_KEYS) + len(ATTEMPT_RESULT_COLUMNS)))})"
 )
+# A repeated write (its first try's commit may have landed) first removes what that try wrote:
+# one run numbers an item's attempts once each.
+FORGET_ATTEMPT = "DELETE FROM attempts WHERE item_id = ? AND run_id = ? AND number = ?"
 # The item row: its holder, state and counters, then every result column.
 ITEM_STATE_COLUMNS = ("state", "not_before", "attempts", "updated_at", "finished_at")
 
@@ -58,10 +61,13 @@ def mask_outcomes(outcomes: Sequence[Outcome]) -> None:
         )
 
 
-def write_outcomes(conn: Connection, outcomes: Sequence[Outcome], holder: Holder) -> None:
+def write_outcomes(
+    conn: Connection, outcomes: Sequence[Outcome], holder: Holder, again: bool = False
+) -> None:
     """Write a batch of masked outcomes whose items are known (`item_id`, `number`): an
     attempt row for each that was an attempt, and each item's new state where `holder` still
-    holds it."""
+    holds it. `again`: the same batch once more after a try whose commit may have landed (the
+    item updates are the same either way; the attempt rows must not be doubled)."""
     time = time_to_sql(conn.dialect)
     attempts, items = [], []
     for outcome in outcomes:
@@ -69,6 +75,9 @@ def write_outcomes(conn: Connection, outcomes: Sequence[Outcome], holder: Holder
         if outcome.is_attempt:
             attempts.append(_attempt_row(outcome, ended, time))
         items.append(_item_row(outcome, holder, ended, time))
+    if attempts and again:
+        forgotten = [(row[0], row[2], row[3]) for row in attempts]  # item_id, run_id, number
+        conn.exec_driver_sql(driver_sql(conn.dialect, FORGET_ATTEMPT), forgotten)
     if attempts:
         conn.exec_driver_sql(driver_sql(conn.dialect, RECORD_ATTEMPT), attempts)
     if items:

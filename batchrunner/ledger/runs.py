@@ -6,6 +6,11 @@ still carries it, so a late answer from a run that lost its items changes nothin
 dead once its heartbeat is older than the lease (or, on this host, its process is gone); any
 live run of the job then puts the dead run's items back to pending.
 
+No heartbeat can be written while the database is away, so silence is counted from when it came
+back: from the server's start (PostgreSQL), and from when this process got it back. A run that
+was taken for dead all the same (cut off alone for longer than the lease) comes back to life at
+its next heartbeat; the items it lost went to the others, and its late answers change no result.
+
 `run` takes a job alone (a second one is refused); workers (`shared`) take it together, each
 claiming its own items, on PostgreSQL with FOR UPDATE SKIP LOCKED.
 """
@@ -17,7 +22,7 @@ import socket
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, func, insert, select, text, update
 
 from batchrunner.errors import JobBusyError
 from batchrunner.ledger.models import (
@@ -29,14 +34,23 @@ from batchrunner.ledger.models import (
     jobs_t,
     runs_t,
 )
+from batchrunner.ledger.outages import outlasting, outlasting_read
 from batchrunner.ledger.records import QueriesMixin, RunRow, WorkerStatus, row_columns, utcnow
+from batchrunner.logs import EVENTS
 
 DEFAULT_LEASE_S = 60.0
 
 
-def run_is_live(run: RunRow, now: datetime, lease_s: float = DEFAULT_LEASE_S) -> bool:
-    """A run is live while its heartbeat is fresh and, on this host, its process exists."""
-    if run.ended_at is not None or now - run.heartbeat_at > timedelta(seconds=lease_s):
+def run_is_live(
+    run: RunRow,
+    now: datetime,
+    lease_s: float = DEFAULT_LEASE_S,
+    silent_since: datetime | None = None,
+) -> bool:
+    """A run is live while its heartbeat is fresh and, on this host, its process exists;
+    silence counts from `silent_since` when that is later (the database came back then)."""
+    last_heard = max(run.heartbeat_at, silent_since) if silent_since else run.heartbeat_at
+    if run.ended_at is not None or now - last_heard > timedelta(seconds=lease_s):
         return False
     if run.hostname == socket.gethostname() and run.pid != os.getpid():
         try:
@@ -62,13 +76,23 @@ class RunQueries(QueriesMixin):
         """Register this process as a run of the job, take back what dead runs held, and fail
         the items that already used every attempt (their last error stays). Alone (`run`),
         refuse while another run is live; shared (`worker`), join the live ones."""
-        now = utcnow()
         run_id = str(uuid.uuid4())
+        self._outage.outlast(
+            lambda again: self._start_run(job_id, max_attempts, run_id, shared, lease_s, again)
+        )
+        return run_id
+
+    def _start_run(
+        self, job_id: int, max_attempts: int, run_id: str, shared: bool, lease_s: float, again: bool
+    ) -> None:
+        now = utcnow()
         with self._write("start a run in") as conn:
             # PostgreSQL: two processes starting the job at once queue up here, so the second
             # sees the first one's run (SQLite's BEGIN IMMEDIATE already serialises them).
             conn.execute(select(jobs_t.c.id).where(jobs_t.c.id == job_id).with_for_update())
-            live = _end_dead_runs(conn, job_id, now, lease_s)
+            if again and conn.execute(select(runs_t.c.id).where(runs_t.c.id == run_id)).first():
+                return  # the lost try's commit landed
+            live = _end_dead_runs(conn, job_id, now, lease_s, self._silent_since(conn))
             if live and not shared:
                 run = live[0]
                 raise JobBusyError(
@@ -99,14 +123,23 @@ class RunQueries(QueriesMixin):
                     stopped_at=None,
                 )
             )
-        return run_id
 
+    def _silent_since(self, conn: Connection) -> datetime | None:
+        """Since when a run's silence counts against its lease (see the module's doc)."""
+        since = [self._outage.back_at] if self._outage.back_at else []
+        if conn.dialect.name == "postgresql":
+            started = "SELECT pg_postmaster_start_time() AT TIME ZONE 'UTC'"
+            since.append(conn.execute(text(started)).scalar_one())
+        return max(since, default=None)
+
+    @outlasting
     def fail_exhausted(self, job_id: int, max_attempts: int) -> int:
         """Fail the pending items that already used every attempt (their last error stays),
         before they are sent again: a batch job's retried lines come back to pending."""
         with self._write("fail items in") as conn:
             return _fail_exhausted(conn, job_id, max_attempts, utcnow())
 
+    @outlasting
     def record_stop(self, job_id: int, reason: str) -> None:
         """Keep why the job's run stopped early, and when, for `status` (the next run clears
         it)."""
@@ -117,19 +150,36 @@ class RunQueries(QueriesMixin):
                 .values(stop_reason=reason, stopped_at=utcnow())
             )
 
+    @outlasting
     def heartbeat(self, run_id: str) -> None:
+        """Say the run is alive; one that was taken for dead is live again from now on."""
+        now = utcnow()
+        mine = runs_t.c.id == run_id
         with self._write("update the heartbeat in") as conn:
-            conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(heartbeat_at=utcnow()))
+            revived = conn.execute(
+                update(runs_t)
+                .where(mine, runs_t.c.ended_at.is_not(None))
+                .values(heartbeat_at=now, ended_at=None)
+            ).rowcount
+            if not revived:
+                conn.execute(update(runs_t).where(mine).values(heartbeat_at=now))
+        if revived:
+            EVENTS.warning(
+                "this run was taken for dead (no heartbeat for longer than its lease): the "
+                "items it held went back to pending for the others; going on"
+            )
 
+    @outlasting
     def reclaim(self, job_id: int, lease_s: float = DEFAULT_LEASE_S) -> int:
         """Put the items of the job's dead runs back to pending; return how many live runs
         the job has (this one included), to share its rate limits among them."""
         now = utcnow()
         with self._write("take back the work of dead runs in") as conn:
-            live = _end_dead_runs(conn, job_id, now, lease_s)
+            live = _end_dead_runs(conn, job_id, now, lease_s, self._silent_since(conn))
             _release_items_of_ended_runs(conn, job_id, now)
         return len(live)
 
+    @outlasting
     def end_run(self, job_id: int, run_id: str, lease_s: float = DEFAULT_LEASE_S) -> str:
         """Release what this run still holds and settle the job's state; return that state
         ("completed", or "stopped" with work left; "running" while other runs go on)."""
@@ -150,7 +200,7 @@ class RunQueries(QueriesMixin):
                 .select_from(items_t)
                 .where(items_t.c.job_id == job_id, items_t.c.state.in_((PENDING, RUNNING)))
             ).scalar_one()
-            others = _end_dead_runs(conn, job_id, now, lease_s)
+            others = _end_dead_runs(conn, job_id, now, lease_s, self._silent_since(conn))
             state = "stopped" if unfinished else "completed"
             job_state = "running" if unfinished and others else state
             conn.execute(
@@ -160,6 +210,7 @@ class RunQueries(QueriesMixin):
             )
         return state
 
+    @outlasting_read
     def held_by_others(self, job_id: int, run_id: str) -> int:
         """Items other runs are working on: a worker with nothing to claim waits for these
         (their run may die, and they come back to pending) before it leaves."""
@@ -215,11 +266,13 @@ def _open_runs(conn: Connection, job_id: int) -> list[RunRow]:
     return [RunRow(*row) for row in conn.execute(query)]
 
 
-def _end_dead_runs(conn: Connection, job_id: int, now: datetime, lease_s: float) -> list[RunRow]:
+def _end_dead_runs(
+    conn: Connection, job_id: int, now: datetime, lease_s: float, silent_since: datetime | None
+) -> list[RunRow]:
     """Mark the job's dead runs ended; return the live ones."""
     live = []
     for run in _open_runs(conn, job_id):
-        if run_is_live(run, now, lease_s):
+        if run_is_live(run, now, lease_s, silent_since):
             live.append(run)
         else:
             conn.execute(update(runs_t).where(runs_t.c.id == run.id).values(ended_at=now))

@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from batchrunner.errors import LedgerError, UsageError
+from batchrunner.errors import LedgerError, LedgerUnavailable, UsageError, ledger_refusal
 from batchrunner.ledger.batches import BatchQueries
 from batchrunner.ledger.engine import READ_ONLY, describe, open_engine
 from batchrunner.ledger.jobs import JobQueries
@@ -46,6 +46,7 @@ from batchrunner.ledger.models import (
     attempts_t,
     items_t,
 )
+from batchrunner.ledger.outages import Outage, database_away, outlasting, outlasting_read
 from batchrunner.ledger.records import (
     ITEM_ROW_COLUMNS,
     AttemptRow,
@@ -93,6 +94,7 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = url
+        self._outage = Outage(describe(url))
         with self._errors("open"):
             self.engine: Engine = open_engine(url, create=create)
             try:
@@ -133,6 +135,16 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
     def close(self) -> None:
         self.engine.dispose()
 
+    def wait_for_database(self, seconds: float) -> None:
+        """How long a run's reads and writes wait for a database that went away (0: not at
+        all, as for every other command) before the refusal stops the run."""
+        self._outage.wait_s = seconds
+
+    def stop_waiting(self) -> None:
+        """Give up on a database that is away now, and from now on (a second Ctrl-C): the
+        calls waiting for it raise their refusal at once."""
+        self._outage.abandon()
+
     @contextmanager
     def _errors(self, doing: str, recorded: bool = True) -> Iterator[None]:
         """What the database or the disk refused (locked, full, read-only, not a database, a
@@ -144,11 +156,18 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
         except (DatabaseError, OSError) as exc:
             if isinstance(exc, DatabaseError) and not _refused(exc):
                 raise
-            reason = str(exc.orig) if isinstance(exc, DatabaseError) else _os_reason(exc)
+            # One line: libpq gives its reasons on several ("server closed the connection
+            # unexpectedly\n\tThis probably means ...").
+            if isinstance(exc, DatabaseError):
+                reason = " ".join(str(exc.orig).split())
+            else:
+                reason = _os_reason(exc)
             hint = next((h for cause, h in HINTS.items() if cause in reason), "")
+            where = describe(self.url)
+            if isinstance(exc, DatabaseError) and database_away(exc):
+                raise LedgerUnavailable(doing, where, reason + hint, recorded=recorded) from None
             raise LedgerError(
-                f"could not {doing} the ledger at {describe(self.url)}: {reason}{hint}",
-                recorded=recorded,
+                ledger_refusal(doing, where, reason + hint), recorded=recorded
             ) from None
 
     @contextmanager
@@ -168,14 +187,27 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
 
     def claim_pending(self, job_id: int, run_id: str, limit: int) -> list[ClaimedItem]:
         """Mark up to `limit` pending items, in file order, as running for this run; items whose
-        `not_before` is still ahead wait for a later claim."""
-        with self._write("claim items from") as conn:
-            statement = claim_statement(conn.dialect.name, job_id, run_id, limit, utcnow())
-            rows = conn.execute(statement).all()
-        claimed = [ClaimedItem(*row) for row in rows]
+        `not_before` is still ahead wait for a later claim.
+
+        A repeat after a lost connection first takes the items the lost try claimed, in case
+        its commit landed: they carry this run and that try's exact `updated_at`."""
+        now = utcnow()
+
+        def claim(again: bool) -> list[Any]:
+            with self._write("claim items from") as conn:
+                rows = list(conn.execute(claimed_before(job_id, run_id, now))) if again else []
+                if len(rows) < limit:
+                    statement = claim_statement(
+                        conn.dialect.name, job_id, run_id, limit - len(rows), now
+                    )
+                    rows += conn.execute(statement).all()
+            return rows
+
+        claimed = [ClaimedItem(*row) for row in self._outage.outlast(claim)]
         claimed.sort(key=lambda item: item.position)
         return claimed
 
+    @outlasting
     def fail_pending_alike(self, job_id: int, url: str, model: str | None, result: Result) -> int:
         """Fail, unsent, the job's pending items of one endpoint (and model, when given) with
         `result`'s error: one answer proved they would all get it (a missing model or path).
@@ -201,6 +233,7 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
                 ).rowcount
             )
 
+    @outlasting_read
     def next_not_before(self, job_id: int) -> datetime | None:
         """The earliest future `not_before` among the job's pending items, or None: when
         nothing is claimable, a runner sleeps until then instead of polling."""
@@ -210,12 +243,17 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
 
     def record_outcomes(self, outcomes: list[Outcome]) -> None:
         """Write a batch of concurrent mode's outcomes in one transaction: the attempt rows
-        and the items (where this run still holds them)."""
+        and the items (where this run still holds them). Repeated after a lost connection,
+        it writes each attempt row once whether the lost try's commit landed or not."""
         if not outcomes:
             return
         mask_outcomes(outcomes)
-        with self._write("record results in") as conn:
-            write_outcomes(conn, outcomes, "run_id")
+
+        def record(again: bool) -> None:
+            with self._write("record results in") as conn:
+                write_outcomes(conn, outcomes, "run_id", again=again)
+
+        self._outage.outlast(record)
 
     def iter_items(self, job_id: int, states: tuple[str, ...] | None = None) -> Iterator[ItemRow]:
         """Page through a job's items in file order, PAGE_SIZE rows per query."""
@@ -252,6 +290,19 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
             )
             for row in rows
         ]
+
+
+# A ClaimedItem's fields.
+CLAIMED_COLUMNS = (
+    items_t.c.id,
+    items_t.c.position,
+    items_t.c.custom_id,
+    items_t.c.url,
+    items_t.c.model,
+    items_t.c.body,
+    items_t.c.attempts,
+    items_t.c.attempts_floor,
+)
 
 
 def _claimable(job_id: int, now: datetime) -> list[ColumnElement[bool]]:
@@ -292,15 +343,16 @@ def claim_statement(
         claim = claim.where(items_t.c.id == fenced.c.id)
     else:
         claim = claim.where(items_t.c.id.in_(chosen.scalar_subquery()))
-    return claim.returning(
-        items_t.c.id,
-        items_t.c.position,
-        items_t.c.custom_id,
-        items_t.c.url,
-        items_t.c.model,
-        items_t.c.body,
-        items_t.c.attempts,
-        items_t.c.attempts_floor,
+    return claim.returning(*CLAIMED_COLUMNS)
+
+
+def claimed_before(job_id: int, run_id: str, at: datetime) -> Executable:
+    """The items a claim of this run at `at` took (when its commit landed)."""
+    return select(*CLAIMED_COLUMNS).where(
+        items_t.c.job_id == job_id,
+        items_t.c.state == RUNNING,
+        items_t.c.run_id == run_id,
+        items_t.c.updated_at == at,
     )
 
 

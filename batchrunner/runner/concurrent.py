@@ -86,7 +86,9 @@ class ConcurrentRunner:
         self._answers = AnswerReader(dialect, self._prices, batch=False)
         self._budget: Budget | None = None
         self._typical_output = TypicalOutput()
-        self._writer = LedgerWriter(ledger, on_flush, backlog=2 * settings.concurrency)
+        # At most `concurrency` answers wait for the ledger besides the requests in flight: what
+        # a kill can cost (sent again by the next run) stays within twice the concurrency.
+        self._writer = LedgerWriter(ledger, on_flush, backlog=settings.concurrency)
         # Claimed items wait here for a worker: a plain deque, because a stream's per-item
         # checkpoints cost more than the rest of the hand-over.
         self._queue: deque[ClaimedItem] = deque()
@@ -184,6 +186,7 @@ class ConcurrentRunner:
                     self.stop("interrupted" if signum == signal.SIGINT else "terminated")
                 else:
                     EVENTS.warning("abandoning the requests in flight")
+                    self._ledger.stop_waiting()  # nor wait any longer for a database away
                     scope.cancel()
 
     async def _heartbeat(self) -> None:
