@@ -16,20 +16,13 @@ batchrunner/errors.py); anything else is a bug.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from batchrunner.errors import (
-    BackendError,
-    BatchrunnerError,
-    JobBusyError,
-    JobFileError,
-    JobStopped,
-    LedgerError,
-    Problem,
-    UsageError,
-)
+# Nothing is imported here, not even `typing`: this package is imported before the CLI can take
+# Ctrl-C over (batchrunner/__main__.py), so the shorter it takes the better.
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from batchrunner.commands import (
         Progress,
         Submitted,
@@ -40,6 +33,16 @@ if TYPE_CHECKING:
         run_job,
         run_worker,
         submit_job,
+    )
+    from batchrunner.errors import (
+        BackendError,
+        BatchrunnerError,
+        JobBusyError,
+        JobFileError,
+        JobStopped,
+        LedgerError,
+        Problem,
+        UsageError,
     )
     from batchrunner.estimate import Estimate, estimate_job_file
     from batchrunner.export import write_errors, write_results, write_usage
@@ -91,9 +94,17 @@ __all__ = [
     "write_usage",
 ]
 
-# Everything but the exceptions is imported when first asked for: `import batchrunner.errors`
-# (or any light module) must not load the ledger, SQLAlchemy and the price tables with it.
+# Everything is imported when first asked for: `import batchrunner.errors` (or any light
+# module) must not load the ledger, SQLAlchemy and the price tables with it.
 _LAZY = {
+    "BackendError": "batchrunner.errors",
+    "BatchrunnerError": "batchrunner.errors",
+    "JobBusyError": "batchrunner.errors",
+    "JobFileError": "batchrunner.errors",
+    "JobStopped": "batchrunner.errors",
+    "LedgerError": "batchrunner.errors",
+    "Problem": "batchrunner.errors",
+    "UsageError": "batchrunner.errors",
     "Progress": "batchrunner.commands",
     "Submitted": "batchrunner.commands",
     "cancel_job": "batchrunner.commands",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,8 +29,10 @@ from batchrunner.ledger.models import MODES
 from batchrunner.logs import configure
 from batchrunner.network import parse_header, parse_query
 from batchrunner.redact import install_excepthook, mask
+from batchrunner.runner.report import RunReport
 from batchrunner.settings import RunSettings
 from batchrunner.status import format_job, job_status
+from batchrunner.terminal import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,8 +45,14 @@ def closed_at_the_end(ledger: Ledger) -> Ledger:
 
 
 def say(message: str) -> None:
-    """Everything for the terminal goes here, keys masked (a server may quote one back)."""
-    click.echo(mask(message), err=True)
+    """Everything for the terminal goes here, keys masked (a server may quote one back) and
+    control characters escaped (an id or a server's message may hold escape sequences)."""
+    click.echo(printable(mask(message)), err=True)
+
+
+def show(text: str, *, json: bool = False) -> None:
+    """A command's output on stdout (tables, JSON), its control characters escaped."""
+    click.echo(printable(text, json=json))
 
 
 def common(func: F) -> F:
@@ -184,7 +193,28 @@ def _price_as(given: str) -> tuple[str, str]:
     return name.strip(), model.strip()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Set by `main`: this process is the command, so once a command is done a Ctrl-C has nothing
+# left to stop (not set when the CLI is invoked inside another process, as tests do).
+_IS_THE_PROCESS = False
+
+
+class Commands(click.Group):
+    """Ctrl-C at any moment ends a command with one line and exit 3, never a traceback (a run
+    handles it itself: see ConcurrentRunner.run). Nothing is lost: every ledger write is one
+    transaction, and a kill at any moment is already resumed without loss."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            say("interrupted: nothing is lost (`batchrunner status` shows where each job stands)")
+            sys.exit(3)
+        finally:
+            if _IS_THE_PROCESS:  # exiting now: a late Ctrl-C must not turn into a traceback
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="batchrunner")
 def cli() -> None:
     """Run large batches of LLM API requests reliably, with a ledger of every item."""
@@ -335,7 +365,7 @@ def worker(
     )
     for report in reports:
         say(format_job(job_status(ledger.summary(report.job_id))))
-    stopped = [r for r in reports if r.stop_reason]
+    stopped = [r for r in reports if r.stop_reason and r.state != "cancelled"]
     if stopped:
         say(f"stopped early ({stopped[0].stop_reason})")
         sys.exit(3)
@@ -346,11 +376,14 @@ def worker(
 @click.argument("job", required=False)
 @common
 def cancel(job: str | None, db: str) -> None:
-    """Cancel JOB: its remote batches and its pending items; what finished stays."""
+    """Cancel JOB: its remote batches and its pending items; what finished stays. The runs
+    working on it stop within seconds."""
     ledger = closed_at_the_end(Ledger(db, create=False))
     job_id = ledger.find_job(job)
     count = commands.cancel_job(ledger, job_id)
     say(f"cancelled {count:,} pending items of job {job_id}; what had finished stays")
+    if live := len(ledger.runs_of(job_id)):
+        say(f"{live} run(s) of it stop within seconds, once their requests in flight are answered")
 
 
 def _run_with_progress(
@@ -362,6 +395,7 @@ def _run_with_progress(
     before = job_status(ledger.summary(job_id))
     done = before["total"] - before["counts"]["pending"] - before["counts"]["running"]
     bar = ProgressBar(before["total"], done)
+    report: RunReport | None = None
     try:
         report = commands.run(
             ledger,
@@ -372,11 +406,18 @@ def _run_with_progress(
             progress=bar,
             handle_signals=True,
         )
+    except KeyboardInterrupt:  # before the run took over Ctrl-C, or during a batch job's wait
+        pass
     finally:
         bar.close()
+    if report is None:
+        say(f"stopped early (interrupted); resume with: batchrunner run {job_id}")
+        return 3
     say(format_job(job_status(ledger.summary(job_id))))
     if report.state == "submitted":
         say(f"batches in progress; follow them with: batchrunner run {job_id} --wait")
+    elif report.state == "cancelled":
+        say(f"job {job_id} was cancelled; what had finished stays")
     elif report.state != "completed":
         reason = f" ({report.stop_reason})" if report.stop_reason else ""
         say(f"stopped early{reason}; resume with: batchrunner run {job_id}")
@@ -419,9 +460,9 @@ def estimate(
         say(f"error: {exc}")
         sys.exit(exc.exit_code)
     if json_:
-        click.echo(orjson.dumps(estimate_as_json(result), option=orjson.OPT_INDENT_2).decode())
+        show(orjson.dumps(estimate_as_json(result), option=orjson.OPT_INDENT_2).decode(), json=True)
     else:
-        click.echo(format_estimate(result))
+        show(format_estimate(result))
 
 
 @cli.command()
@@ -439,11 +480,11 @@ def status(job: str | None, json_: bool, db: str) -> None:
         workers, batches = ledger.runs_of(job_id), ledger.batches_of(job_id, BATCH_STATES)
         statuses.append(job_status(summary, workers=workers, batches=batches))
     if json_:
-        click.echo(orjson.dumps({"jobs": statuses}, option=orjson.OPT_INDENT_2).decode())
+        show(orjson.dumps({"jobs": statuses}, option=orjson.OPT_INDENT_2).decode(), json=True)
     elif not statuses:
         say(f"no jobs in {describe(db)}")
     else:
-        click.echo("\n".join(format_job(s) for s in statuses))
+        show("\n".join(format_job(s) for s in statuses))
 
 
 def _refresh_batches(ledger: Ledger, job_id: int) -> None:
@@ -560,6 +601,8 @@ def fake_server(host: str, port: int, **knobs: Any) -> None:
 
 
 def main() -> None:
+    global _IS_THE_PROCESS
+    _IS_THE_PROCESS = True
     install_excepthook()
     cli(prog_name="batchrunner")
 

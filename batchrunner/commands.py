@@ -314,8 +314,8 @@ async def run_worker(
                 ledger, job, overrides, handle_signals=handle_signals, shared=True
             )
             reports.append(report)
-            if report.stop_reason:  # stopped (Ctrl-C, quota, budget), not out of work
-                return reports
+            if report.stop_reason and report.state != CANCELLED:
+                return reports  # stopped (Ctrl-C, quota, budget), not out of work
         if all(r.state != "completed" for r in reports[-len(waiting) :]):
             return reports  # only deferred or stuck work left: `run` or a later worker
 
@@ -410,14 +410,17 @@ def refresh_batches(ledger: Ledger, job_id: int) -> bool:
 
 def cancel_job(ledger: Ledger, job_id: int) -> int:
     """Cancel a job's pending items, and in batch mode its remote batches; return how many
-    items. A concurrent job has nothing remote, so it needs no key."""
-    if ledger.job_mode(job_id) != BATCH:
+    items. A run working on the job (any process, every worker) sees it cancelled within
+    seconds and stops: its requests in flight finish and are recorded, what it held unsent is
+    cancelled, and a batch run settles what its batches return. A key is needed only for
+    remote batches: not for a concurrent job, a batch job with none out, or a simulated one
+    (its batches live in the process that runs it, which cancels them)."""
+    _, simulated = ledger.job_options(job_id)
+    if ledger.job_mode(job_id) != BATCH or simulated or not ledger.batches_of(job_id):
         ledger.update_job_state(job_id, CANCELLED)
         return ledger.cancel_pending(job_id)
     settings = job_settings(ledger, job_id, {})
-    _, simulated = ledger.job_options(job_id)
-    key = SIMULATED_KEY if simulated else api_key_for(settings)
-    return _batch_runner(ledger, job_id, settings, key).cancel()
+    return _batch_runner(ledger, job_id, settings, api_key_for(settings)).cancel()
 
 
 def _batch_runner(
@@ -435,11 +438,12 @@ def _batch_runner(
 
 
 def exit_code(ledger: Ledger, report: RunReport) -> int:
-    """0 all succeeded (or, for batches, all submitted), 1 finished with failures, 3 stopped
-    early and resumable."""
+    """0 all succeeded (or, for batches, all submitted; or the job was cancelled, as its user
+    asked), 1 finished with failures, 3 stopped early and resumable."""
     if report.state == "submitted":
         return 0
-    if report.state != "completed":
+    if report.state not in ("completed", CANCELLED):
         return 3
     counts = ledger.summary(report.job_id).counts
-    return 1 if counts.get("failed", 0) or counts.get("cancelled", 0) else 0
+    unanswered = counts.get("cancelled", 0) if report.state == "completed" else 0
+    return 1 if counts.get("failed", 0) or unanswered else 0

@@ -2,7 +2,8 @@
 
 Lines carry the job, custom_id, attempt, status, latency and tokens: never the API key, never
 prompts or answers. Every line is masked on its way out too (`redact.mask`), so a key quoted in a
-message from elsewhere (a server's error, an exception) never reaches a log.
+message from elsewhere (a server's error, an exception) never reaches a log, and its control
+characters are escaped (`terminal.printable`): one record, one line, no escape sequence.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import orjson
 
 from batchrunner.redact import mask
+from batchrunner.terminal import printable
 
 ATTEMPTS = logging.getLogger("batchrunner.attempts")
 EVENTS = logging.getLogger("batchrunner")
@@ -31,15 +33,17 @@ class JsonLines(logging.Formatter):
             data.update(fields)
         else:
             data["message"] = record.getMessage()
-        return mask(orjson.dumps(data).decode())
+        return printable(mask(orjson.dumps(data).decode()), json=True)
 
 
 class Plain(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            return mask(" ".join(f"{k}={v}" for k, v in fields.items() if v is not None))
-        return mask(f"{record.levelname.lower()}: {record.getMessage()}")
+            line = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        else:
+            line = f"{record.levelname.lower()}: {record.getMessage()}"
+        return printable(mask(line), lines=False)
 
 
 def configure(verbose: int = 0, json_lines: bool = False) -> None:

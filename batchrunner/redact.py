@@ -27,6 +27,7 @@ import orjson
 
 from batchrunner.dialects.openai import API_KEY_ENV
 from batchrunner.items import JobItem
+from batchrunner.terminal import printable
 
 # sk-..., sk-proj-..., sk-svcacct-..., sk-ant-...: the shape of OpenAI-style secret keys.
 KEY = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{16,}")
@@ -162,9 +163,10 @@ class Redactor:
 
 
 def install_excepthook() -> None:
-    """Tracebacks of unexpected errors are printed with keys masked, like everything else."""
+    """Tracebacks of unexpected errors are printed with keys masked and control characters
+    escaped, like everything else."""
 
     def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
-        sys.stderr.write(mask("".join(traceback.format_exception(kind, exc, tb))))
+        sys.stderr.write(printable(mask("".join(traceback.format_exception(kind, exc, tb)))))
 
     sys.excepthook = hook

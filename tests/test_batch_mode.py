@@ -152,7 +152,8 @@ def test_cancel_keeps_what_finished(tmp_path: Path, db_url: str, fake: FakeServe
     assert run_batch_job(ledger, job, FAST, wait=False).state == "submitted"
     time.sleep(0.5)  # about half done
     cancel_job(ledger, job)
-    assert wait_for(ledger, job).state == "completed"
+    report = wait_for(ledger, job)
+    assert report.state == "cancelled" and exit_code(ledger, report) == 0
     counts = ledger.summary(job).counts
     assert counts.get("succeeded", 0) > 0 and counts.get("cancelled", 0) > 0
     assert counts["succeeded"] + counts["cancelled"] == 100
@@ -265,7 +266,7 @@ def test_cancel_after_a_kill_right_after_create_cancels_the_unrecorded_batch(
     cancel_job(ledger, job)
     (remote,) = fake.batch_api.batches.values()
     assert remote.cancelled_at is not None  # the batch the ledger had not recorded
-    assert wait_for(ledger, job).state == "completed"
+    assert wait_for(ledger, job).state == "cancelled"
     assert ledger.summary(job).counts == {"cancelled": 20}
 
 

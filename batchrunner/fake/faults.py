@@ -84,13 +84,16 @@ def model_missing(model: str) -> ErrorAnswer:
     return ErrorAnswer(404, error_body(message, "invalid_request_error", "model_not_found"), {})
 
 
-def forced_answer(status: int, code: str | None) -> ErrorAnswer:
-    """`force_status` / `force_code`: every request gets this error."""
+def forced_answer(status: int, code: str | None, message: str | None = None) -> ErrorAnswer:
+    """`force_status` / `force_code` (/ `force_message`): every request gets this error."""
     if code is not None and code in ERRORS:
-        return error_answer(code)
-    answer = error_answer(str(status))
-    if code is not None and isinstance(answer.body, dict):
-        answer.body["error"]["code"] = code
+        answer = error_answer(code)
+    else:
+        answer = error_answer(str(status))
+        if code is not None and isinstance(answer.body, dict):
+            answer.body["error"]["code"] = code
+    if message is not None and isinstance(answer.body, dict):
+        answer.body["error"]["message"] = message
     return answer
 
 

@@ -66,6 +66,7 @@ class FakeConfig:
     hang_seconds: float = 30.0
     force_status: int | None = None
     force_code: str | None = None
+    force_message: str | None = None  # the forced error's message instead of the API's own
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     rate_window_s: float = 60.0  # enforce the limits over this window (see faults.Bucket)
@@ -174,7 +175,8 @@ class FakeServer:
         if config.models is not None and model not in config.models:
             return self._error(request, model_missing(model))
         if config.force_status is not None:
-            return self._error(request, forced_answer(config.force_status, config.force_code))
+            forced = forced_answer(config.force_status, config.force_code, config.force_message)
+            return self._error(request, forced)
 
         trigger = answers.find_trigger(raw)
         if trigger is not None and (

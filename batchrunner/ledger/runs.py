@@ -13,6 +13,9 @@ its next heartbeat; the items it lost went to the others, and its late answers c
 
 `run` takes a job alone (a second one is refused); workers (`shared`) take it together, each
 claiming its own items, on PostgreSQL with FOR UPDATE SKIP LOCKED.
+
+A cancelled job stays cancelled: a run that starts on it leaves the state alone (and stops at
+once, seeing it), and a run that ends on it cancels what it held instead of handing it back.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ import socket
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, func, insert, select, text, update
+from sqlalchemy import Connection, case, func, insert, select, text, update
 
 from batchrunner.errors import JobBusyError
 from batchrunner.ledger.models import (
+    CANCELLED,
     FAILED,
     PENDING,
     RUNNING,
@@ -39,6 +43,9 @@ from batchrunner.ledger.records import QueriesMixin, RunRow, WorkerStatus, row_c
 from batchrunner.logs import EVENTS
 
 DEFAULT_LEASE_S = 60.0
+# How often a run looks whether its job was cancelled (`batchrunner cancel`, from any process):
+# one read of the job's row, so a cancel stops every run of the job within about this long.
+CANCEL_CHECK_S = 1.0
 
 
 def run_is_live(
@@ -117,7 +124,7 @@ class RunQueries(QueriesMixin):
                 update(jobs_t)
                 .where(jobs_t.c.id == job_id)
                 .values(
-                    state=RUNNING,
+                    state=case((jobs_t.c.state == CANCELLED, CANCELLED), else_=RUNNING),
                     started_at=func.coalesce(jobs_t.c.started_at, now),
                     stop_reason=None,  # an earlier run's: this one tells its own
                     stopped_at=None,
@@ -182,9 +189,16 @@ class RunQueries(QueriesMixin):
     @outlasting
     def end_run(self, job_id: int, run_id: str, lease_s: float = DEFAULT_LEASE_S) -> str:
         """Release what this run still holds and settle the job's state; return that state
-        ("completed", or "stopped" with work left; "running" while other runs go on)."""
+        ("completed", or "stopped" with work left; "running" while other runs go on). A job
+        cancelled meanwhile stays cancelled ("cancelled"): what this run held and did not
+        finish, and what waits unclaimed (deferred items, a dead worker's), is cancelled."""
         now = utcnow()
         with self._write("end the run in") as conn:
+            job_state = conn.execute(select(jobs_t.c.state).where(jobs_t.c.id == job_id)).one()[0]
+            cancelled = job_state == CANCELLED
+            released: dict[str, object] = {"state": PENDING, "run_id": None, "updated_at": now}
+            if cancelled:
+                released.update(state=CANCELLED, finished_at=now)
             conn.execute(
                 update(items_t)
                 .where(
@@ -192,17 +206,27 @@ class RunQueries(QueriesMixin):
                     items_t.c.state == RUNNING,
                     items_t.c.run_id == run_id,
                 )
-                .values(state=PENDING, run_id=None, updated_at=now)
+                .values(released)
             )
             conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(ended_at=now))
+            others = _end_dead_runs(conn, job_id, now, lease_s, self._silent_since(conn))
+            if cancelled:
+                _release_items_of_ended_runs(conn, job_id, now)
+                conn.execute(
+                    update(items_t)
+                    .where(items_t.c.job_id == job_id, items_t.c.state == PENDING)
+                    .values(state=CANCELLED, updated_at=now, finished_at=now)
+                )
             unfinished = conn.execute(
                 select(func.count())
                 .select_from(items_t)
                 .where(items_t.c.job_id == job_id, items_t.c.state.in_((PENDING, RUNNING)))
             ).scalar_one()
-            others = _end_dead_runs(conn, job_id, now, lease_s, self._silent_since(conn))
-            state = "stopped" if unfinished else "completed"
-            job_state = "running" if unfinished and others else state
+            if cancelled:
+                state = job_state = CANCELLED
+            else:
+                state = "stopped" if unfinished else "completed"
+                job_state = "running" if unfinished and others else state
             conn.execute(
                 update(jobs_t)
                 .where(jobs_t.c.id == job_id)

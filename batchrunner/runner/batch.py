@@ -32,6 +32,7 @@ from batchrunner.ledger import BatchRow, Ledger
 from batchrunner.ledger.batches import ABANDONED, PACKING, SETTLED, SUBMITTED, UPLOADED
 from batchrunner.ledger.models import CANCELLED, FAILED, PENDING, SUCCEEDED
 from batchrunner.ledger.records import utcnow
+from batchrunner.ledger.runs import CANCEL_CHECK_S
 from batchrunner.outcome import Outcome
 from batchrunner.pricing import job_price_table
 from batchrunner.runner.batch_plan import (
@@ -50,6 +51,7 @@ EVENTS = logging.getLogger("batchrunner")
 JOB_KEY = "batchrunner_job"
 BATCH_KEY = "batchrunner_batch"
 SETTLE_CHUNK = 1000
+CANCELLABLE = (None, "validating", "in_progress")  # remote statuses a cancel still changes
 
 
 @dataclass
@@ -127,8 +129,9 @@ class BatchRunner:
         try:
             while True:
                 self._ledger.heartbeat(run_id)
+                noticed = self._notice_cancel()
                 self._submit_pending()
-                changed = self._poll()
+                changed = self._poll() or noticed
                 live = self._ledger.batches_of(self._job_id)
                 repacking = self._settings.finish != "concurrent" and not self._cancelled
                 repacking = repacking and not self._over_budget
@@ -140,7 +143,7 @@ class BatchRunner:
                 if self._stop_reason or not wait or done:
                     break
                 delay = poll_s if changed else min(delay * 1.5, poll_max_s)
-                time.sleep(delay)
+                self._wait_for_next_poll(delay)
         finally:
             if self._stop_reason:
                 self._give_back_unsent()
@@ -182,6 +185,33 @@ class BatchRunner:
                 first.status,
             )
         return count
+
+    def _notice_cancel(self) -> bool:
+        """The job was cancelled (`batchrunner cancel`, from any process) while this run works
+        on it: pack nothing more, cancel the batches no one has cancelled yet (a simulated
+        job's live only here; one created while `cancel` ran), cancel the pending items, and
+        go on settling what the batches return. True the moment it notices."""
+        if self._cancelled or self._ledger.job_state(self._job_id) != CANCELLED:
+            return False
+        self._cancelled = True
+        EVENTS.warning("job %s was cancelled: cancelling its batches", self._job_id)
+        for batch in self._ledger.batches_of(self._job_id):
+            if batch.state == SUBMITTED and batch.remote_status not in CANCELLABLE:
+                continue  # cancelling already, or ended
+            try:
+                self._cancel_remote(batch)
+            except BackendError as exc:
+                EVENTS.warning("batch %s not cancelled: %s", batch.remote_id, exc.message)
+        self._ledger.cancel_pending(self._job_id)
+        return True
+
+    def _wait_for_next_poll(self, seconds: float) -> None:
+        """Sleep until the next poll, or until the job is seen cancelled."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, CANCEL_CHECK_S))
+            if not self._cancelled and self._ledger.job_state(self._job_id) == CANCELLED:
+                return
 
     def _cancel_remote(self, batch: BatchRow) -> None:
         remote_id = batch.remote_id

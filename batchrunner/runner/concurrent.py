@@ -13,7 +13,7 @@ import random
 import signal
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -36,8 +36,9 @@ from batchrunner.failures import (
     final_verdict,
 )
 from batchrunner.ledger import ClaimedItem, Ledger
-from batchrunner.ledger.models import FAILED, PENDING
+from batchrunner.ledger.models import CANCELLED, FAILED, PENDING
 from batchrunner.ledger.records import utcnow
+from batchrunner.ledger.runs import CANCEL_CHECK_S
 from batchrunner.logs import ATTEMPTS, EVENTS, log_attempt
 from batchrunner.outcome import Outcome, Result
 from batchrunner.pricing import job_price_table
@@ -115,6 +116,15 @@ class ConcurrentRunner:
             self._circuit_changed.set()
 
     async def run(self, handle_signals: bool = False) -> RunReport:
+        """Run to the end or until stopped. With `handle_signals`, Ctrl-C and SIGTERM are this
+        run's from its start until its items are released: the first stops it, the second
+        abandons the requests in flight, and any later one waits for the ledger's last writes."""
+        if not handle_signals:
+            return await self._run(None)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            return await self._run(signals)
+
+    async def _run(self, signals: AsyncIterator[int] | None) -> RunReport:
         settings = self._settings
         self._run_id = await anyio.to_thread.run_sync(
             functools.partial(
@@ -125,16 +135,19 @@ class ConcurrentRunner:
                 lease_s=settings.lease_s,
             )
         )
+        if await self._job_cancelled():
+            self.stop("cancelled")  # claims nothing; its end cancels what dead runs held
         if settings.budget is not None:
             spent = (await anyio.to_thread.run_sync(self._ledger.summary, self._job_id)).cost_usd
             self._budget = Budget(settings.budget, spent or 0.0, self._prices)
-        if self._shared:
-            await self._join()
         try:
             async with anyio.create_task_group() as background:
-                if handle_signals:
-                    background.start_soon(self._watch_signals, background.cancel_scope)
+                if signals is not None:
+                    background.start_soon(self._watch_signals, signals, background.cancel_scope)
                 background.start_soon(self._heartbeat)
+                background.start_soon(self._watch_for_cancel)
+                if self._shared:
+                    await self._join()  # Ctrl-C and a cancel already heard meanwhile
                 async with anyio.create_task_group() as core:
                     core.start_soon(self._writer.run)
                     async with anyio.create_task_group() as pipeline:
@@ -175,19 +188,34 @@ class ConcurrentRunner:
                 return "stopped"
             raise
 
-    async def _watch_signals(self, scope: CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                if not self._stopping.is_set():
-                    EVENTS.warning(
-                        "stopping: waiting for the requests in flight "
-                        "(press Ctrl-C again to abandon them)"
-                    )
-                    self.stop("interrupted" if signum == signal.SIGINT else "terminated")
-                else:
-                    EVENTS.warning("abandoning the requests in flight")
-                    self._ledger.stop_waiting()  # nor wait any longer for a database away
-                    scope.cancel()
+    async def _watch_signals(self, signals: AsyncIterator[int], scope: CancelScope) -> None:
+        async for signum in signals:
+            if not self._stopping.is_set():
+                EVENTS.warning(
+                    "stopping: waiting for the requests in flight "
+                    "(press Ctrl-C again to abandon them)"
+                )
+                self.stop("interrupted" if signum == signal.SIGINT else "terminated")
+            else:
+                EVENTS.warning("abandoning the requests in flight")
+                self._ledger.stop_waiting()  # nor wait any longer for a database away
+                scope.cancel()
+
+    async def _job_cancelled(self) -> bool:
+        state = await anyio.to_thread.run_sync(self._ledger.job_state, self._job_id)
+        return state == CANCELLED
+
+    async def _watch_for_cancel(self) -> None:
+        """Stop within CANCEL_CHECK_S of the job being cancelled: nothing more is claimed or
+        sent, the requests in flight finish and are recorded, and the end of the run cancels
+        the items it held unsent."""
+        while not self._stopping.is_set():
+            await anyio.sleep(CANCEL_CHECK_S)
+            if await self._job_cancelled():
+                EVENTS.warning(
+                    "job %s was cancelled: waiting for the requests in flight", self._job_id
+                )
+                self.stop("cancelled")
 
     async def _heartbeat(self) -> None:
         """Say this run is alive; a worker also takes back the items of dead workers and
@@ -203,7 +231,8 @@ class ConcurrentRunner:
         shrink their share of the limits before it sends at its own."""
         await self._share_the_job()
         if self._throttle.requests_per_minute or self._throttle.tokens_per_minute:
-            await anyio.sleep(self._heartbeat_s * 1.5)  # every other worker beat meanwhile
+            with anyio.move_on_after(self._heartbeat_s * 1.5):  # every other worker beat
+                await self._stopping.wait()
             await self._share_the_job()
 
     @property

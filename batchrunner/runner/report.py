@@ -8,5 +8,5 @@ from dataclasses import dataclass
 @dataclass
 class RunReport:
     job_id: int
-    state: str  # completed | stopped | submitted (batch mode: batches still out)
+    state: str  # completed | stopped | cancelled | submitted (batch mode: batches still out)
     stop_reason: str | None

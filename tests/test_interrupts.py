@@ -1,0 +1,112 @@
+"""Ctrl-C at any moment of the real CLI: one short line and exit 3, never a traceback, and the
+job resumable with nothing lost (the first Ctrl-C of a run stops it gracefully, a second one at
+once)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from batchrunner.fake import FakeServer
+from tests.conftest import chat_line, write_jsonl
+from tests.test_crash import assert_each_item_succeeded_once, invoke, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+ITEMS = 60
+# `python -m batchrunner ARGS`, from the first line of batchrunner's entry point (`main` in
+# batchrunner/__main__.py): a SIGINT in the few milliseconds before it (Python's own start-up,
+# its site module, finding and importing the package, whose __init__ imports nothing) is
+# Python's to report, with a traceback of its own that no program can prevent.
+LAUNCH = (
+    "import sys, batchrunner.__main__ as entry; sys.stderr.write('started\\n'); "
+    "sys.stderr.flush(); sys.argv = ['batchrunner', *sys.argv[1:]]; entry.main()"
+)
+
+
+def interrupted(
+    args: list[str], after_s: list[float], ready: float = 0.0, fake: FakeServer | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Start the CLI, send SIGINT after each delay in turn (counted from when `fake` has seen
+    `ready` more requests, else from when the interpreter has started), and wait for it to
+    end."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, *args],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None and process.stderr.readline() == "started\n"
+        if fake is not None:
+            wanted = fake.total_requests + ready
+            assert wait_for(lambda: fake.total_requests >= wanted, timeout=60)
+        for delay in after_s:
+            time.sleep(delay)
+            process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def assert_stopped_quietly(result: subprocess.CompletedProcess[str]) -> None:
+    """Exit 3 with one short line about it, no traceback."""
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 3, result.stderr
+    assert "interrupted" in result.stderr, result.stderr
+
+
+def test_ctrl_c_at_any_moment_of_start_up_is_one_line_and_exit_3(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    fake.config.latency_ms = 200.0
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(ITEMS)])
+    assert invoke("submit", str(job), "--detach", "--db", db_url).exit_code == 0
+    run = ["run", "--db", db_url, "--base-url", fake.base_url, "--concurrency", "4"]
+    # At once, in the imports, opening the ledger, starting the run, running.
+    for delay in (0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.2):
+        assert_stopped_quietly(interrupted(run, [delay]))
+    fake.config.latency_ms = 0.0
+    assert invoke("run", "--db", db_url, "--base-url", fake.base_url).exit_code == 0
+    assert_each_item_succeeded_once(Path(db_url.removeprefix("sqlite:///")), ITEMS)
+
+
+def test_a_second_ctrl_c_mid_run_stops_at_once_exit_3_and_the_job_resumes(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    fake.config.latency_ms = 300.0
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(ITEMS)])
+    assert invoke("submit", str(job), "--detach", "--db", db_url).exit_code == 0
+    run = ["run", "--db", db_url, "--base-url", fake.base_url, "--concurrency", "4"]
+    # The second one while the requests in flight are awaited, as they come back, and once
+    # the run is ending (its items being released, its summary printed).
+    for second in (0.05, 0.25, 0.3, 0.35, 0.4, 0.5):
+        result = interrupted(run, [0.0, second], ready=4, fake=fake)
+        assert_stopped_quietly(result)
+        assert "resume with: batchrunner run 1" in result.stderr
+    fake.config.latency_ms = 0.0
+    assert invoke("run", "--db", db_url, "--base-url", fake.base_url).exit_code == 0
+    assert_each_item_succeeded_once(Path(db_url.removeprefix("sqlite:///")), ITEMS)
+
+
+def test_ctrl_c_twice_while_a_batch_run_waits_exits_3_and_the_batches_go_on(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    fake.config.batch_in_progress_s = 3.0
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(ITEMS)])
+    common = ["--db", db_url, "--base-url", fake.base_url]
+    assert invoke("submit", str(job), "--mode", "batch", "--detach", *common).exit_code == 0
+    run = ["run", "--wait", "--poll-interval", "0.2", *common]
+    result = interrupted(run, [1.5, 0.05])
+    assert_stopped_quietly(result)
+    assert "resume with: batchrunner run 1" in result.stderr
+    assert invoke("run", "--wait", "--poll-interval", "0.2", *common).exit_code == 0
+    assert fake.batch_api.batches_created == 1  # the batch went on, and was settled later
+    assert_each_item_succeeded_once(Path(db_url.removeprefix("sqlite:///")), ITEMS)
