@@ -112,6 +112,7 @@ class JobQueries(QueriesMixin):
             ).one()
         return dict(row.options), bool(row.simulated)
 
+    @outlasting_read
     def job_state(self, job_id: int) -> str:
         """The job's recorded state, without counting its items (see `summary` for that)."""
         with self._read() as conn:
@@ -123,6 +124,7 @@ class JobQueries(QueriesMixin):
         with self._read() as conn:
             return str(conn.execute(select(jobs_t.c.mode).where(jobs_t.c.id == job_id)).one()[0])
 
+    @outlasting_read
     def has_pending(self, job_id: int) -> bool:
         """Whether any item waits to be sent: one row from the pending index, not a count."""
         with self._read() as conn:

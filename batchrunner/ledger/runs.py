@@ -41,6 +41,7 @@ from batchrunner.ledger.models import (
 from batchrunner.ledger.outages import outlasting, outlasting_read
 from batchrunner.ledger.records import QueriesMixin, RunRow, WorkerStatus, row_columns, utcnow
 from batchrunner.logs import EVENTS
+from batchrunner.redact import mask
 
 DEFAULT_LEASE_S = 60.0
 # How often a run looks whether its job was cancelled (`batchrunner cancel`, from any process):
@@ -150,6 +151,7 @@ class RunQueries(QueriesMixin):
     def record_stop(self, job_id: int, reason: str) -> None:
         """Keep why the job's run stopped early, and when, for `status` (the next run clears
         it)."""
+        reason = mask(reason)  # a server's words may quote the key
         with self._write("record the stop in") as conn:
             conn.execute(
                 update(jobs_t)
