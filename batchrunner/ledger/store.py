@@ -122,13 +122,17 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
         such table (a new ledger, or a database that holds none). A revision other than
         SCHEMA_HEAD goes through `migrate.upgrade`, which decides."""
         with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
-            try:
-                found = conn.execute(text("SELECT version_num FROM alembic_version")).all()
-            except DatabaseError:
-                conn.rollback()
-                if inspect(conn).has_table("alembic_version"):
-                    raise  # a real fault, not a missing table
-                return None
+            for tries_left in (1, 0):
+                try:
+                    found = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+                    break
+                except DatabaseError:
+                    conn.rollback()
+                    if not inspect(conn).has_table("alembic_version"):
+                        return None
+                    if not tries_left:
+                        raise  # a real fault, not a missing table
+                    # else another process created the ledger meanwhile: read it again
             conn.rollback()
         return [row[0] for row in found]
 
