@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+API_AWAY = "wait until the API answers again (the reason names the call), then {run}"
 # cause -> what to do, then the command; {run} is `batchrunner run N`, {key} the key's variable.
 NEXT_STEPS: dict[str, str] = {
     "auth": "set a valid {key}, then {run}",
@@ -25,14 +26,14 @@ NEXT_STEPS: dict[str, str] = {
     "interrupted": "{run}",
     "terminated": "{run}",
     "unreachable": "check the endpoint (--base-url) and the proxy, then {run}",
-    # a 404 to the Files/Batch API itself (a 404 to a request fails only its model's items)
-    "not_found": "the server has no Batch API at the address the reason names: check "
-    "--base-url (a local server may have none: submit the file with --mode concurrent), then "
-    "{run}",
+    # a 404 to a Files/Batch API call (a 404 to a request fails only its model's items)
+    "not_found": "the server answered 404 to the Batch API call the reason names: check "
+    "--base-url (a local server may have no Batch API: submit the file with --mode "
+    "concurrent), then {run}",
     # Files/Batch API calls that kept failing (or a run in one pass whose call failed)
-    "server_error": "wait until the API answers again (the reason names the call), then {run}",
-    "connection": "wait until the API answers again (the reason names the call), then {run}",
-    "timeout": "wait until the API answers again (the reason names the call), then {run}",
+    "server_error": API_AWAY,
+    "connection": API_AWAY,
+    "timeout": API_AWAY,
     "batch refused by the API": "fix what the API refused (the reason says), then {run}",
 }
 # Failed items whose retry cannot help before something else changes.

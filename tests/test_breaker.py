@@ -38,7 +38,10 @@ def test_while_open_one_probe_goes_at_a_time_after_a_doubling_wait() -> None:
         clock.now += breaker.seconds_to_next_probe()
         assert breaker.may_call()  # the probe
         assert not breaker.may_call()  # and no second one beside it
-        breaker.unreachable("still refused")
+        assert breaker.seconds_to_next_probe() == breaker.seconds_to_give_up()  # no polling
+        breaker.unreachable("sent before it opened")  # a straggler is not the probe's result
+        assert not breaker.may_call()
+        breaker.unreachable("still refused", probe=True)
         waits.append(breaker.seconds_to_next_probe())
     assert waits == [min(PROBE_FIRST_S * 2**i, PROBE_MAX_S) for i in range(1, 9)]
     clock.now += breaker.seconds_to_next_probe()

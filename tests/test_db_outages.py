@@ -305,7 +305,8 @@ def test_a_run_taken_for_dead_lives_again_at_its_next_heartbeat(ledger_url: str)
         )
     assert ledger.reclaim(job, lease_s=10) == 1  # the other took it for dead
     assert ledger.summary(job).counts == {"pending": 4}
-    ledger.heartbeat(cut_off)  # it comes back
+    assert ledger.heartbeat(cut_off) is True  # it comes back, told its items went to others
+    assert ledger.heartbeat(cut_off) is False  # an ordinary beat from then on
     assert sorted(w.id for w in ledger.runs_of(job, lease_s=10)) == sorted([cut_off, other])
     assert len(ledger.claim_pending(job, cut_off, 2)) == 2
     assert ledger.reclaim(job, lease_s=10) == 2  # and its new items stay its own

@@ -17,6 +17,7 @@ from batchrunner.cli import cli
 from batchrunner.fake import FakeServer
 from batchrunner.ledger import Ledger
 from batchrunner.redact import mask_secrets
+from batchrunner.runner.concurrent import CLAIM_PAGE
 from tests.conftest import TEST_KEY, chat_line, write_jsonl
 from tests.test_ledger import new_job
 
@@ -190,3 +191,24 @@ def test_a_key_in_a_failed_batchs_errors_is_masked_before_it_is_stored(db_url: s
     assert orjson.loads(batch.errors) == [
         {"code": "invalid_request", "message": f"bad line:\n{MASKED_KEY}", "line": 2}
     ]
+
+
+def test_a_key_quoted_by_a_missing_models_404_is_masked_on_the_items_failed_unsent(
+    tmp_path: Path, fake: FakeServer
+) -> None:
+    """The 404's words fail the model's pending items in one statement, not through the
+    outcome writer: they are masked there too."""
+    fake.config.echo_auth = True
+    fake.config.models = ("gpt-4o-mini",)
+    lines = [chat_line(i, model="gpt-4o-mnii") for i in range(CLAIM_PAGE + 20)]  # some unclaimed
+    job = write_jsonl(tmp_path / "job.jsonl", lines)
+    db = f"sqlite:///{tmp_path}/ledger.db"
+    result = batchrunner(
+        "submit", str(job), "--db", db, "--base-url", fake.base_url, "--concurrency", "1"
+    )
+    assert result.returncode == 1, result.stderr
+    exported = invoke("export", "results", "--db", db)
+    assert exported.stdout.count(f"Bearer {MASKED_KEY}") == CLAIM_PAGE + 20  # unsent ones too
+    for file in tmp_path.glob("ledger.db*"):
+        assert_no_key(file.name, file.read_bytes())
+    assert_no_key("export results", exported.output)

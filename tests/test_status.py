@@ -160,7 +160,7 @@ def test_a_killed_run_says_so_and_to_run_it_again(
     ("reason", "step"),
     [
         ("permission: Country, region, or territory not supported.", "check what the key may use"),
-        ("not_found: POST http://h/v1/files: HTTP 404: Invalid URL", "the server has no Batch API"),
+        ("not_found: POST http://h/v1/files: HTTP 404: Invalid URL", "the server answered 404"),
         ("server_error: no Files/Batch API call went through for 120s", "wait until the API"),
         ("auth: the proxy wants credentials it was not given (407 Proxy", "give the proxy"),
         ("batch refused by the API: too many lines", "fix what the API refused"),

@@ -160,8 +160,9 @@ class RunQueries(QueriesMixin):
             )
 
     @outlasting
-    def heartbeat(self, run_id: str) -> None:
-        """Say the run is alive; one that was taken for dead is live again from now on."""
+    def heartbeat(self, run_id: str) -> bool:
+        """Say the run is alive; one that was taken for dead is live again from now on (True:
+        it was, and the items it held went to the others)."""
         now = utcnow()
         mine = runs_t.c.id == run_id
         with self._write("update the heartbeat in") as conn:
@@ -177,6 +178,7 @@ class RunQueries(QueriesMixin):
                 "this run was taken for dead (no heartbeat for longer than its lease): the "
                 "items it held went back to pending for the others; going on"
             )
+        return bool(revived)
 
     @outlasting
     def reclaim(self, job_id: int, lease_s: float = DEFAULT_LEASE_S) -> int:

@@ -64,6 +64,7 @@ from batchrunner.ledger.results import (
 )
 from batchrunner.ledger.runs import RunQueries
 from batchrunner.outcome import RESULT_COLUMNS, Outcome, Result
+from batchrunner.redact import mask
 
 __all__ = ["ClaimedItem", "ItemRow", "JobSummary", "Ledger", "utcnow"]
 
@@ -229,7 +230,7 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
                         state=FAILED,
                         error_kind=result.error_kind,
                         error_code=result.error_code,
-                        error_message=result.error_message,
+                        error_message=mask(result.error_message or ""),  # a server's words
                         not_before=None,
                         updated_at=now,
                         finished_at=now,

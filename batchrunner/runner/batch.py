@@ -82,9 +82,13 @@ class CallTrouble:
     def went_through(self) -> None:
         self.since = None
 
+    @property
+    def failing(self) -> bool:
+        return self.since is not None
+
     def failing_for(self) -> float:
         """Seconds since the first failure of the streak; 0.0 when there is none."""
-        return 0.0 if self.since is None else max(self.clock() - self.since, 1e-9)
+        return 0.0 if self.since is None else self.clock() - self.since
 
 
 class BatchRunner:
@@ -138,7 +142,7 @@ class BatchRunner:
                 done = not live and not (repacking and self._ledger.has_pending(self._job_id))
                 if not self._stop_reason:
                     self._stop_reason = self._gave_up()
-                if not wait and not self._stop_reason and self._calls.failing_for() > 0:
+                if not wait and not self._stop_reason and self._calls.failing:
                     self._stop_reason = f"{self._calls.last_kind}: {self._calls.last_message}"
                 if self._stop_reason or not wait or done:
                     break
@@ -358,18 +362,17 @@ class BatchRunner:
     def _gave_up(self) -> str | None:
         """Why the run stops now, if it does: no call has gone well for too long."""
         trouble = self._calls
-        if trouble.failing_for() < self._settings.unreachable_wait:
+        if not trouble.failing or trouble.failing_for() < self._settings.unreachable_wait:
             return None
         return (
             f"{trouble.last_kind}: no Files/Batch API call went through for "
             f"{self._settings.unreachable_wait:.0f}s: {trouble.last_message}"
         )
 
-    def _give_back_unsent(self) -> int:
+    def _give_back_unsent(self) -> None:
         """At a stop: the batches never created give their items back to pending. An uploaded
         one only when the API says no batch has its token (a create whose answer was lost may
         have made one); one that cannot be looked up stays, for the next run to look again."""
-        returned = 0
         for batch in self._ledger.batches_of(self._job_id, (PACKING, UPLOADED)):
             if batch.state == UPLOADED:
                 try:
@@ -379,8 +382,7 @@ class BatchRunner:
                 if found is not None:
                     self._record_created(batch.id, found)
                     continue
-            returned += self._ledger.release_batch(batch.id, ABANDONED)
-        return returned
+            self._ledger.release_batch(batch.id, ABANDONED)
 
     def _record_created(self, batch_id: int, remote: RemoteBatch) -> None:
         self._calls.went_through()

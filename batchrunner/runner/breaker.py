@@ -52,11 +52,14 @@ class Breaker:
         self._probe_wait = PROBE_FIRST_S
         return was_open
 
-    def unreachable(self, message: str) -> bool:
-        """A call reached nothing. True if this opened the circuit."""
+    def unreachable(self, message: str, probe: bool = False) -> bool:
+        """A call reached nothing (`probe`: it was the probe `may_call` let through, not a call
+        sent before the circuit opened). True if this opened the circuit."""
         self.last_failure = message
         self._streak += 1
         now = self._clock()
+        if self._probing and not probe:
+            return False  # a straggler: the probe is still out
         if self._probing:  # the probe failed: wait longer for the next
             self._probing = False
             self._probe_wait = min(self._probe_wait * 2, PROBE_MAX_S)
@@ -83,6 +86,10 @@ class Breaker:
         return self._opened_at is not None and self._clock() - self._opened_at >= self.give_up_s
 
     def seconds_to_next_probe(self) -> float:
+        """How long until the next probe may go; while one is out, until it is given up on
+        (its result comes first, and whoever waits is told)."""
+        if self._probing:
+            return self.seconds_to_give_up()
         return max(0.0, self._next_probe_at - self._clock())
 
     def seconds_to_give_up(self) -> float:

@@ -82,7 +82,7 @@ class ConcurrentRunner:
         self._dialect = dialect
         self._throttle = Throttle(settings.rpm, settings.tpm)
         self._breaker = Breaker(settings.unreachable_wait)
-        self._circuit_changed = anyio.Event()  # set when the breaker closes, or on stop
+        self._circuit_changed = anyio.Event()  # set when a probe's result is in, or on stop
         self._prices = job_price_table(settings)
         self._answers = AnswerReader(dialect, self._prices, batch=False)
         self._budget: Budget | None = None
@@ -222,9 +222,21 @@ class ConcurrentRunner:
         re-splits the job's limits among the live ones."""
         while True:
             await anyio.sleep(self._heartbeat_s)
-            await anyio.to_thread.run_sync(self._ledger.heartbeat, self._run_id)
+            if await anyio.to_thread.run_sync(self._ledger.heartbeat, self._run_id):
+                self._forget_queued()
             if self._shared:
                 await self._share_the_job()
+
+    def _forget_queued(self) -> None:
+        """This run was taken for dead: the items it claimed and has not started went back to
+        pending for the others, so it must not send them (their answers would change no
+        result, and be paid twice)."""
+        dropped = len(self._queue)
+        self._queue.clear()
+        self._unfinished -= dropped
+        if not self._unfinished:
+            self._settled.set()
+        self._hungry.set()
 
     async def _join(self) -> None:
         """A joining worker waits one heartbeat, so the workers already running see it and
@@ -344,6 +356,7 @@ class ConcurrentRunner:
         while True:
             if not await self._admitted():
                 return
+            probe = self._breaker.is_open  # admitted while open: this call is the one probe
             needs = self._demand(item) if self._needs_demand else None
             typical = self._typical_output.tokens if needs is not None else 0
             await self._throttle.acquire(
@@ -359,7 +372,7 @@ class ConcurrentRunner:
             answer = await self._backend.post(item.url, body, item.custom_id, item.model)
             verdict = self._judge(answer)
             if self._breaker.troubled or isinstance(answer, TransportFailure):
-                unreachable_tries = self._watch_the_circuit(verdict, unreachable_tries)
+                unreachable_tries = self._watch_the_circuit(verdict, unreachable_tries, probe)
                 if unreachable_tries and await self._again_unsent(reservation, unreachable_tries):
                     attempt -= 1  # nothing was sent: no attempt, nothing spent
                     continue
@@ -453,24 +466,30 @@ class ConcurrentRunner:
                 await changed.wait()
         return False
 
-    def _watch_the_circuit(self, verdict: Verdict, unreachable_tries: int) -> int:
-        """Tell the breaker how the call went; the item's count of calls that reached nothing
-        in a row (0 once one reached the server)."""
+    def _watch_the_circuit(self, verdict: Verdict, unreachable_tries: int, probe: bool) -> int:
+        """Tell the breaker how the call went (and the workers waiting on it, when that was
+        the probe); the item's count of calls that reached nothing in a row (0 once one
+        reached the server)."""
         rule = verdict.rule
         breaker = self._breaker
         if rule is not None and rule.breaks_circuit:
-            if breaker.unreachable(verdict.message or "unreachable"):
+            if breaker.unreachable(verdict.message or "unreachable", probe=probe):
                 EVENTS.warning(
                     "%s; waiting up to %.0fs for it (--unreachable-wait), probing",
                     verdict.message,
                     breaker.give_up_s,
                 )
+            if probe:
+                self._circuit_moved()  # the next probe's time is set: the waiters may see it
             return unreachable_tries + 1
         if breaker.answered():
             EVENTS.warning("the endpoint answers again: going on")
-            changed, self._circuit_changed = self._circuit_changed, anyio.Event()
-            changed.set()
+            self._circuit_moved()
         return 0
+
+    def _circuit_moved(self) -> None:
+        changed, self._circuit_changed = self._circuit_changed, anyio.Event()
+        changed.set()
 
     async def _again_unsent(self, reservation: Reservation | None, tries: int) -> bool:
         """After a call that reached nothing: True to send the item again as if it had not
