@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
+
 from batchrunner.fake import FakeServer
 from tests.conftest import chat_line, write_jsonl
 from tests.test_crash import assert_each_item_succeeded_once, invoke, wait_for
@@ -107,6 +109,8 @@ def test_ctrl_c_twice_while_a_batch_run_waits_exits_3_and_the_batches_go_on(
     result = interrupted(run, [1.5, 0.05])
     assert_stopped_quietly(result)
     assert "resume with: batchrunner run 1" in result.stderr
+    told = invoke("status", "1", "--json", "--db", db_url)
+    assert orjson.loads(told.stdout)["jobs"][0]["stop_reason"] == "interrupted"
     assert invoke("run", "--wait", "--poll-interval", "0.2", *common).exit_code == 0
     assert fake.batch_api.batches_created == 1  # the batch went on, and was settled later
     assert_each_item_succeeded_once(Path(db_url.removeprefix("sqlite:///")), ITEMS)

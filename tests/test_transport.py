@@ -208,3 +208,16 @@ def test_a_connection_dropped_after_the_request_went_out_is_an_attempt_not_unrea
     answer = post_to_silent_server("http", 0, timeout=5)
     assert isinstance(answer, TransportFailure) and answer.kind == "connection", answer
     assert "connection closed before message completed" in answer.message
+
+
+def test_a_host_that_does_not_resolve_is_unreachable_and_names_the_server() -> None:
+    """.invalid never resolves (RFC 6761): a typo in the host, a name only a VPN knows."""
+
+    async def post() -> Reply | TransportFailure:
+        async with HttpBackend("http://no-such-host.invalid/v1", None, 10, 2) as transport:
+            return await transport.post("/v1/chat/completions", BODY, "item-1")
+
+    answer = asyncio.run(post())
+    assert isinstance(answer, TransportFailure) and answer.kind == "unreachable", answer
+    assert answer.message.startswith("cannot reach http://no-such-host.invalid/v1: ")
+    assert "dns error" in answer.message
