@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from sqlalchemy import func, select
 
 from batchrunner.fake import FakeServer
 from batchrunner.ledger import Ledger
-from batchrunner.ledger.models import attempts_t
+from batchrunner.ledger.models import attempts_t, items_t
 from tests.conftest import chat_line, write_jsonl
 
 pytestmark = pytest.mark.postgres
@@ -77,3 +78,41 @@ def test_four_workers_share_a_job_and_finish_a_killed_ones_items(
     assert rate_per_minute <= RPM, rate_per_minute
     workers_seen = {row.run_id for row in ledger.iter_items(1)}
     assert len(workers_seen) >= 3  # the work really was shared
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_workers_leave_within_moments_of_the_jobs_last_commit(
+    tmp_path: Path, pg_url: str, fake: FakeServer, count: int
+) -> None:
+    """A worker with nothing left to claim used to wait a quarter lease (15 s at the default
+    60 s lease) before it looked again at what the others held: the whole fleet lingered
+    long after the last answer was recorded."""
+    fake.config.latency_ms = 20.0
+    items = 600
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(items)])
+    submit = [sys.executable, "-m", "batchrunner", "submit", str(job), "--detach", "--db", pg_url]
+    assert subprocess.run(submit, capture_output=True, timeout=120).returncode == 0
+    command = [sys.executable, "-m", "batchrunner", "worker", "--job", "1", "--db", pg_url]
+    command += ["--base-url", fake.base_url, "--concurrency", "8"]  # the default 60 s lease
+    workers = [subprocess.Popen(command, stderr=subprocess.DEVNULL) for _ in range(count)]
+    exited_at: dict[int, datetime] = {}
+    deadline = time.monotonic() + 120
+    try:
+        while len(exited_at) < count and time.monotonic() < deadline:
+            for n, worker in enumerate(workers):
+                if n not in exited_at and worker.poll() is not None:
+                    exited_at[n] = datetime.now(UTC).replace(tzinfo=None)
+            time.sleep(0.02)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    assert [w.returncode for w in workers] == [0] * count
+    ledger = Ledger(pg_url)
+    assert ledger.summary(1).counts == {"succeeded": items}
+    with ledger.engine.connect() as conn:
+        last_commit = conn.execute(select(func.max(items_t.c.finished_at))).scalar_one()
+    ledger.close()
+    lingered = (max(exited_at.values()) - last_commit).total_seconds()
+    print(f"{count} workers: the last left {lingered:.2f} s after the last commit")
+    assert lingered < 3.0  # a process's own exit included; it was over 15 s

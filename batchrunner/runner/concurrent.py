@@ -51,6 +51,7 @@ from batchrunner.runner.writer import LedgerWriter
 from batchrunner.settings import RunSettings
 
 HEARTBEAT_S = 10.0
+OTHERS_POLL_S = 0.2  # how often a worker with nothing to claim looks at what others hold
 CLAIM_PAGE = 500
 # Workers start at this rate, not all in one loop pass (500 workers: over 0.1 s). A job meets the
 # server's limits before it has learned them from its headers: against a 600 rpm limit with no
@@ -317,15 +318,27 @@ class ConcurrentRunner:
         dies, its items come back to pending once its lease is over); False when none do."""
         if not self._shared:
             return False
-        held = await anyio.to_thread.run_sync(
-            self._ledger.held_by_others, self._job_id, self._run_id
-        )
+        held = await self._held_by_others()
         if not held:
             return False
-        with anyio.move_on_after(self._settings.lease_s / 4):
-            await self._stopping.wait()
+        # Look again often (one cheap count), so a worker leaves within moments of the last
+        # item's commit; take back dead workers' items once a quarter lease.
+        give_back_at = anyio.current_time() + self._settings.lease_s / 4
+        while anyio.current_time() < give_back_at:
+            with anyio.move_on_after(OTHERS_POLL_S):
+                await self._stopping.wait()
+            if self._stopping.is_set():
+                return False
+            now_held = await self._held_by_others()
+            if now_held < held:  # finished, or handed back to pending: look for work again
+                return True
         await self._share_the_job()
         return not self._stopping.is_set()
+
+    async def _held_by_others(self) -> int:
+        return await anyio.to_thread.run_sync(
+            self._ledger.held_by_others, self._job_id, self._run_id
+        )
 
     async def _work(self) -> None:
         queue = self._queue
