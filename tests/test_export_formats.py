@@ -136,6 +136,27 @@ def test_openai_format_is_read_back_by_the_sdks_types(
     )
 
 
+def test_openai_format_of_a_batch_job_is_what_the_batch_api_wrote(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    """Batch mode: answers and a 400 as the output and error files had them; a line the API
+    refused at validation never got an HTTP answer, so its `error` says why."""
+    lines = [chat_line(i) for i in range(4)]
+    lines[1] = chat_line(1, "refused [fake:400]")
+    lines[2] = chat_line(2, "rejected at validation [fake:batch_invalid]")
+    job = write_jsonl(tmp_path / "job.jsonl", lines)
+    job_id = submit(db_url, fake, job, "--mode", "batch", "--wait", "--poll-interval", "0.05")
+    answered, refused, rejected, last = openai_lines(db_url, job_id)
+    for output in (answered, last):
+        assert output.response is not None and output.error is None
+        body = ChatCompletion.model_validate(output.response.body)
+        assert body.choices[0].message.content == f"echo: question number {output.custom_id[-1]}"
+    assert refused.response is not None and refused.response.status_code == 400
+    assert refused.error is None
+    assert rejected.response is None and rejected.error is not None
+    assert "[fake:batch_invalid]" in rejected.error.message
+
+
 def test_openai_format_an_item_without_an_http_answer_has_an_error_and_no_response(
     tmp_path: Path, db_url: str, fake: FakeServer
 ) -> None:
@@ -219,8 +240,10 @@ def city_prompt(index: int, row: dict[str, Any]) -> str:
 
 
 def test_table_job_to_csv_has_its_rows_in_order_each_answer_beside_its_row(
-    tmp_path: Path, db_url: str, fake: FakeServer
+    tmp_path: Path, ledger_url: str, fake: FakeServer
 ) -> None:
+    """On SQLite and PostgreSQL (the table option and the rows come back from either)."""
+    db_url = ledger_url
     rows = city_rows(30)
     job_id = table_job(
         db_url, fake, tmp_path / "cities.jsonl", rows, city_prompt, ["city", "n", "status"]
