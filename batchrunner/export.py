@@ -37,7 +37,7 @@ from batchrunner.parquet import BOOL, FLOAT, INT, TEXT, require_pyarrow, write_p
 from batchrunner.providers import provider_for
 from batchrunner.settings import RunSettings
 
-FORMATS = ("jsonl", "csv")  # every export's; `results` also writes RESULT_FORMATS
+FORMATS = ("jsonl", "csv")  # usage's; results' are RESULT_FORMATS
 RESULT_FORMATS = ("jsonl", "csv", "parquet", "openai")
 RESULTS_JSONL, RESULTS_CSV, USAGE = "results/jsonl", "results/csv", "usage"
 RESULTS_OPENAI = "results/openai"  # the Batch API's output line
@@ -154,8 +154,8 @@ def _openai_error(row: ItemRow, job: JobFacts) -> dict[str, Any] | None:
     if _openai_response(row, job) is not None:
         return None
     result = row.result
-    if row.state == CANCELLED:
-        return {"code": "batch_cancelled", "message": result.error_message or NOT_RUN_MESSAGE}
+    if row.state == CANCELLED:  # whatever an earlier try said: it was not run to its end
+        return {"code": "batch_cancelled", "message": NOT_RUN_MESSAGE}
     code = result.error_code or result.error_kind or "failed"
     return {"code": code, "message": result.error_message or code}
 

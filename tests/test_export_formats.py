@@ -162,6 +162,7 @@ def test_openai_format_an_item_without_an_http_answer_has_an_error_and_no_respon
 ) -> None:
     """A timeout never got an answer: `error` says why, as the API's expired or cancelled lines
     do. Items still pending have no line; cancelled ones have the API's batch_cancelled."""
+    fake.config.hang_seconds = 2.0  # past the timeout, and no long wait at the server's end
     lines = [chat_line(0), chat_line(1, "this one hangs [fake:hang]"), chat_line(2)]
     job_id = submit(
         db_url, fake, write_jsonl(tmp_path / "job.jsonl", lines), "--timeout", "0.5",
@@ -182,7 +183,7 @@ def test_openai_format_an_item_without_an_http_answer_has_an_error_and_no_respon
     assert [c.custom_id for c in cancelled] == ["item-0", "item-1", "item-2"]
     for line in cancelled:
         assert line.response is None and line.error is not None
-        assert line.error.code == "batch_cancelled"
+        assert line.error.code == "batch_cancelled" and "not executed" in line.error.message
 
 
 # -- a job that came from a table ----------------------------------------------------------------
