@@ -389,6 +389,11 @@ def test_a_large_table_job_is_written_to_parquet_a_row_group_at_a_time(
     file = pq.ParquetFile(out)
     assert file.metadata.num_rows == count
     assert file.metadata.num_row_groups == count // ROWS_PER_GROUP >= 4
+    # types decided before the first group: a column empty in every group keeps its own
+    costs = file.read(columns=["cost_usd", "error"])
+    assert costs.column("cost_usd").null_count == costs.column("error").null_count == count
+    assert costs.schema.field("cost_usd").type == pa.float64()  # unpriced on a local server
+    assert costs.schema.field("error").type == pa.string()
     for group in range(file.metadata.num_row_groups):
         part = file.read_row_group(group, columns=["n", "output_text"]).to_pydict()
         first = group * ROWS_PER_GROUP
