@@ -21,7 +21,7 @@ from batchrunner import commands
 from batchrunner.demand import TYPICAL_OUTPUT
 from batchrunner.dialects.openai import ENDPOINTS, normalize_endpoint
 from batchrunner.errors import BatchrunnerError
-from batchrunner.export import FORMATS, write_errors, write_results, write_usage
+from batchrunner.export import FORMATS, RESULT_FORMATS, write_errors, write_results, write_usage
 from batchrunner.jobfile import JobDefaults
 from batchrunner.ledger import Ledger, database_url, describe
 from batchrunner.ledger.batches import BATCH_STATES
@@ -546,10 +546,13 @@ def _export(
 
 @export.command("results")
 @export_options
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(RESULT_FORMATS), default="jsonl", show_default=True
+)
 @common
 def export_results(job: str | None, output: str | None, fmt: str, db: str) -> None:
-    """One record per item, in input order: response, error, attempts, tokens, cost."""
+    """One record per item, in input order: response, error, attempts, tokens, cost. openai:
+    the Batch API's output lines; csv/parquet of a job from a table: its rows, answers beside."""
     _export(
         db,
         job,

@@ -195,6 +195,22 @@ def output_cap(body: Mapping[str, Any]) -> int | None:
     return None
 
 
+def requested_json_schema(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a request asks its answer to follow (chat's `response_format`, the
+    responses API's `text.format`, of type json_schema), or None when it asks for none."""
+    chat = body.get("response_format")
+    if isinstance(chat, dict) and chat.get("type") == "json_schema":
+        wrapper = chat.get("json_schema")
+        schema = wrapper.get("schema") if isinstance(wrapper, dict) else None
+        return schema if isinstance(schema, dict) else None
+    text = body.get("text")
+    given = text.get("format") if isinstance(text, dict) else None
+    if isinstance(given, dict) and given.get("type") == "json_schema":
+        schema = given.get("schema")
+        return schema if isinstance(schema, dict) else None
+    return None
+
+
 # -- answers -----------------------------------------------------------------------------------
 
 

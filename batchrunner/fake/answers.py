@@ -2,7 +2,9 @@
 
 The answer to a prompt is `echo: <last user text>`, so a test can match every answer to its
 request; a request that caps its output gets an answer padded to 80-100% of the cap (cut at
-the cap, with finish_reason `length`, when the echo alone is longer). Prompt tokens are counted
+the cap, with finish_reason `length`, when the echo alone is longer). A request that asks for
+a JSON schema and says `[fake:json]` gets a JSON object of that schema instead, its strings
+the echo (`schema_instance`). Prompt tokens are counted
 with the model's real encoding (as batchrunner counts them); output tokens are rough (4
 characters a token) but consistent.
 """
@@ -19,7 +21,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from batchrunner.dialects.openai import output_cap
+import orjson
+
+from batchrunner.dialects.openai import output_cap, requested_json_schema
 from batchrunner.tokens import prompt_tokens
 
 ECHO_PREFIX = "echo: "
@@ -28,6 +32,7 @@ FILLER = " and so on"
 REASONING_TOKENS = 64
 REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
 TRIGGER = re.compile(rb"\[fake:([a-z0-9_]+?)(?:x(\d+))?\]")
+OUTPUT_TRIGGERS = ("length", "content_filter", "json")  # markers that shape a 200 answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +114,10 @@ def complete(
     visible = estimate_tokens(text)
     if trigger == "content_filter":
         return Completion(None, reasoning, reasoning, "content_filter")
+    schema = requested_json_schema(body) if trigger == "json" else None
+    if schema is not None:
+        text = orjson.dumps(schema_instance(schema, text)).decode()
+        return Completion(text, reasoning + estimate_tokens(text), reasoning, "stop")
     allowance = output_cap(body)
     if allowance is None:
         allowance = default_cap
@@ -123,6 +132,30 @@ def complete(
         text += FILLER * max(0, (wanted - visible) * 4 // len(FILLER))
         visible = estimate_tokens(text)
     return Completion(text, reasoning + visible, reasoning, "stop")
+
+
+def schema_instance(schema: Any, echo: str) -> Any:
+    """A value of `schema` (`[fake:json]`'s answer): every property filled, strings the echo
+    (an enum's first value), numbers the echo's length, booleans true."""
+    if not isinstance(schema, dict):
+        return echo
+    given = schema.get("type")
+    types = given if isinstance(given, list) else [given]
+    kind = next((t for t in types if t != "null"), None)
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {name: schema_instance(spec, echo) for name, spec in properties.items()}
+    if kind == "array":
+        return [schema_instance(schema.get("items"), echo)]
+    if kind == "integer":
+        return len(echo)
+    if kind == "number":
+        return len(echo) / 2
+    if kind == "boolean":
+        return True
+    return echo
 
 
 def _share_of_allowance(prompt_text: str) -> float:
@@ -196,7 +229,8 @@ def responses_body(
         "tools": [],
         "usage": {
             "input_tokens": prompt_tokens,
-            "input_tokens_details": {"cached_tokens": cached},
+            # cache_write_tokens: the SDK's Response type requires it, as the API now sends it
+            "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
             "output_tokens": answer.output_tokens,
             "output_tokens_details": {"reasoning_tokens": answer.reasoning_tokens},
             "total_tokens": prompt_tokens + answer.output_tokens,

@@ -244,7 +244,7 @@ class FakeServer:
 
     async def _misbehave(self, request: web.Request, name: str) -> web.StreamResponse | None:
         """The answer a `[fake:NAME]` marker asks for; None for the output markers."""
-        if name in ("length", "content_filter"):
+        if name in answers.OUTPUT_TRIGGERS:
             return None
         if name == "drop":
             return self._drop(request)
