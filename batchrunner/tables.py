@@ -55,6 +55,7 @@ SUFFIXES = {
 }
 HF_DATASET = "hf"
 BATCH_ROWS = 8_192  # rows per batch read from Parquet and Arrow
+PARQUET_BUFFER = 1 << 20  # bytes read at a time from a Parquet column chunk
 SHOWN_COLUMNS = 12  # a missing column's problem lists this many of the row's
 
 
@@ -421,7 +422,9 @@ def parquet_rows(path: str) -> Rows:
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
+        # buffered reads stream a column chunk page by page: unbuffered, pyarrow reads a whole
+        # row group's chunk at once (a 1M-row group of 1 KB texts took 1 GB)
+        parquet = pq.ParquetFile(path, buffer_size=PARQUET_BUFFER, pre_buffer=False)
     except Exception as exc:  # pyarrow's errors for a file that is not Parquet vary
         raise JobFileError([Problem(path, 0, f"not a readable Parquet file: {exc}")]) from None
     return _batch_rows(path, parquet.iter_batches(batch_size=BATCH_ROWS))
