@@ -326,3 +326,56 @@ def test_render_cli_writes_a_file_and_records_nothing(tmp_path: Path, db_path: P
     assert result.exit_code == 0, result.output
     assert len(out.read_bytes().splitlines()) == 3
     assert not db_path.exists()
+
+
+def test_a_saved_arrow_file_is_a_table_too(tmp_path: Path, db_url: str, fake: FakeServer) -> None:
+    import datasets
+
+    folder = tmp_path / "reviews_ds"
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(folder))
+    (arrow,) = folder.glob("*.arrow")  # the shard datasets wrote: an Arrow stream
+    ledger, job_id = submit_table(db_url, fake, arrow, RowTemplate(prompt=PROMPT, id_column="id"))
+    assert_rows_answered(run_and_export(ledger, job_id), ROWS)
+
+
+def test_the_readmes_table_example_runs(db_path: Path) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    db = f"sqlite:///{db_path}"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "submit",
+            str(repo / "jobs" / "reviews.csv"),
+            "--model",
+            "gpt-4o-mini",
+            "--id-column",
+            "review_id",
+            "--system",
+            "Classify the review.",
+            "--prompt",
+            "{{ product }}, {{ stars }} stars: {{ row['text'] }}",
+            "--response-format",
+            str(repo / "jobs" / "sentiment.schema.json"),
+            "--simulate",
+            "--db",
+            db,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    out = io.BytesIO()
+    ledger = Ledger(db)
+    write_results(ledger, ledger.find_job(), out)
+    records = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["custom_id"] for r in records] == [f"r-00{i}" for i in range(1, 7)]
+    assert {r["status"] for r in records} == {"succeeded"}
+    first = records[0]
+    body = orjson.loads(next(iter(ledger.iter_items(ledger.find_job()))).body)
+    assert body["messages"][1]["content"].startswith("desk lamp, 5 stars: Bright, warm light")
+    assert body["response_format"]["json_schema"]["name"] == "sentiment_schema"
+    assert first["metadata"]["stars"] == "5" and list(first["metadata"]) == [
+        "review_id",
+        "product",
+        "stars",
+        "text",
+    ]
+    ledger.close()
