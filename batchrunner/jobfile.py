@@ -67,7 +67,6 @@ class LineError(Exception):
     number attached."""
 
 
-_LineError = LineError
 # What a source yields for each line or row: a JSONL line's bytes, a request a table row became
 # (a Batch API line as a dict, new for each pass: it is taken apart), the reason a row could not
 # become one, or None for a line over MAX_LINE_BYTES.
@@ -97,7 +96,7 @@ class RequestSource(Protocol):
 
 def _custom_id(value: object, key: str) -> str:
     if not isinstance(value, str) or not value:
-        raise _LineError(f"{key} must be a non-empty string, got {describe_value(value)}")
+        raise LineError(f"{key} must be a non-empty string, got {describe_value(value)}")
     return value
 
 
@@ -125,7 +124,7 @@ class TypoCheck:
                     near[key] = close
             for meant in close:
                 if meant not in line:
-                    raise _LineError(f'unknown key "{key}": did you mean "{meant}"?')
+                    raise LineError(f'unknown key "{key}": did you mean "{meant}"?')
 
     def _close_to(self, key: str) -> tuple[str, ...]:
         return tuple(
@@ -197,13 +196,13 @@ def _parse(raw: bytes, position: int, defaults: JobDefaults) -> Parsed:
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as bad:
-            raise _LineError(
+            raise LineError(
                 f"not valid UTF-8 (byte 0x{raw[bad.start]:02x} at column {bad.start + 1})"
             ) from None
         # orjson's own "line 1 column N" would contradict the file:line in front of it
-        raise _LineError(f"invalid JSON at column {exc.pos + 1}: {exc.msg}") from None
+        raise LineError(f"invalid JSON at column {exc.pos + 1}: {exc.msg}") from None
     if not isinstance(obj, dict):
-        raise _LineError(f"expected a JSON object, got {describe_value(obj)}")
+        raise LineError(f"expected a JSON object, got {describe_value(obj)}")
     return _parse_request(obj, position, defaults)
 
 
@@ -215,16 +214,16 @@ def _parse_request(obj: dict[str, Any], position: int, defaults: JobDefaults) ->
             _batch_line_typos(obj)
         method = obj.pop("method", "POST")
         if method != "POST":
-            raise _LineError(f'method must be "POST", got {orjson.dumps(method).decode()}')
+            raise LineError(f'method must be "POST", got {orjson.dumps(method).decode()}')
         if "body" not in obj:
-            raise _LineError('missing "body"')
+            raise LineError('missing "body"')
         body = obj.pop("body")
         if not isinstance(body, dict):
-            raise _LineError(f'"body" must be an object, got {describe_value(body)}')
+            raise LineError(f'"body" must be an object, got {describe_value(body)}')
         given_id = obj.pop("custom_id", _ABSENT)
         url = obj.pop("url", defaults.endpoint)
         if given_id is _ABSENT:  # OpenAI and vLLM refuse such a line: so does the check
-            raise _LineError(
+            raise LineError(
                 'missing "custom_id" (a Batch API line needs one; only a short line may go '
                 "without, and then gets its line number)"
             )
@@ -241,15 +240,15 @@ def _parse_request(obj: dict[str, Any], position: int, defaults: JobDefaults) ->
         url = body.pop("url", defaults.endpoint)
     if url not in ENDPOINTS:  # most lines name one exactly
         if not isinstance(url, str):
-            raise _LineError(f'"url" must be a string, got {describe_value(url)}')
+            raise LineError(f'"url" must be a string, got {describe_value(url)}')
         url = normalize_endpoint(url)
         if url not in ENDPOINTS:
-            raise _LineError(f'unknown url "{url}"; expected one of {", ".join(ENDPOINTS)}')
+            raise LineError(f'unknown url "{url}"; expected one of {", ".join(ENDPOINTS)}')
     if "model" not in body and (chosen := defaults.model or DEFAULT_MODELS.get(url)):
         body["model"] = chosen
     problem = body_problem(url, body)
     if problem is not None:
-        raise _LineError(problem)
+        raise LineError(problem)
     return custom_id, url, body, extra
 
 
@@ -270,7 +269,7 @@ def _open(path: str) -> Any:
         raise JobFileError([Problem(path, 0, f"cannot read: {exc.strerror}")]) from None
 
 
-def _lines(path: str, digest: Any = None) -> Iterator[tuple[int, bytes | None]]:
+def file_lines(path: str, digest: Any = None) -> Iterator[tuple[int, bytes | None]]:
     """Yield (line number, content without line ending) for each non-blank line; content is
     None for a line over MAX_LINE_BYTES, whose bytes are skipped rather than held."""
     with _open(path) as handle:
@@ -312,21 +311,21 @@ class JobFile:
         self.path = path
 
     def entries(self, digest: Any = None) -> Iterator[tuple[int, Entry]]:
-        return _lines(self.path, digest)
+        return file_lines(self.path, digest)
 
     def expected_items(self) -> int:
         return max(1, os.path.getsize(self.path) // 64 if os.path.isfile(self.path) else 0)
 
     def occurrences(self, defaults: JobDefaults, suspects: set[str]) -> Iterator[tuple[str, int]]:
         needles = [orjson.dumps(s) for s in suspects]
-        for number, raw in _lines(self.path):
+        for number, raw in file_lines(self.path):
             if raw is None:
                 continue
             if str(number) not in suspects and not any(n in raw for n in needles):
                 continue
             try:
                 custom_id = _parse(raw, number, defaults)[0]
-            except _LineError:
+            except LineError:
                 continue
             if custom_id in suspects:
                 yield custom_id, number
@@ -352,7 +351,7 @@ def check_source(source: RequestSource, defaults: JobDefaults) -> FileSummary:
         last_line = number
         try:
             custom_id, url, body, _ = _parse_entry(raw, number, defaults)
-        except _LineError as exc:
+        except LineError as exc:
             problem_count += 1
             if len(problems) < MAX_PROBLEMS_SHOWN:
                 problems.append(Problem(path, number, str(exc), unit))
@@ -405,5 +404,5 @@ def read_source_items(source: RequestSource, defaults: JobDefaults) -> Iterator[
     for number, raw in source.entries():
         try:
             yield parse_line(raw, number, defaults)
-        except _LineError as exc:  # the file changed since it was checked
+        except LineError as exc:  # the file changed since it was checked
             raise JobFileError([Problem(source.path, number, str(exc), source.unit)]) from None

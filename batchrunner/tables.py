@@ -40,6 +40,7 @@ from batchrunner.jobfile import (
     JobFile,
     LineError,
     RequestSource,
+    file_lines,
     read_source_items,
 )
 
@@ -356,7 +357,7 @@ Rows = Iterator[tuple[int, dict[str, Any] | LineError]]
 
 def csv_rows(path: str) -> Rows:
     """A CSV file with a header row; every cell a string. Blank lines are skipped."""
-    csv.field_size_limit(min(MAX_LINE_BYTES, sys.maxsize))
+    csv.field_size_limit(min(MAX_LINE_BYTES, sys.maxsize))  # the module's own limit: 128 KiB
     try:
         handle = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
     except OSError as exc:
@@ -390,9 +391,7 @@ def csv_rows(path: str) -> Rows:
 
 def json_rows(path: str) -> Rows:
     """JSON lines of data: each line an object, its keys the columns (numbered by line)."""
-    from batchrunner.jobfile import _lines
-
-    for number, raw in _lines(path):
+    for number, raw in file_lines(path):
         if raw is None:
             yield number, LineError(f"line is longer than {MAX_LINE_BYTES // 2**20} MiB")
             continue
@@ -402,6 +401,14 @@ def json_rows(path: str) -> Rows:
             yield number, LineError(f"invalid JSON at column {exc.pos + 1}: {exc.msg}")
             continue
         if not isinstance(row, dict):
+            if isinstance(row, list) and number == 1:  # one array of rows, not JSON lines
+                raise JobFileError(
+                    [
+                        Problem(
+                            path, 0, "holds a JSON array: give JSON lines (one row object a line)"
+                        )
+                    ]
+                )
             yield number, LineError("expected a JSON object (a row of data)")
             continue
         yield number, row

@@ -379,3 +379,19 @@ def test_the_readmes_table_example_runs(db_path: Path) -> None:
         "text",
     ]
     ledger.close()
+
+
+def test_unreadable_rows_are_named_and_at_most_twenty_listed(tmp_path: Path) -> None:
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("a,b\n1,2\n3\n" + "x,y\n" * 30)
+    with pytest.raises(JobFileError) as raised:
+        render_file(str(ragged), MODEL, RowTemplate(prompt="{{ a }} {{ c }}"), io.BytesIO())
+    problems = raised.value.problems
+    assert str(problems[1]) == f"{ragged} row 2: has 1 cells; the header has 2"
+    assert len(problems) == 20 and raised.value.more == 12
+    array = tmp_path / "rows.json"
+    array.write_text('[{"a": 1}]\n')
+    with pytest.raises(JobFileError, match="holds a JSON array: give JSON lines"):
+        render_file(str(array), MODEL, RowTemplate(prompt="{{ a }}"), io.BytesIO())
+    with pytest.raises(UsageError, match="give --prompt TEMPLATE or --template FILE too"):
+        render_file(str(array), MODEL, RowTemplate(system="s"), io.BytesIO())
