@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -395,3 +396,41 @@ def test_unreadable_rows_are_named_and_at_most_twenty_listed(tmp_path: Path) -> 
         render_file(str(array), MODEL, RowTemplate(prompt="{{ a }}"), io.BytesIO())
     with pytest.raises(UsageError, match="give --prompt TEMPLATE or --template FILE too"):
         render_file(str(array), MODEL, RowTemplate(system="s"), io.BytesIO())
+
+
+@pytest.mark.parametrize(
+    ("blocked", "extra"), [("pyarrow", "batchrunner[tables]"), ("datasets", "batchrunner[hf]")]
+)
+def test_a_missing_extra_is_named_in_one_line(tmp_path: Path, blocked: str, extra: str) -> None:
+    """A Python without pyarrow or datasets (made so by blocking its import in the child)."""
+    import subprocess
+    import sys
+
+    if blocked == "pyarrow":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = tmp_path / "t.parquet"
+        pq.write_table(pa.table({"a": [1]}), path)
+    else:
+        path = tmp_path / "ds"
+        path.mkdir()
+    script = (
+        f"import sys; sys.modules[{blocked!r}] = None\n"
+        "from batchrunner.cli import main\n"
+        f"sys.argv = ['batchrunner', 'render', {str(path)!r}, '--prompt', '{{{{ a }}}}']\n"
+        "main()\n"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"pip install '{extra}'" in done.stderr
+    assert "Traceback" not in done.stderr
