@@ -79,11 +79,11 @@ def assert_rows_answered(records: list[dict[str, Any]], rows: list[dict[str, Any
 
 
 def test_csv_rows_become_requests_answered_row_by_row_with_columns_as_metadata(
-    tmp_path: Path, db_url: str, fake: FakeServer
+    tmp_path: Path, ledger_url: str, fake: FakeServer
 ) -> None:
     path = write_csv(tmp_path / "reviews.csv", ROWS)
     how = RowTemplate(prompt=PROMPT, id_column="id", system="Answer in one word.")
-    ledger, job_id = submit_table(db_url, fake, path, how)
+    ledger, job_id = submit_table(ledger_url, fake, path, how)
     options, _ = ledger.job_options(job_id)
     assert options["table"] == {"format": "csv", "columns": ["id", "product", "text"]}
     records = run_and_export(ledger, job_id)
