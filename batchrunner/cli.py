@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
@@ -33,6 +33,9 @@ from batchrunner.runner.report import RunReport
 from batchrunner.settings import RunSettings
 from batchrunner.status import format_job, job_status
 from batchrunner.terminal import printable
+
+if TYPE_CHECKING:
+    from batchrunner.tables import RowTemplate
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -234,6 +237,47 @@ def wait_options(func: F) -> F:
     )(func)
 
 
+def table_options(func: F) -> F:
+    """How a table's rows become requests (submit, render); passed on as `table`, a
+    RowTemplate, or None for a JSONL job file."""
+    options = [
+        click.option("--prompt", help="Jinja2 template of each row's user message ({{ column }})."),
+        click.option(
+            "--template",
+            "template_file",
+            type=click.Path(dir_okay=False),
+            help="Jinja2 file rendering each row as a JSON message list or request body.",
+        ),
+        click.option("--system", help="System message of each row's request (with --prompt)."),
+        click.option("--id-column", help="Column holding each row's custom_id [row number]."),
+        click.option(
+            "--response-format",
+            type=click.Path(dir_okay=False),
+            help="JSON Schema file: each request asks for answers in it (json_schema).",
+        ),
+    ]
+
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any,
+        prompt: str | None,
+        template_file: str | None,
+        system: str | None,
+        id_column: str | None,
+        response_format: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        from batchrunner.tables import RowTemplate
+
+        given = (prompt, template_file, system, id_column, response_format)
+        table = RowTemplate(*given) if any(v is not None for v in given) else None
+        return func(*args, table=table, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=True, path_type=str))
 @click.option("--mode", type=click.Choice(MODES), default=MODES[0], show_default=True)
@@ -247,6 +291,7 @@ def wait_options(func: F) -> F:
 @click.option("--redact", is_flag=True, help="Mask card numbers and keys in prompts first.")
 @wait_options
 @click.option("--simulate", is_flag=True, help="Run against the built-in fake server.")
+@table_options
 @common
 def submit(
     file: str,
@@ -262,9 +307,12 @@ def submit(
     poll_interval: float,
     simulate: bool,
     db: str,
+    table: RowTemplate | None,
     **run: Any,
 ) -> None:
-    """Validate FILE, record every request in the ledger, and run the job."""
+    """Validate FILE, record every request in the ledger, and run the job. FILE is a JSONL job
+    file, or with --prompt/--template a table (.csv, .parquet, .jsonl of rows, .arrow, or a
+    saved Hugging Face dataset folder) whose every row becomes one request."""
     overrides = _overrides(**run)  # stored with the job, but for what each run is given anew
     settings = RunSettings().merged(overrides)
     if not simulate and not detach:
@@ -281,6 +329,7 @@ def submit(
         new=new,
         reuse=reuse,
         redact=redact,
+        table=table,
     )
     closed_at_the_end(ledger)
     models = ", ".join(f"{m} x{n:,}" for m, n in submitted.summary.models.items())
@@ -464,6 +513,30 @@ def estimate(
         show(orjson.dumps(estimate_as_json(result), option=orjson.OPT_INDENT_2).decode(), json=True)
     else:
         show(format_estimate(result))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=True, path_type=str))
+@click.option("--model", help="Model of every request (unless the template's body names one).")
+@click.option("--endpoint", default=ENDPOINTS[0], show_default=True, help="Url of the requests.")
+@click.option("-o", "--output", help="Output file (default: stdout).")
+@table_options
+def render(
+    file: str, model: str | None, endpoint: str, output: str | None, table: RowTemplate | None
+) -> None:
+    """Write the JSONL job file (Batch API lines) that `submit` with these options would record
+    from the table FILE, after the same checks; nothing is recorded or sent."""
+    if table is None or (table.prompt is None and table.template is None):
+        raise click.UsageError("render needs --prompt TEMPLATE or --template FILE")
+    defaults = JobDefaults(endpoint=normalize_endpoint(endpoint), model=model)
+    try:
+        with _output(output) as out:
+            count = commands.render_file(file, defaults, table, out)
+    except BatchrunnerError as exc:
+        say(f"error: {exc}")
+        sys.exit(exc.exit_code)
+    if output:
+        say(f"wrote {count:,} requests from {file} to {output}")
 
 
 @cli.command()

@@ -18,11 +18,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from batchrunner.errors import LedgerError, UsageError
 from batchrunner.failures import ErrorKind
-from batchrunner.jobfile import FileSummary, JobDefaults, check_job_file, read_job_items
+from batchrunner.jobfile import (
+    FileSummary,
+    JobDefaults,
+    check_job_file,
+    check_source,
+    read_source_items,
+)
 from batchrunner.ledger import Ledger
 from batchrunner.ledger.batches import SUBMITTED
 from batchrunner.ledger.models import BATCH, CANCELLED, CONCURRENT
@@ -37,6 +43,7 @@ if TYPE_CHECKING:
     from batchrunner.estimate import Estimate
     from batchrunner.fake import FakeConfig
     from batchrunner.runner.batch import BatchProgress, BatchRunner
+    from batchrunner.tables import RowTemplate
 
 SIMULATED_KEY = "sk-simulated-no-real-key"
 
@@ -100,15 +107,19 @@ def submit_job(
     new: bool = False,
     reuse: bool = False,
     redact: bool = False,
+    table: RowTemplate | None = None,
 ) -> tuple[Ledger, Submitted]:
     """Validate the whole file, then record the job and its items in one transaction.
 
     The ledger is opened only once the file is known to be good: bad input touches nothing.
-    `redact` masks the prompts on their way in, so neither the ledger nor the API sees them."""
+    `redact` masks the prompts on their way in, so neither the ledger nor the API sees them.
+    With `table`, the file is a table whose rows that template makes into requests."""
     from batchrunner.estimate import EstimateBuilder
     from batchrunner.pricing import job_price_table
+    from batchrunner.tables import TableSource, request_source
 
-    summary = check_job_file(path, defaults)
+    source = request_source(path, table, defaults)
+    summary = check_source(source, defaults)
     settings = with_prices_decided(settings, simulated)
     prices = job_price_table(settings)
     estimate = EstimateBuilder(path=path, overrides=prices)
@@ -121,14 +132,17 @@ def submit_job(
             f"{path} is already job {job_id} ({state}): resume it with `batchrunner run "
             f"{job_id}`, see it with `batchrunner status {job_id}`, or pass --new for a second job"
         )
-    items = read_job_items(path, defaults)
+    items = read_source_items(source, defaults)
     redactor = Redactor() if redact else None
+    options = settings.stored()
+    if isinstance(source, TableSource):  # the export joins the answers to the rows by it
+        options["table"] = source.described()
     job_id = ledger.create_job(
         name=name or Path(path).stem,
         mode=mode,
         source_path=os.path.abspath(path),
         source_sha256=summary.sha256,
-        options=settings.stored(),
+        options=options,
         simulated=simulated,
         items=estimate.passing(redactor.items(items) if redactor else items, total=summary.items),
         reuse=reuse,
@@ -166,6 +180,16 @@ def estimate_file(
     check_job_file(path, defaults)
     prices = job_price_table(with_prices_decided(settings))
     return estimate_job_file(path, defaults, assume_output=assume_output, overrides=prices)
+
+
+def render_file(path: str, defaults: JobDefaults, table: RowTemplate, out: IO[bytes]) -> int:
+    """`render`: check a table as `submit` would, then write the Batch API lines it would
+    record to `out` (nothing is recorded); return how many."""
+    from batchrunner.tables import request_source, write_job_lines
+
+    source = request_source(path, table, defaults)
+    check_source(source, defaults)
+    return write_job_lines(source, defaults, out)
 
 
 # Settings a run changes for the rest of the job's life, not for that run alone: how its

@@ -52,14 +52,20 @@ def describe_value(value: object) -> str:
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with one line of a job file."""
+    """One thing wrong with one line of a job file (or one row of a table: `unit` "row")."""
 
     path: str
     line: int
     message: str
+    unit: str = "line"
 
     def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line else self.path
+        if not self.line:
+            where = self.path
+        elif self.unit == "line":
+            where = f"{self.path}:{self.line}"
+        else:
+            where = f"{self.path} {self.unit} {self.line}"
         return f"{where}: {self.message}"
 
 

@@ -9,6 +9,10 @@ Two line forms are accepted:
 `check_job_file` reads the whole file once and raises `JobFileError` listing up to 20 problems,
 each naming file:line, before anything is written anywhere. `read_job_items` then yields the
 items for the ledger. Neither holds more than one line (and a small duplicate filter) in memory.
+
+Both go through a `RequestSource`: a JSONL job file here (`JobFile`), or a table whose rows a
+template makes into the same Batch API lines (tables.py), so one checking and one recording path
+serve both, with row numbers where a table has rows.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -58,13 +62,41 @@ class FileSummary:
     models: dict[str, int] = field(default_factory=dict)
 
 
-class _LineError(Exception):
-    """A problem with one line; becomes a `Problem` with the file and line attached."""
+class LineError(Exception):
+    """A problem with one line (or a table's row); becomes a `Problem` with the file and its
+    number attached."""
+
+
+# What a source yields for each line or row: a JSONL line's bytes, a request a table row became
+# (a Batch API line as a dict, new for each pass: it is taken apart), the reason a row could not
+# become one, or None for a line over MAX_LINE_BYTES.
+Entry = bytes | dict[str, Any] | LineError | None
+
+
+class RequestSource(Protocol):
+    """Where a job's requests come from, read as often as checking and recording need."""
+
+    path: str
+    unit: str  # what the numbers count, for the problems: "line" or "row"
+
+    def entries(self, digest: Any = None) -> Iterator[tuple[int, Entry]]:
+        """(number, entry) for each request, in order; `digest` (a hashlib object) is fed
+        what identifies the source (`submit` refuses to record the same source twice)."""
+        ...
+
+    def expected_items(self) -> int:
+        """About how many requests, to size the duplicate filter."""
+        ...
+
+    def occurrences(self, defaults: JobDefaults, suspects: set[str]) -> Iterator[tuple[str, int]]:
+        """(custom_id, number) wherever one of `suspects` is an entry's id (the duplicate
+        filter's second look, which may skip what cannot hold one cheaply)."""
+        ...
 
 
 def _custom_id(value: object, key: str) -> str:
     if not isinstance(value, str) or not value:
-        raise _LineError(f"{key} must be a non-empty string, got {describe_value(value)}")
+        raise LineError(f"{key} must be a non-empty string, got {describe_value(value)}")
     return value
 
 
@@ -92,7 +124,7 @@ class TypoCheck:
                     near[key] = close
             for meant in close:
                 if meant not in line:
-                    raise _LineError(f'unknown key "{key}": did you mean "{meant}"?')
+                    raise LineError(f'unknown key "{key}": did you mean "{meant}"?')
 
     def _close_to(self, key: str) -> tuple[str, ...]:
         return tuple(
@@ -126,9 +158,10 @@ def edit_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
-def parse_line(raw: bytes, position: int, defaults: JobDefaults) -> JobItem:
-    """Validate one line (without its newline) and build its item, or raise `_LineError`."""
-    custom_id, url, body, extra = _parse(raw, position, defaults)
+def parse_line(raw: Entry, position: int, defaults: JobDefaults) -> JobItem:
+    """Validate one line (without its newline) or entry and build its item, or raise
+    `LineError`."""
+    custom_id, url, body, extra = _parse_entry(raw, position, defaults)
     return JobItem(
         position=position,
         custom_id=custom_id,
@@ -139,41 +172,58 @@ def parse_line(raw: bytes, position: int, defaults: JobDefaults) -> JobItem:
     )
 
 
-def _parse(
-    raw: bytes, position: int, defaults: JobDefaults
-) -> tuple[str, str, dict[str, Any], dict[str, Any] | None]:
-    """Validate one line: its custom_id, url, body and extra keys, or raise `_LineError`. The
-    check pass needs no more than this; `parse_line` also encodes the body for the ledger."""
+Parsed = tuple[str, str, dict[str, Any], dict[str, Any] | None]
+
+
+def _parse_entry(entry: Entry, position: int, defaults: JobDefaults) -> Parsed:
+    """Validate one entry of a source: its custom_id, url, body and extra keys, or raise
+    `LineError`. The check pass needs no more than this; `parse_line` also encodes them."""
+    if type(entry) is bytes:
+        return _parse(entry, position, defaults)
+    if entry is None:
+        raise LineError(_too_long())
+    if isinstance(entry, LineError):
+        raise entry
+    assert isinstance(entry, dict)
+    return _parse_request(entry, position, defaults)
+
+
+def _parse(raw: bytes, position: int, defaults: JobDefaults) -> Parsed:
+    """Validate one JSONL line (see `_parse_entry`)."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as bad:
-            raise _LineError(
+            raise LineError(
                 f"not valid UTF-8 (byte 0x{raw[bad.start]:02x} at column {bad.start + 1})"
             ) from None
         # orjson's own "line 1 column N" would contradict the file:line in front of it
-        raise _LineError(f"invalid JSON at column {exc.pos + 1}: {exc.msg}") from None
+        raise LineError(f"invalid JSON at column {exc.pos + 1}: {exc.msg}") from None
     if not isinstance(obj, dict):
-        raise _LineError(f"expected a JSON object, got {describe_value(obj)}")
+        raise LineError(f"expected a JSON object, got {describe_value(obj)}")
+    return _parse_request(obj, position, defaults)
 
+
+def _parse_request(obj: dict[str, Any], position: int, defaults: JobDefaults) -> Parsed:
+    """Validate one request, a line's JSON object (taken apart in doing so)."""
     extra: dict[str, Any] | None = None
     if "body" in obj or "method" in obj:  # the Batch API line form; what is left is extra
         if not obj.keys() <= _BATCH_KEYS:  # an extra key, unless a typo of a key it lacks
             _batch_line_typos(obj)
         method = obj.pop("method", "POST")
         if method != "POST":
-            raise _LineError(f'method must be "POST", got {orjson.dumps(method).decode()}')
+            raise LineError(f'method must be "POST", got {orjson.dumps(method).decode()}')
         if "body" not in obj:
-            raise _LineError('missing "body"')
+            raise LineError('missing "body"')
         body = obj.pop("body")
         if not isinstance(body, dict):
-            raise _LineError(f'"body" must be an object, got {describe_value(body)}')
+            raise LineError(f'"body" must be an object, got {describe_value(body)}')
         given_id = obj.pop("custom_id", _ABSENT)
         url = obj.pop("url", defaults.endpoint)
         if given_id is _ABSENT:  # OpenAI and vLLM refuse such a line: so does the check
-            raise _LineError(
+            raise LineError(
                 'missing "custom_id" (a Batch API line needs one; only a short line may go '
                 "without, and then gets its line number)"
             )
@@ -190,15 +240,15 @@ def _parse(
         url = body.pop("url", defaults.endpoint)
     if url not in ENDPOINTS:  # most lines name one exactly
         if not isinstance(url, str):
-            raise _LineError(f'"url" must be a string, got {describe_value(url)}')
+            raise LineError(f'"url" must be a string, got {describe_value(url)}')
         url = normalize_endpoint(url)
         if url not in ENDPOINTS:
-            raise _LineError(f'unknown url "{url}"; expected one of {", ".join(ENDPOINTS)}')
+            raise LineError(f'unknown url "{url}"; expected one of {", ".join(ENDPOINTS)}')
     if "model" not in body and (chosen := defaults.model or DEFAULT_MODELS.get(url)):
         body["model"] = chosen
     problem = body_problem(url, body)
     if problem is not None:
-        raise _LineError(problem)
+        raise LineError(problem)
     return custom_id, url, body, extra
 
 
@@ -219,7 +269,7 @@ def _open(path: str) -> Any:
         raise JobFileError([Problem(path, 0, f"cannot read: {exc.strerror}")]) from None
 
 
-def _lines(path: str, digest: Any = None) -> Iterator[tuple[int, bytes | None]]:
+def file_lines(path: str, digest: Any = None) -> Iterator[tuple[int, bytes | None]]:
     """Yield (line number, content without line ending) for each non-blank line; content is
     None for a line over MAX_LINE_BYTES, whose bytes are skipped rather than held."""
     with _open(path) as handle:
@@ -252,26 +302,59 @@ def _too_long() -> str:
     return f"line is longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB, the limit for one request"
 
 
+class JobFile:
+    """A JSONL job file as a `RequestSource`: its lines, the file's bytes as its identity."""
+
+    unit = "line"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def entries(self, digest: Any = None) -> Iterator[tuple[int, Entry]]:
+        return file_lines(self.path, digest)
+
+    def expected_items(self) -> int:
+        return max(1, os.path.getsize(self.path) // 64 if os.path.isfile(self.path) else 0)
+
+    def occurrences(self, defaults: JobDefaults, suspects: set[str]) -> Iterator[tuple[str, int]]:
+        needles = [orjson.dumps(s) for s in suspects]
+        for number, raw in file_lines(self.path):
+            if raw is None:
+                continue
+            if str(number) not in suspects and not any(n in raw for n in needles):
+                continue
+            try:
+                custom_id = _parse(raw, number, defaults)[0]
+            except LineError:
+                continue
+            if custom_id in suspects:
+                yield custom_id, number
+
+
 def check_job_file(path: str, defaults: JobDefaults) -> FileSummary:
     """Validate the whole file; raise `JobFileError` with the first problems, in line order."""
+    return check_source(JobFile(path), defaults)
+
+
+def check_source(source: RequestSource, defaults: JobDefaults) -> FileSummary:
+    """Validate every request of a source; raise `JobFileError` with the first problems, in
+    order, each naming the file and the line or row."""
+    path, unit = source.path, source.unit
     summary = FileSummary(path=path)
-    size = os.path.getsize(path) if os.path.isfile(path) else 0
-    finder = DuplicateFinder(expected_items=max(1, size // 64))
+    finder = DuplicateFinder(expected_items=source.expected_items())
     problems: list[Problem] = []
     problem_count = 0
     digest = hashlib.sha256()
     last_line = items = 0
     add, endpoints, models = finder.add, summary.endpoints, summary.models
-    for number, raw in _lines(path, digest):
+    for number, raw in source.entries(digest):
         last_line = number
         try:
-            if raw is None:
-                raise _LineError(_too_long())
-            custom_id, url, body, _ = _parse(raw, number, defaults)
-        except _LineError as exc:
+            custom_id, url, body, _ = _parse_entry(raw, number, defaults)
+        except LineError as exc:
             problem_count += 1
             if len(problems) < MAX_PROBLEMS_SHOWN:
-                problems.append(Problem(path, number, str(exc)))
+                problems.append(Problem(path, number, str(exc), unit))
             continue
         add(custom_id)
         items += 1
@@ -280,15 +363,19 @@ def check_job_file(path: str, defaults: JobDefaults) -> FileSummary:
         models[model] = models.get(model, 0) + 1
     summary.items = items
     if finder.maybe_repeated:
-        for line, custom_id, first in _find_repeats(path, defaults, finder.maybe_repeated):
+        repeats = confirm_duplicates(source.occurrences(defaults, finder.maybe_repeated))
+        for line, custom_id, first in repeats:
             problem_count += 1
             problems.append(
-                Problem(path, line, f'duplicate custom_id "{custom_id}" (first on line {first})')
+                Problem(
+                    path, line, f'duplicate custom_id "{custom_id}" (first on {unit} {first})', unit
+                )
             )
         problems.sort(key=lambda p: p.line)
         problems = problems[:MAX_PROBLEMS_SHOWN]
     if problems:
-        _explain_cut_last_line(path, problems, last_line)
+        if isinstance(source, JobFile):
+            _explain_cut_last_line(path, problems, last_line)
         raise JobFileError(problems, more=problem_count - len(problems))
     if summary.items == 0:
         raise JobFileError([Problem(path, 0, "no requests in the file (it is empty or blank)")])
@@ -307,34 +394,15 @@ def _explain_cut_last_line(path: str, problems: list[Problem], last_line: int) -
             problems[-1] = Problem(path, last.line, last.message + " (the last line is cut short)")
 
 
-def _find_repeats(
-    path: str, defaults: JobDefaults, suspects: set[str]
-) -> list[tuple[int, str, int]]:
-    """Second pass over the file for the few ids the Bloom filter flagged."""
-    needles = [orjson.dumps(s) for s in suspects]
-
-    def occurrences() -> Iterator[tuple[str, int]]:
-        for number, raw in _lines(path):
-            if raw is None:
-                continue
-            if str(number) not in suspects and not any(n in raw for n in needles):
-                continue
-            try:
-                custom_id = _parse(raw, number, defaults)[0]
-            except _LineError:
-                continue
-            if custom_id in suspects:
-                yield custom_id, number
-
-    return confirm_duplicates(occurrences())
-
-
 def read_job_items(path: str, defaults: JobDefaults) -> Iterator[JobItem]:
     """Yield the items of a file that `check_job_file` accepted."""
-    for number, raw in _lines(path):
+    return read_source_items(JobFile(path), defaults)
+
+
+def read_source_items(source: RequestSource, defaults: JobDefaults) -> Iterator[JobItem]:
+    """Yield the items of a source that `check_source` accepted."""
+    for number, raw in source.entries():
         try:
-            if raw is None:
-                raise _LineError(_too_long())
             yield parse_line(raw, number, defaults)
-        except _LineError as exc:  # the file changed since it was checked
-            raise JobFileError([Problem(path, number, str(exc))]) from None
+        except LineError as exc:  # the file changed since it was checked
+            raise JobFileError([Problem(source.path, number, str(exc), source.unit)]) from None

@@ -6,7 +6,12 @@ Targets: >= 50,000 lines/s; peak RSS <= 300 MB at 1M lines and within 20% of the
 parses every line with orjson (what any ingest must at least do), and `batchrunner --help` for
 the start-up cost of the CLI.
 
-    python bench/ingest.py [--lines 100000,1000000] [--quick] [--keep]
+Tables (issue 16): at each size, the same requests from a Parquet file of as many rows (columns
+`id` and `row`, row groups of 50,000) through `submit --prompt 'question number {{ row }}'
+--id-column id`, right after the JSONL file: rows/s within 20% of the JSONL lines/s, peak RSS
+<= 300 MB. `--no-parquet` leaves it out.
+
+    python bench/ingest.py [--lines 100000,1000000] [--quick] [--keep] [--no-parquet]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from pathlib import Path
 
 from common import (
+    MODEL,
     ChildRun,
     batchrunner_command,
     median,
@@ -36,6 +42,9 @@ TARGET_LINES_PER_S = 50_000
 TARGET_RSS_MB = 300
 TARGET_RSS_GROWTH = 1.2
 TARGET_STATUS_S = 1.0
+TARGET_TABLE_RATIO = 0.8  # a Parquet table's rows/s against the JSONL file's lines/s
+PARQUET_ROW_GROUP = 50_000
+TABLE_PROMPT = "question number {{ row }}"  # the same bodies as the job file's lines
 PARSE_ONLY = (
     "import sys, orjson\n"
     "n = 0\n"
@@ -55,6 +64,39 @@ def ingest(path: Path, db: Path, folder: Path, limit: float) -> ChildRun:
     command = batchrunner_command("submit", str(path), "--detach", "--db", sqlite_url(db))
     child = run_child(command, limit, folder)
     require_ok("batchrunner submit --detach", child)
+    return child
+
+
+def write_parquet_file(path: Path, count: int) -> Path:
+    """The job file's requests as a table: the id column and the row the prompt names."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("id", pa.string()), ("row", pa.int64())])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, count, PARQUET_ROW_GROUP):
+            rows = range(start, min(count, start + PARQUET_ROW_GROUP))
+            ids = pa.array([f"item-{i}" for i in rows], pa.string())
+            writer.write_table(pa.table([ids, pa.array(rows, pa.int64())], schema=schema))
+    return path
+
+
+def ingest_table(path: Path, db: Path, folder: Path, limit: float) -> ChildRun:
+    command = batchrunner_command(
+        "submit",
+        str(path),
+        "--prompt",
+        TABLE_PROMPT,
+        "--id-column",
+        "id",
+        "--model",
+        MODEL,
+        "--detach",
+        "--db",
+        sqlite_url(db),
+    )
+    child = run_child(command, limit, folder)
+    require_ok("batchrunner submit table.parquet --prompt --detach", child)
     return child
 
 
@@ -100,6 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-limit", type=float, default=1800.0, help="seconds per child")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
     parser.add_argument("--quick", action="store_true", help="10k and 50k lines")
+    parser.add_argument("--no-parquet", action="store_true", help="leave the tables out")
     args = parser.parse_args(argv)
     if args.quick:
         args.lines = [10_000, 50_000]
@@ -115,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     peaks: dict[int, float] = {}
     rates: dict[int, float] = {}
+    table_rows = []
+    table_peaks: dict[int, float] = {}
+    table_rates: dict[int, float] = {}
     with temp_dir(args.keep) as folder:
         print(f"   scratch folder {folder}")
         db = folder / "missing.db"
@@ -142,6 +188,30 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(f"   {lines:,} lines: {child.seconds:.1f} s, {rate:,.0f} lines/s", flush=True)
             os.unlink(path)
+            if not args.no_parquet:
+                table = write_parquet_file(folder / f"table-{lines}.parquet", lines)
+                table_db = folder / f"table-ledger-{lines}.db"
+                table_child = ingest_table(table, table_db, folder, args.time_limit)
+                table_rate = lines / table_child.seconds
+                table_peaks[lines], table_rates[lines] = mib(table_child.peak_rss), table_rate
+                table_rows.append(
+                    [
+                        f"{lines:,} rows ({mib(table.stat().st_size):.1f} MiB Parquet)",
+                        table_child.seconds,
+                        table_rate,
+                        mib(table_child.peak_rss),
+                        rate,
+                        table_rate / rate,
+                    ]
+                )
+                print(
+                    f"   {lines:,} Parquet rows: {table_child.seconds:.1f} s, "
+                    f"{table_rate:,.0f} rows/s",
+                    flush=True,
+                )
+                os.unlink(table)
+                for leftover in folder.glob(f"table-ledger-{lines}.db*"):
+                    os.unlink(leftover)
         print()
         print_table(
             [
@@ -157,6 +227,19 @@ def main(argv: list[str] | None = None) -> None:
             ],
             rows,
         )
+        if table_rows:
+            print()
+            print_table(
+                [
+                    "submit table --prompt",
+                    "seconds",
+                    "rows/s",
+                    "peak RSS MiB",
+                    "JSONL lines/s (same size, just before)",
+                    "vs JSONL",
+                ],
+                table_rows,
+            )
         statuses = time_status(db, folder, args.time_limit)
     print()
     print(f"status on the {args.lines[-1]:,}-item job (median of 3):")
@@ -178,6 +261,14 @@ def main(argv: list[str] | None = None) -> None:
         f"   peak RSS {big:,} / {small:,} lines = {growth:.2f} <= {TARGET_RSS_GROWTH}: "
         f"{verdict(growth <= TARGET_RSS_GROWTH)}"
     )
+    for lines in table_rates:
+        ratio = table_rates[lines] / rates[lines]
+        print(
+            f"   Parquet table of {lines:,} rows {table_rates[lines]:,.0f} rows/s = {ratio:.2f} "
+            f"of JSONL >= {TARGET_TABLE_RATIO}: {verdict(ratio >= TARGET_TABLE_RATIO)}; peak RSS "
+            f"{table_peaks[lines]:.0f} MiB <= {TARGET_RSS_MB} MB: "
+            f"{verdict(table_peaks[lines] * 1.048576 <= TARGET_RSS_MB)}"
+        )
     status_s = statuses["batchrunner status"]
     print(
         f"   batchrunner status {status_s:.2f} s < {TARGET_STATUS_S} s: "
