@@ -102,6 +102,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("cost_usd", _of_row("result.cost_usd"), EVERYWHERE),
     Column("latency_ms", _of_row("result.latency_ms"), RESULTS),
     Column("finish_reason", _of_row("result.finish_reason"), RESULTS),
+    Column("output_valid", _of_row("result.output_valid"), RESULTS),
+    Column("invalid_reason", _of_row("result.invalid_reason"), RESULTS),
     Column("reused", lambda row, job: bool(row.reused), EVERYWHERE),
     Column("simulated", lambda row, job: job.simulated, EVERYWHERE),
     Column("response", _response, RESULTS, get_text=_of_row("result.response")),

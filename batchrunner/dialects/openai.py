@@ -18,6 +18,7 @@ import orjson
 from batchrunner.dialects import BatchLine, ServerLimits
 from batchrunner.errors import describe_value
 from batchrunner.failures import SUCCEED, ErrorKind, Verdict
+from batchrunner.structured import Answer, OutputFormat
 from batchrunner.usage import Usage
 
 NAME = "openai"
@@ -260,6 +261,58 @@ def output_text(response: dict[str, Any]) -> str | None:
         if isinstance(part, dict) and part.get("type") == "output_text"
     ]
     return "".join(texts) if texts else None
+
+
+def requested_format(url: str, body: Mapping[str, Any]) -> OutputFormat | None:
+    """The structured output a request asks for: chat's `response_format` ({"type":
+    "json_schema", "json_schema": {"name", "schema", "strict"}} or {"type": "json_object"}),
+    the responses API's `text.format` ({"type": "json_schema", "name", "schema", "strict"});
+    None for plain text and other endpoints."""
+    if url == CHAT:
+        spec = body.get("response_format")
+        if not isinstance(spec, dict):
+            return None
+        inner = spec.get("json_schema")
+        return OutputFormat.of(
+            spec.get("type"), inner.get("schema") if isinstance(inner, dict) else None
+        )
+    if url == RESPONSES:
+        text = body.get("text")
+        spec = text.get("format") if isinstance(text, dict) else None
+        if not isinstance(spec, dict):
+            return None
+        return OutputFormat.of(spec.get("type"), spec.get("schema"))
+    return None
+
+
+def answer_texts(response: dict[str, Any]) -> list[Answer]:
+    """What a structured check reads: each chat choice's content (or its refusal), or the
+    responses API's output_text (its message items' output_text parts, joined as the SDK's
+    `output_text` does) or refusal."""
+    choices = response.get("choices")
+    if isinstance(choices, list):
+        answers = []
+        for choice in choices:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            message = message if isinstance(message, dict) else {}
+            content, refusal = message.get("content"), message.get("refusal")
+            answers.append(
+                Answer(
+                    content if isinstance(content, str) else None,
+                    refusal if isinstance(refusal, str) else None,
+                )
+            )
+        return answers
+    texts, refusals = [], []
+    for entry in response.get("output") or []:
+        if not isinstance(entry, dict) or entry.get("type") != "message":
+            continue
+        for part in entry.get("content") or []:
+            if isinstance(part, dict) and part.get("type") == "output_text":
+                texts.append(str(part.get("text") or ""))
+            elif isinstance(part, dict) and part.get("type") == "refusal":
+                refusals.append(str(part.get("refusal") or ""))
+    return [Answer("".join(texts) if texts else None, " ".join(refusals) or None)]
 
 
 def api_error(body: bytes) -> tuple[str | None, str | None, str | None]:

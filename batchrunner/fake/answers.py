@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchrunner.dialects.openai import output_cap
+from batchrunner.fake.structured import structured_text
+from batchrunner.structured import OutputFormat
 from batchrunner.tokens import prompt_tokens
 
 ECHO_PREFIX = "echo: "
@@ -28,6 +30,9 @@ FILLER = " and so on"
 REASONING_TOKENS = 64
 REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
 TRIGGER = re.compile(rb"\[fake:([a-z0-9_]+?)(?:x(\d+))?\]")
+# Markers that shape a 200 answer instead of replacing it: cut, filtered, or (for a request
+# that asks for a structured output, see fake/structured.py) not the JSON it asked for.
+OUTPUT_TRIGGERS = ("length", "content_filter", "invalid_json", "invalid_schema")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +106,15 @@ def complete(
     body: dict[str, Any],
     trigger: str | None,
     default_cap: int | None = None,
+    shape: OutputFormat | None = None,
 ) -> Completion:
     """The echo answer, cut at the request's output allowance like a real model (or at the
-    endpoint's own cap when the request sets none: OpenAI's completions stop at 16)."""
+    endpoint's own cap when the request sets none: OpenAI's completions stop at 16). A request
+    that asks for a structured output (`shape`) gets JSON (fake/structured.py), never padded:
+    filler would break it."""
     text = ECHO_PREFIX + prompt_text[:ECHO_LIMIT]
+    if shape is not None:
+        text = structured_text(shape, text, trigger)
     reasoning = REASONING_TOKENS if REASONING_MODEL.match(model) else 0
     visible = estimate_tokens(text)
     if trigger == "content_filter":
@@ -118,7 +128,7 @@ def complete(
         reasoning = min(reasoning, allowance)
         kept_tokens = allowance - reasoning
         return Completion(text[: kept_tokens * 4], allowance, reasoning, "length")
-    if allowance is not None:  # like a model asked for up to N tokens, write most of them
+    if allowance is not None and shape is None:  # asked for up to N tokens: write most
         wanted = int(allowance * _share_of_allowance(prompt_text)) - reasoning
         text += FILLER * max(0, (wanted - visible) * 4 // len(FILLER))
         visible = estimate_tokens(text)

@@ -454,7 +454,7 @@ class FakeBatchApi:
             assert isinstance(missing, dict)
             return 404, missing
         if trigger is not None and (trigger.times is None or seen <= trigger.times):
-            if trigger.name in ("length", "content_filter"):
+            if trigger.name in answers.OUTPUT_TRIGGERS:
                 output_trigger = trigger.name
             elif not trigger.name.startswith("batch_"):
                 failure = error_answer("500" if trigger.name in ("drop", "hang") else trigger.name)
