@@ -11,6 +11,7 @@ OpenAI's structured outputs follow).
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -143,3 +144,19 @@ def compile_schema(wanted: OutputFormat) -> Validator | str:
     except SchemaError as exc:
         return f"{SCHEMA_BROKEN}: {exc.message}"
     return validator_class(schema)
+
+
+@functools.lru_cache(maxsize=256)
+def schema_problem(key: str) -> str | None:
+    """What is wrong with a schema (by its canonical JSON) as a JSON schema, or None: what
+    `submit` refuses before anything is paid for."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+    from jsonschema.validators import validator_for
+
+    schema = orjson.loads(key)
+    try:
+        validator_for(schema, default=Draft202012Validator).check_schema(schema)
+    except SchemaError as exc:
+        return f"{SCHEMA_BROKEN}: {exc.message} (at {exc.json_path})"
+    return None

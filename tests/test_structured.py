@@ -21,7 +21,8 @@ from batchrunner.fake.structured import minimal_instance, structured_text
 from batchrunner.ledger import ItemRow, Ledger
 from batchrunner.structured import COMPILED, Answer, OutputChecker, OutputFormat
 from tests import test_batch_mode, test_run
-from tests.conftest import chat_line
+from tests.conftest import chat_line, write_jsonl
+from tests.test_cli import invoke
 from tests.test_run import exported, run
 from tests.test_status import job_status, status_text
 
@@ -309,3 +310,21 @@ def test_the_fakes_minimal_instance_fits_its_schema(schema: dict[str, Any]) -> N
     wanted = OutputFormat.of("json_schema", schema)
     assert wanted is not None
     jsonschema.validate(orjson.loads(structured_text(wanted, "echo: hi", None)), schema)
+
+
+def test_submit_refuses_a_schema_no_answer_could_be_checked_against(
+    tmp_path: Path, db_path: Path, fake: FakeServer
+) -> None:
+    broken = chat_line(1, response_format=schema_format({"type": "no-such-type"}))
+    responses = responses_line(2, "who", PERSON)
+    responses["body"]["text"]["format"]["schema"] = "not a schema"
+    path = write_jsonl(tmp_path / "job.jsonl", [structured_line(0), broken, responses])
+    result = invoke(
+        "submit", str(path), "--db", f"sqlite:///{db_path}", "--base-url", fake.base_url
+    )
+    assert result.exit_code == 2
+    assert f"{path}:2: the request's schema is not a valid JSON schema: " in result.output
+    assert f'{path}:3: "text.format.schema" must be a JSON schema object, got a string' in (
+        result.output
+    )
+    assert not db_path.exists()  # nothing recorded

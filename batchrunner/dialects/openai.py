@@ -18,7 +18,7 @@ import orjson
 from batchrunner.dialects import BatchLine, ServerLimits
 from batchrunner.errors import describe_value
 from batchrunner.failures import SUCCEED, ErrorKind, Verdict
-from batchrunner.structured import Answer, OutputFormat
+from batchrunner.structured import JSON_SCHEMA, Answer, OutputFormat, schema_problem
 from batchrunner.usage import Usage
 
 NAME = "openai"
@@ -151,7 +151,7 @@ def body_problem(url: str, body: dict[str, Any]) -> str | None:
         for index, message in enumerate(messages):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 return f'"messages"[{index}] must be an object with a "role"'
-        return None
+        return _format_problem(url, body)
     if url in PROMPTED:
         return _prompt_problem(url, body)
     if "input" not in body and not (url == RESPONSES and "prompt" in body):
@@ -166,9 +166,30 @@ def body_problem(url: str, body: dict[str, Any]) -> str | None:
         )
     if url == RESPONSES and "input" in body and not isinstance(value, (str, list)):
         return f'"input" must be a string or an array, got {describe_value(value)}'
+    if url == RESPONSES:
+        return _format_problem(url, body)
     if url == MODERATIONS and not (isinstance(value, str) or (isinstance(value, list) and value)):
         return f'"input" must be a string or a non-empty array, got {describe_value(value)}'
     return None
+
+
+def _format_problem(url: str, body: dict[str, Any]) -> str | None:
+    """A JSON schema asked for that no answer could be checked against: caught before
+    anything is paid for (each distinct schema checked once)."""
+    wanted = requested_format(url, body)
+    if wanted is None or wanted.kind != JSON_SCHEMA:
+        return None
+    if wanted.schema is None:
+        if url == CHAT:
+            inner = body["response_format"].get("json_schema")
+            given = inner.get("schema") if isinstance(inner, dict) else None
+            if given is None:
+                return None  # chat's schema is optional: any JSON answers it
+            where = "response_format.json_schema.schema"
+        else:
+            given, where = body["text"]["format"].get("schema"), "text.format.schema"
+        return f'"{where}" must be a JSON schema object, got {describe_value(given)}'
+    return schema_problem(wanted.key)
 
 
 def _prompt_problem(url: str, body: dict[str, Any]) -> str | None:

@@ -110,8 +110,8 @@ def complete(
 ) -> Completion:
     """The echo answer, cut at the request's output allowance like a real model (or at the
     endpoint's own cap when the request sets none: OpenAI's completions stop at 16). A request
-    that asks for a structured output (`shape`) gets JSON (fake/structured.py), never padded:
-    filler would break it."""
+    that asks for a structured output (`shape`) gets JSON (fake/structured.py), padded with
+    whitespace."""
     text = ECHO_PREFIX + prompt_text[:ECHO_LIMIT]
     if shape is not None:
         text = structured_text(shape, text, trigger)
@@ -128,9 +128,10 @@ def complete(
         reasoning = min(reasoning, allowance)
         kept_tokens = allowance - reasoning
         return Completion(text[: kept_tokens * 4], allowance, reasoning, "length")
-    if allowance is not None and shape is None:  # asked for up to N tokens: write most
+    if allowance is not None:  # like a model asked for up to N tokens, write most of them
         wanted = int(allowance * _share_of_allowance(prompt_text)) - reasoning
-        text += FILLER * max(0, (wanted - visible) * 4 // len(FILLER))
+        filler = FILLER if shape is None else " "  # JSON may end in whitespace, not in words
+        text += filler * max(0, (wanted - visible) * 4 // len(filler))
         visible = estimate_tokens(text)
     return Completion(text, reasoning + visible, reasoning, "stop")
 
