@@ -15,10 +15,12 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
+from sqlalchemy import update
 
 from batchrunner.fake import FakeServer
 from batchrunner.fake.structured import minimal_instance, structured_text
 from batchrunner.ledger import ItemRow, Ledger
+from batchrunner.ledger.models import items_t
 from batchrunner.structured import COMPILED, Answer, OutputChecker, OutputFormat
 from tests import test_batch_mode, test_run
 from tests.conftest import chat_line, write_jsonl
@@ -328,3 +330,25 @@ def test_submit_refuses_a_schema_no_answer_could_be_checked_against(
         result.output
     )
     assert not db_path.exists()  # nothing recorded
+
+
+def test_a_resumed_items_earlier_invalid_answers_count_against_its_retries(
+    tmp_path: Path, ledger_url: str, fake: FakeServer
+) -> None:
+    """An item handed back mid-way (a kill's leftover, once the next run takes it back) has its
+    invalid answers in the attempts table: --retry-invalid counts them, not from 0 again."""
+    lines = [structured_line(0, "[fake:invalid_json] who?")]
+    ledger, job = test_run.submit(tmp_path, ledger_url, fake, lines)
+    assert run(ledger, job).state == "completed"
+    (row,) = ledger.iter_items(job)
+    assert ledger.invalid_answers({row.id: 0}) == {row.id: 1}
+    with ledger.engine.begin() as conn:  # as a dead run's item is left once taken back
+        conn.execute(
+            update(items_t).where(items_t.c.id == row.id).values(state="pending", run_id=None)
+        )
+    assert run(ledger, job, retry_invalid=2).state == "completed"
+    (row,) = ledger.iter_items(job)
+    assert (row.state, row.attempts, row.result.output_valid) == ("succeeded", 3, False)
+    assert fake.requests_by_id["item-0"] == 3  # 1 before, then 2 more: not 1 + 3
+    assert ledger.invalid_answers({row.id: 0}) == {row.id: 3}
+    assert ledger.invalid_answers({row.id: 2}) == {row.id: 1}  # after `--retry-failed`'s floor
