@@ -83,6 +83,13 @@ def run_options(func: F) -> F:
         click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Requests/min."),
         click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Tokens/min."),
         click.option("--max-attempts", type=click.IntRange(1), help="Attempts per item [5]."),
+        click.option(
+            "--retry-invalid",
+            type=click.IntRange(0),
+            help="Times to ask again after an answer that fails its JSON schema (or is not the "
+            "JSON object asked for); each answer is billed, and --max-attempts still caps "
+            "them [0: keep it, flagged].",
+        ),
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds."),
         click.option(
             "--unreachable-wait",

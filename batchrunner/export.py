@@ -30,7 +30,7 @@ from typing import IO, Any
 import orjson
 
 from batchrunner.dialects import Dialect
-from batchrunner.dialects.openai import batch_line, requested_json_schema
+from batchrunner.dialects.openai import batch_line, requested_format
 from batchrunner.ledger import ItemRow, Ledger
 from batchrunner.ledger.models import CANCELLED, FAILED, SUCCEEDED
 from batchrunner.parquet import BOOL, FLOAT, INT, TEXT, require_pyarrow, write_parquet
@@ -182,6 +182,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("cost_usd", _of_row("result.cost_usd"), EVERYWHERE | TABLE, kind=FLOAT),
     Column("latency_ms", _of_row("result.latency_ms"), RESULTS, kind=FLOAT),
     Column("finish_reason", _of_row("result.finish_reason"), RESULTS | TABLE),
+    Column("output_valid", _of_row("result.output_valid"), RESULTS, kind=BOOL),
+    Column("invalid_reason", _of_row("result.invalid_reason"), RESULTS),
     Column("reused", lambda row, job: bool(row.reused), EVERYWHERE, kind=BOOL),
     Column("simulated", lambda row, job: job.simulated, EVERYWHERE, kind=BOOL),
     Column("response", _response, RESULTS, get_text=_of_row("result.response")),
@@ -284,7 +286,8 @@ def _answer_fields(ledger: Ledger, job_id: int) -> list[Column]:
     """A column per property of the JSON schema the job's requests ask for (the first item's:
     a table job's requests share one), decided before the first row is written."""
     first = next(ledger.iter_items(job_id), None)
-    schema = requested_json_schema(orjson.loads(first.body)) if first is not None else None
+    wanted = requested_format(first.url, orjson.loads(first.body)) if first is not None else None
+    schema = wanted.schema if wanted is not None else None
     properties = schema.get("properties") if schema is not None else None
     if not isinstance(properties, dict):
         return []

@@ -154,6 +154,14 @@ def final_verdict(verdict: Verdict, attempt: int, max_attempts: int) -> Verdict:
     return verdict
 
 
+def retries_invalid(invalid_before: int, retry_invalid: int, used: int, max_attempts: int) -> bool:
+    """Whether an answer that failed its structured-output check is asked for again: while the
+    item has had fewer than `retry_invalid` such answers before this one, and attempts are left
+    (--max-attempts bounds every attempt). Else the answer stays the result, flagged: it was
+    billed, as a length-cut one."""
+    return invalid_before < retry_invalid and used < max_attempts
+
+
 def backoff_delay(attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
     """Exponential backoff with full jitter, never shorter than what the server asked."""
     ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))

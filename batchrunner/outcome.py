@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from operator import attrgetter
 
+from batchrunner.structured import SCHEMA_BROKEN
+
 
 @dataclass(slots=True)
 class Result:
@@ -31,11 +33,17 @@ class Result:
     reasoning_tokens: int | None = None
     cost_usd: float | None = None
     latency_ms: float | None = None
+    # A structured answer (its request asked for a JSON schema or a JSON object) checked: True
+    # or False (kept as a flag: it was billed), None when nothing was asked; and why not valid.
+    output_valid: bool | None = None
+    invalid_reason: str | None = None
 
 
 # Answers that were billed but cut short (by the output cap, or a content filter): they count as
 # succeeded, and `status` counts them apart.
 FLAGGED_FINISH_REASONS: tuple[str, ...] = ("length", "content_filter")
+# How `status` names the succeeded answers that failed their structured-output check.
+INVALID_OUTPUT = "invalid_output"
 RESULT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Result))
 result_values = attrgetter(*RESULT_COLUMNS)  # a Result's values, in RESULT_COLUMNS order
 
@@ -63,3 +71,11 @@ class Outcome:
     is_attempt: bool = True  # False: the request never ran (an expired batch's line)
     not_before: datetime | None = None
     result: Result = field(default_factory=Result)
+
+
+def mendable(result: Result) -> bool:
+    """An answer that failed its structured-output check and that asking again could mend:
+    not one whose request's own schema is broken."""
+    return result.output_valid is False and not (result.invalid_reason or "").startswith(
+        SCHEMA_BROKEN
+    )

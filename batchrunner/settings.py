@@ -19,6 +19,7 @@ class RunSettings:
     rpm: float | None = None
     tpm: float | None = None
     max_attempts: int = 5
+    retry_invalid: int = 0  # asks again after an invalid structured answer (each was billed)
     timeout: float = 600.0  # seconds per request, as the openai SDK's default
     lease_s: float = 60.0  # a worker silent this long is dead: its items go to the others
     max_retry_wait: float = 60.0  # a longer Retry-After defers the item instead of a worker

@@ -49,7 +49,8 @@ def job_status(
         "source_file": summary.source_path,
         "total": total,
         "counts": counts,
-        "flagged": summary.flagged,  # succeeded, but cut: by length, by a content filter
+        # succeeded, but cut (by length, by a content filter) or invalid structured output
+        "flagged": summary.flagged,
         "reused": summary.reused,
         "progress": round(done / total, 4) if total else 1.0,
         "attempts": summary.attempts,
@@ -137,7 +138,11 @@ def format_job(status: dict[str, Any]) -> str:
 
 
 # How the text view names an answer's flag (`status --json` keeps the finish_reason).
-FLAG_WORDS = {"length": "cut by length", "content_filter": "stopped by a content filter"}
+FLAG_WORDS = {
+    "length": "cut by length",
+    "content_filter": "stopped by a content filter",
+    "invalid_output": "invalid structured output",
+}
 
 
 def _counts_line(status: dict[str, Any]) -> str:

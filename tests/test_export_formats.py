@@ -296,10 +296,10 @@ SCHEMA = {
     "type": "object",
     "properties": {
         "label": {"type": "string"},
-        "score": {"type": "integer"},
-        "ratio": {"type": "number"},
+        "score": {"type": "integer", "minimum": 3},
+        "ratio": {"type": "number", "minimum": 0.5},
         "ok": {"type": "boolean"},
-        "tags": {"type": "array", "items": {"type": "string"}},
+        "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "note": {"type": ["string", "null"]},
     },
     "required": ["label", "score", "ratio", "ok", "tags", "note"],
@@ -319,13 +319,14 @@ def structured_body(endpoint: str) -> dict[str, Any]:
 def test_structured_answers_become_one_column_per_schema_property(
     endpoint: str, tmp_path: Path, db_url: str, fake: FakeServer
 ) -> None:
-    """The fake answers a json_schema request marked [fake:json] with an object of the schema
-    (strings: the echo); an answer that is not JSON (row 2: the plain echo) leaves them empty.
+    """The fake answers a json_schema request with the smallest object of the schema (strings:
+    the echo; numbers: their minimum; booleans false; arrays minItems long); an answer that is
+    not JSON (row 2, marked [fake:invalid_json]: the plain echo) leaves them empty.
     The table's own column `output.label` keeps its name; the answer's is answer_output.label."""
     rows = [{"city": CITIES[i], "output.label": f"mine {i}"} for i in range(5)]
 
     def prompt(index: int, row: dict[str, Any]) -> str:
-        return f"judge {row['city']}" + ("" if index == 2 else " [fake:json]")
+        return f"judge {row['city']}" + (" [fake:invalid_json]" if index == 2 else "")
 
     lines = []
     for index, row in enumerate(rows):
@@ -353,24 +354,22 @@ def test_structured_answers_become_one_column_per_schema_property(
     columns = read.to_pydict()
     assert columns["output.label"] == [f"mine {i}" for i in range(5)]
     for index in (0, 1, 3, 4):
-        echo = f"echo: judge {CITIES[index]} [fake:json]"
+        echo = f"echo: judge {CITIES[index]}"
         assert orjson.loads(columns["output_text"][index])["label"] == echo
         assert columns["answer_output.label"][index] == echo
-        assert columns["output.score"][index] == len(echo)
-        assert columns["output.ratio"][index] == len(echo) / 2
-        assert columns["output.ok"][index] is True
+        assert columns["output.score"][index] == 3
+        assert columns["output.ratio"][index] == 0.5
+        assert columns["output.ok"][index] is False
         assert orjson.loads(columns["output.tags"][index]) == [echo]
         assert columns["output.note"][index] == echo
-    assert columns["output_text"][2] == f"echo: judge {CITIES[2]}"
+    assert columns["output_text"][2] == f"echo: judge {CITIES[2]} [fake:invalid_json]"
     assert [columns[name][2] for name in fields] == [None] * len(fields)
 
     table = list(csv.DictReader(io.StringIO(export(db_url, job_id, "csv").decode())))
     assert table[0]["output.label"] == "mine 0"
-    assert table[0]["answer_output.label"] == f"echo: judge {CITIES[0]} [fake:json]"
-    assert table[0]["output.ok"] == "true" and table[0]["output.score"] == str(
-        len(f"echo: judge {CITIES[0]} [fake:json]")
-    )
-    assert orjson.loads(table[0]["output.tags"]) == [f"echo: judge {CITIES[0]} [fake:json]"]
+    assert table[0]["answer_output.label"] == f"echo: judge {CITIES[0]}"
+    assert table[0]["output.ok"] == "false" and table[0]["output.score"] == "3"
+    assert orjson.loads(table[0]["output.tags"]) == [f"echo: judge {CITIES[0]}"]
     assert table[2]["output.score"] == "" and table[2]["output.ok"] == ""
 
 
@@ -407,7 +406,8 @@ def test_a_large_table_job_is_written_to_parquet_a_row_group_at_a_time(
 CSV_COLUMNS = [
     "custom_id", "status", "output_text", "error_kind", "error_code", "error_message",
     "attempts", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "cost_usd",
-    "latency_ms", "finish_reason", "reused", "simulated", "response", "extra",
+    "latency_ms", "finish_reason", "output_valid", "invalid_reason", "reused", "simulated",
+    "response", "extra",
 ]  # fmt: skip
 
 

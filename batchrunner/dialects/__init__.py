@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from batchrunner.failures import ErrorKind, Verdict
+from batchrunner.structured import Answer, OutputFormat
 from batchrunner.usage import Usage
 
 
@@ -51,6 +52,10 @@ class Dialect(Protocol):
     def read_finish_reason(self, body: dict[str, Any]) -> str | None: ...
 
     def output_text(self, response: dict[str, Any]) -> str | None: ...
+
+    def requested_format(self, url: str, body: dict[str, Any]) -> OutputFormat | None: ...
+
+    def answer_texts(self, response: dict[str, Any]) -> list[Answer]: ...
 
     def auth_headers(self, api_key: str | None) -> dict[str, str]: ...
 

@@ -18,6 +18,7 @@ import orjson
 from batchrunner.dialects import BatchLine, ServerLimits
 from batchrunner.errors import describe_value
 from batchrunner.failures import SUCCEED, ErrorKind, Verdict
+from batchrunner.structured import JSON_SCHEMA, Answer, OutputFormat, schema_problem
 from batchrunner.usage import Usage
 
 NAME = "openai"
@@ -150,7 +151,7 @@ def body_problem(url: str, body: dict[str, Any]) -> str | None:
         for index, message in enumerate(messages):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 return f'"messages"[{index}] must be an object with a "role"'
-        return None
+        return _format_problem(url, body)
     if url in PROMPTED:
         return _prompt_problem(url, body)
     if "input" not in body and not (url == RESPONSES and "prompt" in body):
@@ -165,9 +166,30 @@ def body_problem(url: str, body: dict[str, Any]) -> str | None:
         )
     if url == RESPONSES and "input" in body and not isinstance(value, (str, list)):
         return f'"input" must be a string or an array, got {describe_value(value)}'
+    if url == RESPONSES:
+        return _format_problem(url, body)
     if url == MODERATIONS and not (isinstance(value, str) or (isinstance(value, list) and value)):
         return f'"input" must be a string or a non-empty array, got {describe_value(value)}'
     return None
+
+
+def _format_problem(url: str, body: dict[str, Any]) -> str | None:
+    """A JSON schema asked for that no answer could be checked against: caught before
+    anything is paid for (each distinct schema checked once)."""
+    wanted = requested_format(url, body)
+    if wanted is None or wanted.kind != JSON_SCHEMA:
+        return None
+    if wanted.schema is None:
+        if url == CHAT:
+            inner = body["response_format"].get("json_schema")
+            given = inner.get("schema") if isinstance(inner, dict) else None
+            if given is None:
+                return None  # chat's schema is optional: any JSON answers it
+            where = "response_format.json_schema.schema"
+        else:
+            given, where = body["text"]["format"].get("schema"), "text.format.schema"
+        return f'"{where}" must be a JSON schema object, got {describe_value(given)}'
+    return schema_problem(wanted.key)
 
 
 def _prompt_problem(url: str, body: dict[str, Any]) -> str | None:
@@ -192,22 +214,6 @@ def output_cap(body: Mapping[str, Any]) -> int | None:
         value = body.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
-    return None
-
-
-def requested_json_schema(body: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The JSON schema a request asks its answer to follow (chat's `response_format`, the
-    responses API's `text.format`, of type json_schema), or None when it asks for none."""
-    chat = body.get("response_format")
-    if isinstance(chat, dict) and chat.get("type") == "json_schema":
-        wrapper = chat.get("json_schema")
-        schema = wrapper.get("schema") if isinstance(wrapper, dict) else None
-        return schema if isinstance(schema, dict) else None
-    text = body.get("text")
-    given = text.get("format") if isinstance(text, dict) else None
-    if isinstance(given, dict) and given.get("type") == "json_schema":
-        schema = given.get("schema")
-        return schema if isinstance(schema, dict) else None
     return None
 
 
@@ -276,6 +282,58 @@ def output_text(response: dict[str, Any]) -> str | None:
         if isinstance(part, dict) and part.get("type") == "output_text"
     ]
     return "".join(texts) if texts else None
+
+
+def requested_format(url: str, body: Mapping[str, Any]) -> OutputFormat | None:
+    """The structured output a request asks for: chat's `response_format` ({"type":
+    "json_schema", "json_schema": {"name", "schema", "strict"}} or {"type": "json_object"}),
+    the responses API's `text.format` ({"type": "json_schema", "name", "schema", "strict"});
+    None for plain text and other endpoints."""
+    if url == CHAT:
+        spec = body.get("response_format")
+        if not isinstance(spec, dict):
+            return None
+        inner = spec.get("json_schema")
+        return OutputFormat.of(
+            spec.get("type"), inner.get("schema") if isinstance(inner, dict) else None
+        )
+    if url == RESPONSES:
+        text = body.get("text")
+        spec = text.get("format") if isinstance(text, dict) else None
+        if not isinstance(spec, dict):
+            return None
+        return OutputFormat.of(spec.get("type"), spec.get("schema"))
+    return None
+
+
+def answer_texts(response: dict[str, Any]) -> list[Answer]:
+    """What a structured check reads: each chat choice's content (or its refusal), or the
+    responses API's output_text (its message items' output_text parts, joined as the SDK's
+    `output_text` does) or refusal."""
+    choices = response.get("choices")
+    if isinstance(choices, list):
+        answers = []
+        for choice in choices:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            message = message if isinstance(message, dict) else {}
+            content, refusal = message.get("content"), message.get("refusal")
+            answers.append(
+                Answer(
+                    content if isinstance(content, str) else None,
+                    refusal if isinstance(refusal, str) else None,
+                )
+            )
+        return answers
+    texts, refusals = [], []
+    for entry in response.get("output") or []:
+        if not isinstance(entry, dict) or entry.get("type") != "message":
+            continue
+        for part in entry.get("content") or []:
+            if isinstance(part, dict) and part.get("type") == "output_text":
+                texts.append(str(part.get("text") or ""))
+            elif isinstance(part, dict) and part.get("type") == "refusal":
+                refusals.append(str(part.get("refusal") or ""))
+    return [Answer("".join(texts) if texts else None, " ".join(refusals) or None)]
 
 
 def api_error(body: bytes) -> tuple[str | None, str | None, str | None]:

@@ -3,8 +3,8 @@
 The answer to a prompt is `echo: <last user text>`, so a test can match every answer to its
 request; a request that caps its output gets an answer padded to 80-100% of the cap (cut at
 the cap, with finish_reason `length`, when the echo alone is longer). A request that asks for
-a JSON schema and says `[fake:json]` gets a JSON object of that schema instead, its strings
-the echo (`schema_instance`). Prompt tokens are counted
+a structured output gets JSON that fits it, its strings the echo (fake/structured.py). Prompt
+tokens are counted
 with the model's real encoding (as batchrunner counts them); output tokens are rough (4
 characters a token) but consistent.
 """
@@ -21,9 +21,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from batchrunner.dialects.openai import output_cap, requested_json_schema
+from batchrunner.dialects.openai import output_cap
+from batchrunner.fake.structured import structured_text
+from batchrunner.structured import OutputFormat
 from batchrunner.tokens import prompt_tokens
 
 ECHO_PREFIX = "echo: "
@@ -32,7 +32,9 @@ FILLER = " and so on"
 REASONING_TOKENS = 64
 REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
 TRIGGER = re.compile(rb"\[fake:([a-z0-9_]+?)(?:x(\d+))?\]")
-OUTPUT_TRIGGERS = ("length", "content_filter", "json")  # markers that shape a 200 answer
+# Markers that shape a 200 answer instead of replacing it: cut, filtered, or (for a request
+# that asks for a structured output, see fake/structured.py) not the JSON it asked for.
+OUTPUT_TRIGGERS = ("length", "content_filter", "invalid_json", "invalid_schema")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,18 +108,19 @@ def complete(
     body: dict[str, Any],
     trigger: str | None,
     default_cap: int | None = None,
+    shape: OutputFormat | None = None,
 ) -> Completion:
     """The echo answer, cut at the request's output allowance like a real model (or at the
-    endpoint's own cap when the request sets none: OpenAI's completions stop at 16)."""
+    endpoint's own cap when the request sets none: OpenAI's completions stop at 16). A request
+    that asks for a structured output (`shape`) gets JSON (fake/structured.py), padded with
+    whitespace."""
     text = ECHO_PREFIX + prompt_text[:ECHO_LIMIT]
+    if shape is not None:
+        text = structured_text(shape, text, trigger)
     reasoning = REASONING_TOKENS if REASONING_MODEL.match(model) else 0
     visible = estimate_tokens(text)
     if trigger == "content_filter":
         return Completion(None, reasoning, reasoning, "content_filter")
-    schema = requested_json_schema(body) if trigger == "json" else None
-    if schema is not None:
-        text = orjson.dumps(schema_instance(schema, text)).decode()
-        return Completion(text, reasoning + estimate_tokens(text), reasoning, "stop")
     allowance = output_cap(body)
     if allowance is None:
         allowance = default_cap
@@ -129,33 +132,10 @@ def complete(
         return Completion(text[: kept_tokens * 4], allowance, reasoning, "length")
     if allowance is not None:  # like a model asked for up to N tokens, write most of them
         wanted = int(allowance * _share_of_allowance(prompt_text)) - reasoning
-        text += FILLER * max(0, (wanted - visible) * 4 // len(FILLER))
+        filler = FILLER if shape is None else " "  # JSON may end in whitespace, not in words
+        text += filler * max(0, (wanted - visible) * 4 // len(filler))
         visible = estimate_tokens(text)
     return Completion(text, reasoning + visible, reasoning, "stop")
-
-
-def schema_instance(schema: Any, echo: str) -> Any:
-    """A value of `schema` (`[fake:json]`'s answer): every property filled, strings the echo
-    (an enum's first value), numbers the echo's length, booleans true."""
-    if not isinstance(schema, dict):
-        return echo
-    given = schema.get("type")
-    types = given if isinstance(given, list) else [given]
-    kind = next((t for t in types if t != "null"), None)
-    if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return schema["enum"][0]
-    if kind == "object":
-        properties = schema.get("properties") or {}
-        return {name: schema_instance(spec, echo) for name, spec in properties.items()}
-    if kind == "array":
-        return [schema_instance(schema.get("items"), echo)]
-    if kind == "integer":
-        return len(echo)
-    if kind == "number":
-        return len(echo) / 2
-    if kind == "boolean":
-        return True
-    return echo
 
 
 def _share_of_allowance(prompt_text: str) -> float:

@@ -29,7 +29,12 @@ from urllib.parse import unquote
 import orjson
 from aiohttp import web
 
-from batchrunner.dialects.openai import COMPLETIONS_DEFAULT_MAX_TOKENS, ENDPOINTS, output_cap
+from batchrunner.dialects.openai import (
+    COMPLETIONS_DEFAULT_MAX_TOKENS,
+    ENDPOINTS,
+    output_cap,
+    requested_format,
+)
 from batchrunner.fake import answers
 from batchrunner.fake.azure import add_azure_routes
 from batchrunner.fake.batches import FakeBatchApi
@@ -179,13 +184,14 @@ class FakeServer:
             return self._error(request, forced)
 
         trigger = answers.find_trigger(raw)
+        output_trigger = None
         if trigger is not None and (
             trigger.times is None or self.requests_by_id[request_id] <= trigger.times
         ):
             misbehaviour = await self._misbehave(request, trigger.name)
             if misbehaviour is not None:
                 return misbehaviour
-        output_trigger = trigger.name if trigger else None
+            output_trigger = trigger.name
 
         _, prompt_tokens = answers.prompt_of(url, body)
         limits = self._take_limits(model, prompt_tokens + (output_cap(body) or 0))
@@ -235,7 +241,8 @@ class FakeServer:
             return answers.video_body(model, body)
         cached = int(prompt_tokens * config.cached_fraction)
         default_cap = COMPLETIONS_DEFAULT_MAX_TOKENS if url.endswith("/v1/completions") else None
-        completion = answers.complete(model, prompt_text, body, trigger, default_cap)
+        wanted = requested_format(url, body)  # a structured output: JSON that fits
+        completion = answers.complete(model, prompt_text, body, trigger, default_cap, wanted)
         if url.endswith("/responses"):
             return answers.responses_body(model, prompt_tokens, cached, completion)
         if not url.endswith("/chat/completions") and url.endswith("/completions"):

@@ -13,19 +13,21 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 
+from batchrunner.failures import retries_invalid
 from batchrunner.ledger.models import (
     CANCELLED,
     FAILED,
     PENDING,
     RUNNING,
+    SUCCEEDED,
     batches_t,
     items_t,
 )
 from batchrunner.ledger.records import BatchRow, PackedItem, QueriesMixin, row_columns, utcnow
-from batchrunner.ledger.results import mask_outcomes, write_outcomes
-from batchrunner.outcome import Outcome
+from batchrunner.ledger.results import count_invalid_answers, mask_outcomes, write_outcomes
+from batchrunner.outcome import Outcome, mendable
 from batchrunner.redact import mask
 
 PACKING, UPLOADED, SUBMITTED, SETTLED, ABANDONED = (
@@ -171,14 +173,39 @@ class BatchQueries(QueriesMixin):
             yield from rows
             after = rows[-1].position
 
+    def structured_requests(
+        self, batch_id: int, custom_ids: Sequence[str]
+    ) -> dict[str, tuple[str, str]]:
+        """custom_id -> (url, body) of those of the batch's items whose body may ask for a
+        structured output (it names json_schema or json_object): the rest are not read."""
+        if not custom_ids:
+            return {}
+        body = items_t.c.body
+        with self._read() as conn:
+            rows = conn.execute(
+                select(items_t.c.custom_id, items_t.c.url, body).where(
+                    items_t.c.batch_id == batch_id,
+                    items_t.c.custom_id.in_(custom_ids),
+                    or_(body.contains("json_schema"), body.contains("json_object")),
+                )
+            ).all()
+        return {custom_id: (url, text) for custom_id, url, text in rows}
+
     def settle_batch_lines(
-        self, job_id: int, batch_id: int, lines: Sequence[Outcome], max_attempts: int
+        self,
+        job_id: int,
+        batch_id: int,
+        lines: Sequence[Outcome],
+        max_attempts: int,
+        retry_invalid: int = 0,
     ) -> int:
         """Write the outcomes of a batch's output lines, which name their items by custom_id:
         one attempt row for each line that ran, and the item's new state. Lines for items no
         longer in this batch are skipped, a repeated line counts once. A line that would go
         again after the item's last allowed attempt fails it instead (as `fail_exhausted`
-        does, and concurrent mode's final verdict). Returns how many items changed."""
+        does, and concurrent mode's final verdict). An answer that failed its structured
+        check goes again (to pending, for the next batch) while `retry_invalid` allows
+        (`failures.retries_invalid`), else it stays, flagged. Returns how many items changed."""
         if not lines:
             return 0
         mask_outcomes(lines)
@@ -200,6 +227,7 @@ class BatchQueries(QueriesMixin):
                 )
             }
             found = []
+            invalid_floors: dict[int, int] = {}  # item id -> attempts_floor, of invalid answers
             for line in lines:
                 item = held.pop(line.custom_id, None)
                 if item is not None:
@@ -209,7 +237,18 @@ class BatchQueries(QueriesMixin):
                     used = number - floor  # a retried item's earlier attempts do not count
                     if line.state == PENDING and line.is_attempt and used >= max_attempts:
                         line = replace(line, state=FAILED, attempt_outcome="failed")
+                    if retry_invalid and line.state == SUCCEEDED and mendable(line.result):
+                        invalid_floors[item_id] = floor
                     found.append(line)
+            if invalid_floors:
+                before = count_invalid_answers(conn, invalid_floors)
+                for index, line in enumerate(found):
+                    floor = invalid_floors.get(line.item_id or 0, -1)
+                    used = line.number - floor
+                    if floor >= 0 and retries_invalid(
+                        before.get(line.item_id or 0, 0), retry_invalid, used, max_attempts
+                    ):
+                        found[index] = replace(line, state=PENDING, attempt_outcome="retry")
             write_outcomes(conn, found, "batch_id")
         return len(found)
 

@@ -35,7 +35,7 @@ from batchrunner.ledger.records import (
 )
 from batchrunner.ledger.results import reuse_answers
 from batchrunner.ledger.runs import run_is_live
-from batchrunner.outcome import FLAGGED_FINISH_REASONS
+from batchrunner.outcome import FLAGGED_FINISH_REASONS, INVALID_OUTPUT
 
 INSERT_CHUNK = 2000
 
@@ -258,6 +258,7 @@ class JobQueries(QueriesMixin):
                         items_t.c.cost_usd.is_(None), items_t.c.output_tokens.is_not(None)
                     ),
                     func.count().filter(items_t.c.reused.is_(True)),
+                    func.count().filter(items_t.c.output_valid.is_(False)),
                     *(
                         func.count().filter(items_t.c.finish_reason == reason)
                         for reason in FLAGGED_FINISH_REASONS
@@ -280,6 +281,7 @@ class JobQueries(QueriesMixin):
                     recent,
                     unpriced,
                     reused,
+                    invalid,
                     *flagged,
                 ) = row
                 summary.counts[state] = summary.counts.get(state, 0) + count
@@ -299,6 +301,10 @@ class JobQueries(QueriesMixin):
                 for reason, n in zip(FLAGGED_FINISH_REASONS, flagged, strict=True):
                     if n and state == SUCCEEDED:
                         summary.flagged[reason] = summary.flagged.get(reason, 0) + n
+                if invalid and state == SUCCEEDED:  # kept, flagged: failed its structured check
+                    summary.flagged[INVALID_OUTPUT] = (
+                        summary.flagged.get(INVALID_OUTPUT, 0) + invalid
+                    )
                 if cost is not None:
                     summary.cost_usd = (summary.cost_usd or 0.0) + cost
             kinds = conn.execute(

@@ -1,6 +1,6 @@
 """Apply the Alembic migrations automatically, so no one ever runs one by hand.
 
-A new SQLite ledger is the one case that skips Alembic: importing it and running 0001-0006
+A new SQLite ledger is the one case that skips Alembic: importing it and running 0001-0007
 takes about a tenth of a second of `submit` (more than ingesting 10,000 lines). Such a ledger
 is created from SQLITE_SCHEMA, the very statements a fresh Alembic upgrade leaves in
 sqlite_master, in the same order, with the same alembic_version row; a test checks that the
@@ -160,7 +160,7 @@ def _capture() -> str:
     return "\n".join([*lines, ")"]) + "\n"
 
 
-# Captured by `python -m batchrunner.ledger.migrate` (which prints them) from migrations 0001-0006.
+# Captured by `python -m batchrunner.ledger.migrate` (which prints them) from migrations 0001-0007.
 SQLITE_SCHEMA_REVISIONS = (
     "0001_initial.py",
     "0002_not_before.py",
@@ -168,6 +168,7 @@ SQLITE_SCHEMA_REVISIONS = (
     "0004_summary_index.py",
     "0005_reuse_without_index.py",
     "0006_retry_and_stop_reason.py",
+    "0007_structured_outputs.py",
 )
 SQLITE_SCHEMA = (
     (
@@ -223,7 +224,8 @@ SQLITE_SCHEMA = (
         "\tupdated_at DATETIME, \n"
         "\tfinished_at DATETIME, not_before DATETIME, batch_id INTEGER, "
         "request_hash VARCHAR(64), reused BOOLEAN DEFAULT 0 NOT NULL, "
-        "attempts_floor INTEGER DEFAULT 0 NOT NULL, \n"
+        "attempts_floor INTEGER DEFAULT 0 NOT NULL, output_valid BOOLEAN, "
+        "invalid_reason TEXT, \n"
         "\tPRIMARY KEY (id), \n"
         "\tCONSTRAINT uq_items_job_custom_id UNIQUE (job_id, custom_id), \n"
         "\tFOREIGN KEY(job_id) REFERENCES jobs (id) ON DELETE CASCADE\n"
@@ -251,7 +253,7 @@ SQLITE_SCHEMA = (
         "\toutput_tokens INTEGER, \n"
         "\treasoning_tokens INTEGER, \n"
         "\tcost_usd FLOAT, \n"
-        "\tlatency_ms FLOAT, \n"
+        "\tlatency_ms FLOAT, output_valid BOOLEAN, invalid_reason TEXT, \n"
         "\tPRIMARY KEY (id), \n"
         "\tFOREIGN KEY(item_id) REFERENCES items (id) ON DELETE CASCADE, \n"
         "\tFOREIGN KEY(job_id) REFERENCES jobs (id) ON DELETE CASCADE\n"
@@ -309,9 +311,9 @@ SQLITE_SCHEMA = (
     (
         "CREATE INDEX ix_items_summary ON items (job_id, state, model, error_kind, "
         "finished_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, "
-        "cost_usd, attempts, reused, finish_reason)"
+        "cost_usd, attempts, reused, finish_reason, output_valid)"
     ),
-    "INSERT INTO alembic_version (version_num) VALUES ('0006')",
+    "INSERT INTO alembic_version (version_num) VALUES ('0007')",
 )
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ class Item(Base):
         ),
         # Every column `Ledger.summary` reads: `status` counts and sums from the index alone.
         # finished_at before the sums: a finishing item is appended, not scattered (0004);
-        # finish_reason last, only read (flagged answers, 0006).
+        # finish_reason and output_valid last, only read (flagged answers, 0006 and 0007).
         Index(
             "ix_items_summary",
             "job_id",
@@ -112,6 +112,7 @@ class Item(Base):
             "attempts",
             "reused",
             "finish_reason",
+            "output_valid",
         ),
     )
 
@@ -141,6 +142,10 @@ class Item(Base):
     cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
     latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A structured answer checked against what its request asked (a JSON schema, a JSON
+    # object): true or false, NULL when nothing was asked; why an invalid one is (0007).
+    output_valid: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    invalid_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
@@ -178,6 +183,8 @@ class Attempt(Base):
     reasoning_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
     latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    output_valid: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    invalid_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Run(Base):

@@ -214,7 +214,8 @@ class JobSummary:
     finished_in_run: int = 0
     reused: int = 0  # items that took an earlier job's answer (--reuse): no request, no cost
     failures_by_kind: dict[str, int] = field(default_factory=dict)
-    flagged: dict[str, int] = field(default_factory=dict)  # succeeded, cut: finish_reason -> n
+    # succeeded, but cut (finish_reason -> n) or failing its structured check (invalid_output)
+    flagged: dict[str, int] = field(default_factory=dict)
     models: dict[str, ModelTotals] = field(default_factory=dict)
 
     @property

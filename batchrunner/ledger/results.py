@@ -16,7 +16,7 @@ from datetime import datetime
 from operator import attrgetter
 from typing import Any, Final, Literal
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from batchrunner.ledger.models import CANCELLED, FINISHED_STATES, PENDING, RUNNING, attempts_t
 from batchrunner.ledger.records import TimeToSql, driver_sql, time_to_sql
@@ -117,6 +117,25 @@ def _item_row(outcome: Outcome, holder: Holder, ended: Any, time: TimeToSql) -> 
         outcome.item_id,
         held_by,
     )
+
+
+def count_invalid_answers(conn: Connection, floors: dict[int, int]) -> dict[int, int]:
+    """How many answers that failed their structured-output check each item (id -> its
+    attempts_floor: the attempts before `run --retry-failed` do not count) got; items with
+    none are left out. Read from the attempts table (ix_attempts_item), so a kill or a batch
+    in between loses no count."""
+    if not floors:
+        return {}
+    rows = conn.execute(
+        select(attempts_t.c.item_id, attempts_t.c.number).where(
+            attempts_t.c.item_id.in_(list(floors)), attempts_t.c.output_valid.is_(False)
+        )
+    ).all()
+    counts: dict[int, int] = {}
+    for item_id, number in rows:
+        if number > floors[item_id]:
+            counts[item_id] = counts.get(item_id, 0) + 1
+    return counts
 
 
 # An answer `--reuse` copies: its result, less what belonged to its own request.

@@ -59,6 +59,7 @@ from batchrunner.ledger.records import (
 from batchrunner.ledger.results import (
     ATTEMPT_KEYS,
     ATTEMPT_RESULT_COLUMNS,
+    count_invalid_answers,
     mask_outcomes,
     write_outcomes,
 )
@@ -82,7 +83,7 @@ HINTS = {
 PAGE_SIZE = 1000
 # The newest migration in migrations/versions (a test checks): a ledger already there opens
 # without Alembic.
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 
 
 class Ledger(JobQueries, BatchQueries, RunQueries):
@@ -295,6 +296,13 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
             )
             for row in rows
         ]
+
+    @outlasting_read
+    def invalid_answers(self, floors: dict[int, int]) -> dict[int, int]:
+        """How many answers that failed their structured-output check each item (id -> its
+        attempts_floor) got since its floor: what --retry-invalid allows is what is left."""
+        with self._read() as conn:
+            return count_invalid_answers(conn, floors)
 
 
 # A ClaimedItem's fields.

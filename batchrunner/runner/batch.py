@@ -25,9 +25,9 @@ import orjson
 
 from batchrunner.backends.base import BatchBackend, BatchProblem, RemoteBatch
 from batchrunner.demand import token_demand
-from batchrunner.dialects import Dialect
+from batchrunner.dialects import BatchLine, Dialect
 from batchrunner.errors import BackendError
-from batchrunner.failures import RULES, ErrorKind, Verdict
+from batchrunner.failures import RULES, SUCCEED, ErrorKind, Verdict
 from batchrunner.ledger import BatchRow, Ledger
 from batchrunner.ledger.batches import ABANDONED, PACKING, SETTLED, SUBMITTED, UPLOADED
 from batchrunner.ledger.models import CANCELLED, FAILED, PENDING, SUCCEEDED
@@ -46,6 +46,7 @@ from batchrunner.runner.budget import Budget
 from batchrunner.runner.outcomes import BATCH_EFFECTS, AnswerReader
 from batchrunner.runner.report import RunReport
 from batchrunner.settings import RunSettings
+from batchrunner.structured import OutputFormat
 
 EVENTS = logging.getLogger("batchrunner")
 JOB_KEY = "batchrunner_job"
@@ -483,23 +484,45 @@ class BatchRunner:
         EVENTS.info("batch %s %s: %d back to %s", remote.id, remote.status, returned, leftover)
 
     def _settle_file(self, batch: BatchRow, file_id: str, scratch: Path, leftover: str) -> None:
-        chunk: list[Outcome] = []
+        chunk: list[BatchLine] = []
         for raw in self._backend.lines(file_id, scratch):
             line = self._dialect.read_batch_line(raw)
             if line is None:
                 continue
-            chunk.append(
+            chunk.append(line)
+            if len(chunk) >= SETTLE_CHUNK:
+                self._settle_answers(batch, chunk, leftover)
+                chunk = []
+        self._settle_answers(batch, chunk, leftover)
+
+    def _settle_answers(self, batch: BatchRow, chunk: list[BatchLine], leftover: str) -> None:
+        """Settle a chunk of output lines; an answer whose request asked for a structured
+        output is checked against it (the requests are read from the ledger, those that may
+        ask for one only)."""
+        answered = [line.custom_id for line in chunk if line.verdict.action == SUCCEED]
+        requests = self._ledger.structured_requests(batch.id, answered)
+        outcomes = []
+        for line in chunk:
+            request = requests.get(line.custom_id)
+            wanted = self._answers.wanted(*request) if request is not None else None
+            outcomes.append(
                 self._outcome(
-                    batch, line.custom_id, line.verdict, line.http_status, line.body, leftover
+                    batch,
+                    line.custom_id,
+                    line.verdict,
+                    line.http_status,
+                    line.body,
+                    leftover,
+                    wanted,
                 )
             )
-            if len(chunk) >= SETTLE_CHUNK:
-                self._settle_lines(batch, chunk)
-                chunk = []
-        self._settle_lines(batch, chunk)
+        self._settle_lines(batch, outcomes)
 
     def _settle_lines(self, batch: BatchRow, lines: list[Outcome]) -> None:
-        self._ledger.settle_batch_lines(self._job_id, batch.id, lines, self._settings.max_attempts)
+        retry_invalid = 0 if self._cancelled else self._settings.retry_invalid
+        self._ledger.settle_batch_lines(
+            self._job_id, batch.id, lines, self._settings.max_attempts, retry_invalid
+        )
 
     def _outcome(
         self,
@@ -509,6 +532,7 @@ class BatchRunner:
         status: int | None,
         body: str | None,
         leftover: str,
+        wanted: OutputFormat | None = None,
     ) -> Outcome:
         """A line's outcome. A retryable line's item goes back to `leftover` (pending for the
         next batch, or cancelled with its job); one line never stops a job, it fails."""
@@ -526,7 +550,7 @@ class BatchRunner:
             is_attempt=rule.is_attempt if rule is not None else True,
         )
         outcome.result.http_status = status
-        self._answers.fill(outcome.result, verdict, batch.model, body)
+        self._answers.fill(outcome.result, verdict, batch.model, body, wanted)
         return outcome
 
     def _settle_failed(

@@ -34,13 +34,14 @@ from batchrunner.failures import (
     Verdict,
     backoff_delay,
     final_verdict,
+    retries_invalid,
 )
 from batchrunner.ledger import ClaimedItem, Ledger
 from batchrunner.ledger.models import CANCELLED, FAILED, PENDING
 from batchrunner.ledger.records import utcnow
 from batchrunner.ledger.runs import CANCEL_CHECK_S
 from batchrunner.logs import ATTEMPTS, EVENTS, log_attempt
-from batchrunner.outcome import Outcome, Result
+from batchrunner.outcome import Outcome, Result, mendable
 from batchrunner.pricing import job_price_table
 from batchrunner.runner.breaker import Breaker
 from batchrunner.runner.budget import Budget, Reservation
@@ -49,6 +50,7 @@ from batchrunner.runner.outcomes import CONCURRENT_EFFECTS, AnswerReader
 from batchrunner.runner.report import RunReport
 from batchrunner.runner.writer import LedgerWriter
 from batchrunner.settings import RunSettings
+from batchrunner.structured import OutputFormat
 
 HEARTBEAT_S = 10.0
 OTHERS_POLL_S = 0.2  # how often a worker with nothing to claim looks at what others hold
@@ -363,6 +365,10 @@ class ConcurrentRunner:
         body = item.body.encode()
         attempt = item.attempts
         unreachable_tries = 0
+        wanted = self._answers.wanted(item.url, item.body)  # a structured output to check
+        # Invalid answers the item got before this run: none if it was never sent (else the
+        # ledger is asked, once an invalid answer may be asked for again).
+        invalid: int | None = 0 if attempt == item.attempts_floor else None
         if self._failed_alike(item):
             await self._writer.write(self._unsent_failure(item))
             return
@@ -391,7 +397,14 @@ class ConcurrentRunner:
                     continue
             used = attempt - item.attempts_floor  # a retried item's earlier ones do not count
             verdict = final_verdict(verdict, used, self._settings.max_attempts)
-            outcome = self._outcome(item, attempt, started, answer, verdict)
+            outcome = self._outcome(item, attempt, started, answer, verdict, wanted)
+            again = False  # an invalid structured answer asked for again (--retry-invalid)
+            if self._settings.retry_invalid and mendable(outcome.result):
+                invalid = await self._invalid_before(item) if invalid is None else invalid
+                limits = (self._settings.retry_invalid, used, self._settings.max_attempts)
+                if retries_invalid(invalid, *limits):
+                    again, invalid = True, invalid + 1
+                    outcome.state, outcome.attempt_outcome = None, "retry"
             self._account(needs, typical, reservation, outcome, verdict)
             if ATTEMPTS.isEnabledFor(logging.INFO):
                 self._log(item, outcome)
@@ -403,12 +416,20 @@ class ConcurrentRunner:
                 outcome.state = PENDING  # back to the ledger until the server's time
                 outcome.not_before = utcnow() + timedelta(seconds=verdict.retry_after or 0)
             await self._writer.write(outcome)
+            if again:
+                continue
             if verdict.action != RETRY or outcome.state == PENDING:
                 return
             with anyio.move_on_after(backoff_delay(used, self._rng, verdict.retry_after)):
                 await self._stopping.wait()
             if self._stopping.is_set():
                 return
+
+    async def _invalid_before(self, item: ClaimedItem) -> int:
+        """The invalid structured answers an item sent before this run got (its attempts)."""
+        floors = {item.id: item.attempts_floor}
+        counts = await anyio.to_thread.run_sync(self._ledger.invalid_answers, floors)
+        return counts.get(item.id, 0)
 
     def _alike_key(self, item: ClaimedItem, scope: str) -> tuple[str, str | None]:
         return (item.url, item.model if scope == "model" else None)
@@ -582,6 +603,7 @@ class ConcurrentRunner:
         started: datetime,
         answer: Reply | TransportFailure,
         verdict: Verdict,
+        wanted: OutputFormat | None = None,
     ) -> Outcome:
         reply = answer if isinstance(answer, Reply) else None
         effect = CONCURRENT_EFFECTS[verdict.action]
@@ -602,7 +624,7 @@ class ConcurrentRunner:
         # Only a success keeps its body, and only a body that parsed as JSON is certain to be
         # text: a gateway's error page may be in any encoding.
         response = reply.body.decode() if reply and verdict.action == SUCCEED else None
-        self._answers.fill(result, verdict, item.model, response)
+        self._answers.fill(result, verdict, item.model, response, wanted)
         return outcome
 
     def _log(self, item: ClaimedItem, outcome: Outcome) -> None:

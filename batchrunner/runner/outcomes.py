@@ -11,11 +11,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Final, NamedTuple
 
+import orjson
+
 from batchrunner.dialects import Dialect
 from batchrunner.failures import FAIL, RETRY, STOP, SUCCEED, Action, Verdict
 from batchrunner.ledger.models import FAILED, PENDING, SUCCEEDED
 from batchrunner.outcome import Result
 from batchrunner.pricing import PriceTable, price_item
+from batchrunner.structured import OutputChecker, OutputFormat
 from batchrunner.usage import Usage
 
 
@@ -43,16 +46,34 @@ BATCH_EFFECTS: Final[dict[Action, Effect]] = {
 
 
 class AnswerReader:
-    """Reads answers in one provider's dialect and prices them at one mode's rates."""
+    """Reads answers in one provider's dialect, prices them at one mode's rates, and checks
+    structured ones against what their requests asked (each schema compiled once a run)."""
 
     def __init__(self, dialect: Dialect, prices: PriceTable | None, batch: bool) -> None:
         self._dialect = dialect
         self._prices = prices
         self._batch = batch
+        self._checker = OutputChecker()
 
-    def fill(self, result: Result, verdict: Verdict, model: str, response: str | None) -> None:
-        """Put what `verdict` says into `result`: for a success its usage, cost, finish_reason
-        and `response` (the body as received); else its error."""
+    def wanted(self, url: str, body: str) -> OutputFormat | None:
+        """The structured output a request body asks for; a body that cannot name one (no
+        "json_" in it: most of them) is not parsed."""
+        if "json_" not in body:
+            return None
+        parsed = orjson.loads(body)
+        return self._dialect.requested_format(url, parsed) if isinstance(parsed, dict) else None
+
+    def fill(
+        self,
+        result: Result,
+        verdict: Verdict,
+        model: str,
+        response: str | None,
+        wanted: OutputFormat | None = None,
+    ) -> None:
+        """Put what `verdict` says into `result`: for a success its usage, cost, finish_reason,
+        `response` (the body as received) and, when its request asked for a structured output
+        (`wanted`), whether the answer is one; else its error."""
         if verdict.action == SUCCEED and verdict.body is not None:
             usage = self._dialect.read_usage(verdict.body)
             result.cost_usd = self.cost(model, usage)
@@ -62,6 +83,10 @@ class AnswerReader:
             result.reasoning_tokens = usage.reasoning_tokens
             result.finish_reason = self._dialect.read_finish_reason(verdict.body)
             result.response = response
+            if wanted is not None:
+                check = self._checker.check(wanted, self._dialect.answer_texts(verdict.body))
+                result.output_valid = check.valid
+                result.invalid_reason = check.reason
         else:
             result.error_kind = verdict.kind.value if verdict.kind is not None else None
             result.error_code = verdict.code
