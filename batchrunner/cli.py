@@ -467,7 +467,11 @@ def _run_with_progress(
     finally:
         bar.close()
     if report is None:
-        ledger.record_stop(job_id, "interrupted")  # what `status` tells, as after a run's own
+        held = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C waits for it
+        try:
+            ledger.record_stop(job_id, "interrupted")  # what `status` tells, as after a run's
+        finally:
+            signal.signal(signal.SIGINT, held)
         say(f"stopped early (interrupted); resume with: batchrunner run {job_id}")
         return 3
     say(format_job(job_status(ledger.summary(job_id))))
