@@ -65,9 +65,15 @@ def fewer_collections() -> Iterator[None]:
 def run_async(main: Callable[[], Awaitable[T]]) -> T:
     """Run `main` to the end on uvloop where it is installed (a fifth or so less CPU per request
     than asyncio's own loop, and a run is CPU-bound on one core at high rates), else asyncio's,
-    with fewer cycle collections."""
+    with fewer cycle collections. Called from a thread that already runs an event loop (a
+    notebook's, where a second one cannot start), it runs `main` in the run thread and waits."""
     import anyio
 
+    from batchrunner.run_thread import loop_running_here, stoppable, wait_in_run_thread
+
+    if loop_running_here():
+        done: T = wait_in_run_thread(functools.partial(run_async, main))
+        return done
     try:
         import uvloop  # noqa: F401
 
@@ -75,7 +81,8 @@ def run_async(main: Callable[[], Awaitable[T]]) -> T:
     except ImportError:
         options = {}
     with fewer_collections():
-        return anyio.run(main, backend_options=options)
+        result: T = anyio.run(stoppable, main, backend_options=options)
+    return result
 
 
 @dataclass
@@ -100,11 +107,14 @@ def submit_job(
     new: bool = False,
     reuse: bool = False,
     redact: bool = False,
+    source: str | None = None,
 ) -> tuple[Ledger, Submitted]:
     """Validate the whole file, then record the job and its items in one transaction.
 
     The ledger is opened only once the file is known to be good: bad input touches nothing.
-    `redact` masks the prompts on their way in, so neither the ledger nor the API sees them."""
+    `redact` masks the prompts on their way in, so neither the ledger nor the API sees them.
+    `source` names what the job came from when the file is not it (requests given in Python,
+    spooled to a temporary file)."""
     from batchrunner.estimate import EstimateBuilder
     from batchrunner.pricing import job_price_table
 
@@ -118,15 +128,15 @@ def submit_job(
     if existing and not new:
         job_id, state = existing[-1]
         raise UsageError(
-            f"{path} is already job {job_id} ({state}): resume it with `batchrunner run "
+            f"{source or path} is already job {job_id} ({state}): resume it with `batchrunner run "
             f"{job_id}`, see it with `batchrunner status {job_id}`, or pass --new for a second job"
         )
     items = read_job_items(path, defaults)
     redactor = Redactor() if redact else None
     job_id = ledger.create_job(
-        name=name or Path(path).stem,
+        name=name or Path(source or path).stem,
         mode=mode,
-        source_path=os.path.abspath(path),
+        source_path=source or os.path.abspath(path),
         source_sha256=summary.sha256,
         options=settings.stored(),
         simulated=simulated,

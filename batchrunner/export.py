@@ -133,13 +133,24 @@ def _job(ledger: Ledger, job_id: int) -> JobFacts:
     return JobFacts(mode=ledger.job_mode(job_id), simulated=simulated, dialect=dialect)
 
 
-def write_results(ledger: Ledger, job_id: int, out: IO[bytes], fmt: str = "jsonl") -> int:
-    """Write every item of the job to `out`; return how many."""
+def result_records(ledger: Ledger, job_id: int, fmt: str = "jsonl") -> Iterator[dict[str, Any]]:
+    """Every item of the job as `write_results` writes it in this format (CSV's as its cells:
+    flat, the response and extra keys as JSON text), paged from the ledger."""
     job = _job(ledger, job_id)
     rows = ledger.iter_items(job_id)
     if fmt == "csv":
-        return _write_csv(rows, columns_of(RESULTS_CSV), job, out)
-    return _write_jsonl((result_record(row, job) for row in rows), out)
+        columns = columns_of(RESULTS_CSV)
+        cells = [(column.name, column.get_text or column.get) for column in columns]
+        return ({name: cell(row, job) for name, cell in cells} for row in rows)
+    return (result_record(row, job) for row in rows)
+
+
+def write_results(ledger: Ledger, job_id: int, out: IO[bytes], fmt: str = "jsonl") -> int:
+    """Write every item of the job to `out`; return how many."""
+    if fmt == "csv":
+        job = _job(ledger, job_id)
+        return _write_csv(ledger.iter_items(job_id), columns_of(RESULTS_CSV), job, out)
+    return _write_jsonl(result_records(ledger, job_id), out)
 
 
 def write_usage(ledger: Ledger, job_id: int, out: IO[bytes], fmt: str = "jsonl") -> int:
