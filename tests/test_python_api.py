@@ -4,12 +4,14 @@ from requests made in Python, progress, results paged and as tables, a run stopp
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -143,13 +145,13 @@ def test_a_bad_request_names_its_index_and_records_nothing(tmp_path: Path) -> No
     with pytest.raises(JobFileError, match=re.escape('requests[1]: duplicate custom_id "a"')):
         batchrunner.submit(duplicated, db=f"sqlite:///{db}")
 
-    unserialisable = [chat(0), {**chat(1), "temperature": {0.5}}, "not a request"]
+    unserialisable: list[Any] = [chat(0), {**chat(1), "temperature": {0.5}}, "not a request"]
     with pytest.raises(JobFileError) as raised:
         batchrunner.submit(unserialisable, db=f"sqlite:///{db}")
     assert str(raised.value).startswith("requests[1]: not JSON: ")
 
     with pytest.raises(JobFileError, match=re.escape("requests[0]: expected a JSON object")):
-        batchrunner.submit(["not a request"], db=f"sqlite:///{db}")
+        batchrunner.submit([cast(Any, "not a request")], db=f"sqlite:///{db}")
     with pytest.raises(JobFileError, match="no requests given"):
         batchrunner.submit([], db=f"sqlite:///{db}")
     with pytest.raises(UsageError, match="unknown setting 'concurency'"):
@@ -236,3 +238,48 @@ def test_a_cancelled_await_stops_the_run_resumably(db_url: str) -> None:
             assert job.summary().counts == {"succeeded": 400}
             # sent again: at most the requests in flight when it stopped (no recorded answer)
             assert 400 <= server.total_requests <= 400 + 4
+
+
+QUICK_BATCHES = FakeConfig(
+    seed=5, batch_validating_s=0.1, batch_in_progress_s=0.5, batch_finalizing_s=0.1
+)
+
+
+@pytest.mark.parametrize("mode", ["concurrent", "batch"])
+def test_a_ctrl_c_stops_a_blocking_run_resumably(db_url: str, mode: str) -> None:
+    """A notebook's interrupt is a SIGINT to the kernel: KeyboardInterrupt in the thread that
+    waits for the run. The run stops (a concurrent one cancelled, a batch one between its
+    polls), the job is resumable, and resumed it completes. (Not simulated: a simulated batch
+    job's batches live in the fake server of the run that was stopped.)"""
+    requests = [chat(i) for i in range(200)]
+    with (
+        run_in_thread(QUICK_BATCHES) as server,
+        batchrunner.submit(
+            requests,
+            db=db_url,
+            base_url=server.base_url,
+            mode=mode,
+            concurrency=2,
+            batch_max_requests=50,
+        ) as job,
+    ):
+        interrupted = threading.Event()
+
+        def interrupt(progress: ProgressSnapshot) -> None:
+            if not interrupted.is_set():
+                interrupted.set()
+                os.kill(os.getpid(), signal.SIGINT)  # as Jupyter's interrupt button
+
+        async def cell() -> None:  # the blocking form, inside a running loop
+            # as ipykernel has it while a cell runs (asyncio.run's own handler only cancels
+            # its main task, once that task next runs)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            job.run(on_progress=interrupt, poll_s=0.05)
+
+        with pytest.raises(KeyboardInterrupt):
+            asyncio.run(cell())
+        stopped = job.summary()
+        assert interrupted.is_set() and stopped.stop_reason == "interrupted"
+        assert stopped.counts.get("succeeded", 0) < 200
+        assert job.run(poll_s=0.05).state == "completed"
+        assert job.summary().counts == {"succeeded": 200}
