@@ -165,9 +165,10 @@ class Job:
         try:
             return await asyncio.shield(asyncio.wrap_future(future))
         except asyncio.CancelledError:
-            run_thread.stop_run_thread()
-            await asyncio.wait([asyncio.wrap_future(future)])
-            self.ledger.record_stop(self.id, "interrupted")
+            run_thread.stop_run_thread(future)
+            if not future.cancelled():  # it had started
+                await asyncio.wait([asyncio.wrap_future(future)])
+                self.ledger.record_stop(self.id, "interrupted")
             raise
 
     def _run_work(

@@ -94,13 +94,15 @@ def test_the_public_run_function_works_inside_a_running_event_loop(
 
 
 def test_results_page_through_a_large_job_each_request_answered_once(
-    db_url: str, fake: FakeServer
+    ledger_url: str, fake: FakeServer
 ) -> None:
     def requests() -> Iterator[dict[str, Any]]:  # a generator: never a list in memory
         for i in range(5000):
             yield {"custom_id": f"r{i}", **chat(i)}
 
-    with batchrunner.submit(requests(), db=db_url, base_url=fake.base_url, concurrency=32) as job:
+    with batchrunner.submit(
+        requests(), db=ledger_url, base_url=fake.base_url, concurrency=32
+    ) as job:
         assert job.run().state == "completed"
         results = job.results()
         assert isinstance(results, Iterator)
@@ -283,3 +285,37 @@ def test_a_ctrl_c_stops_a_blocking_run_resumably(db_url: str, mode: str) -> None
         assert stopped.counts.get("succeeded", 0) < 200
         assert job.run(poll_s=0.05).state == "completed"
         assert job.summary().counts == {"succeeded": 200}
+
+
+def test_runs_take_turns_and_a_cancelled_await_stops_only_its_own(tmp_path: Path) -> None:
+    with run_in_thread(FakeConfig(seed=4, latency_ms=20.0)) as server:
+        first = batchrunner.submit(
+            [chat(i) for i in range(200)],
+            db=f"sqlite:///{tmp_path}/a.db",
+            base_url=server.base_url,
+            concurrency=4,
+        )
+        second = batchrunner.submit(
+            [chat(i) for i in range(10)],
+            db=f"sqlite:///{tmp_path}/b.db",
+            base_url=server.base_url,
+        )
+        try:
+
+            async def cell() -> batchrunner.RunReport:
+                running = asyncio.ensure_future(first.run_async())
+                waiting = asyncio.ensure_future(second.run_async())  # its turn comes after
+                await asyncio.sleep(0.05)
+                waiting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await waiting
+                return await running
+
+            assert asyncio.run(cell()).state == "completed"
+            assert first.summary().counts == {"succeeded": 200}
+            untouched = second.summary()
+            assert (untouched.counts, untouched.stop_reason) == ({"pending": 10}, None)
+            assert second.run().state == "completed"
+        finally:
+            first.close()
+            second.close()
