@@ -34,7 +34,7 @@ from batchrunner.errors import JobFileError, Problem, UsageError
 from batchrunner.export import result_records
 from batchrunner.jobfile import MAX_PROBLEMS_SHOWN, JobDefaults
 from batchrunner.ledger import JobSummary, Ledger, database_url
-from batchrunner.ledger.models import CONCURRENT, FAILED, SUCCEEDED
+from batchrunner.ledger.models import CONCURRENT, FAILED, MODES, SUCCEEDED
 from batchrunner.outcome import Outcome
 from batchrunner.runner.report import RunReport
 from batchrunner.settings import RunSettings
@@ -263,6 +263,8 @@ def submit(
     `db` is the ledger's URL (default: $BATCHRUNNER_DB or ./batchrunner.db); `simulate` runs
     it against the built-in fake server (no key, no cost); `settings` are RunSettings'
     (concurrency=, rpm=, max_attempts=, base_url=, budget=...), stored with the job."""
+    if mode not in MODES:
+        raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     given = _checked_settings(settings)
     run_settings = RunSettings().merged(given)
     defaults = JobDefaults(endpoint=normalize_endpoint(endpoint), model=model)
@@ -355,6 +357,7 @@ def _as_requests(error: JobFileError, path: str) -> JobFileError:
         else:
             where = "requests" if problem.path == path else problem.path
         message = _LINE.sub(index, problem.message.replace("in the file", "given"))
+        message = message.replace("pass --model", "pass model=")  # the option's name here
         problems.append(Problem(where, 0, message))
     return JobFileError(problems, more=error.more)
 

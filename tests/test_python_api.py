@@ -140,7 +140,7 @@ def test_a_bad_request_names_its_index_and_records_nothing(tmp_path: Path) -> No
     requests: list[Any] = [chat(0), chat(1), chat(2), {"model": "gpt-4o-mini"}, chat(4)]
     with pytest.raises(JobFileError) as raised:
         batchrunner.submit(requests, db=f"sqlite:///{db}")
-    assert str(raised.value).startswith("requests[3]: ")
+    assert str(raised.value) == 'requests[3]: missing "messages" for /v1/chat/completions'
     assert [p.path for p in raised.value.problems] == ["requests[3]"]
 
     duplicated = [{"custom_id": "a", **chat(0)}, {"custom_id": "a", **chat(1)}]
@@ -156,6 +156,11 @@ def test_a_bad_request_names_its_index_and_records_nothing(tmp_path: Path) -> No
         batchrunner.submit([cast(Any, "not a request")], db=f"sqlite:///{db}")
     with pytest.raises(JobFileError, match="no requests given"):
         batchrunner.submit([], db=f"sqlite:///{db}")
+    no_model = [{"messages": [{"role": "user", "content": "hi"}]}]
+    with pytest.raises(JobFileError, match=re.escape('requests[0]: missing "model" (put it in')):
+        batchrunner.submit(no_model, db=f"sqlite:///{db}")
+    with pytest.raises(UsageError, match="mode must be one of concurrent, batch, got 'batches'"):
+        batchrunner.submit([chat(0)], db=f"sqlite:///{db}", mode="batches")
     with pytest.raises(UsageError, match="unknown setting 'concurency'"):
         batchrunner.submit([chat(0)], db=f"sqlite:///{db}", concurency=4)
     assert not db.exists()  # no ledger was even created
