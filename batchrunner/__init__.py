@@ -1,13 +1,14 @@
 """batchrunner: run large batches of LLM API requests reliably, fast and cheaply, with a ledger
 of every item.
 
-    from batchrunner import JobDefaults, RunSettings, run, submit_job
+    import batchrunner
 
-    ledger, submitted = submit_job(
-        "sqlite:///batchrunner.db", "jobs.jsonl", defaults=JobDefaults(), settings=RunSettings()
-    )
-    report = run(ledger, submitted.job_id)  # RunReport: completed, stopped or submitted
-    ledger.close()
+    with batchrunner.submit("jobs.jsonl", db="sqlite:///batchrunner.db") as job:  # or a list
+        report = job.run(on_progress=print)  # RunReport: completed, stopped or submitted
+        frame = job.to_pandas()  # or job.results(), job.to_arrow()
+
+`submit`, `open_job` and `Job` (batchrunner/api.py) are the short way; the functions behind
+them (`submit_job`, `run`, `write_results`, ...) are public too.
 
 Everything a program needs is importable from here; the modules behind it are internal. Every
 error batchrunner raises on purpose is a `BatchrunnerError` (the tree is drawn in
@@ -23,6 +24,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from batchrunner.api import Job, ProgressSnapshot, open_job, submit
     from batchrunner.commands import (
         Progress,
         Submitted,
@@ -61,6 +63,7 @@ __all__ = [
     "ErrorKind",
     "Estimate",
     "ItemRow",
+    "Job",
     "JobBusyError",
     "JobDefaults",
     "JobFileError",
@@ -72,6 +75,7 @@ __all__ = [
     "Outcome",
     "Problem",
     "Progress",
+    "ProgressSnapshot",
     "Result",
     "RunReport",
     "RunSettings",
@@ -83,11 +87,13 @@ __all__ = [
     "check_job_file",
     "estimate_job_file",
     "exit_code",
+    "open_job",
     "read_job_items",
     "retry_failed",
     "run",
     "run_job",
     "run_worker",
+    "submit",
     "submit_job",
     "write_errors",
     "write_results",
@@ -97,6 +103,10 @@ __all__ = [
 # Everything is imported when first asked for: `import batchrunner.errors` (or any light
 # module) must not load the ledger, SQLAlchemy and the price tables with it.
 _LAZY = {
+    "Job": "batchrunner.api",
+    "ProgressSnapshot": "batchrunner.api",
+    "open_job": "batchrunner.api",
+    "submit": "batchrunner.api",
     "BackendError": "batchrunner.errors",
     "BatchrunnerError": "batchrunner.errors",
     "JobBusyError": "batchrunner.errors",

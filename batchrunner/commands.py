@@ -72,9 +72,15 @@ def fewer_collections() -> Iterator[None]:
 def run_async(main: Callable[[], Awaitable[T]]) -> T:
     """Run `main` to the end on uvloop where it is installed (a fifth or so less CPU per request
     than asyncio's own loop, and a run is CPU-bound on one core at high rates), else asyncio's,
-    with fewer cycle collections."""
+    with fewer cycle collections. Called from a thread that already runs an event loop (a
+    notebook's, where a second one cannot start), it runs `main` in the run thread and waits."""
     import anyio
 
+    from batchrunner.run_thread import loop_running_here, stoppable, wait_in_run_thread
+
+    if loop_running_here():
+        done: T = wait_in_run_thread(functools.partial(run_async, main))
+        return done
     try:
         import uvloop  # noqa: F401
 
@@ -82,7 +88,8 @@ def run_async(main: Callable[[], Awaitable[T]]) -> T:
     except ImportError:
         options = {}
     with fewer_collections():
-        return anyio.run(main, backend_options=options)
+        result: T = anyio.run(stoppable, main, backend_options=options)
+    return result
 
 
 @dataclass
@@ -108,12 +115,15 @@ def submit_job(
     reuse: bool = False,
     redact: bool = False,
     table: RowTemplate | None = None,
+    origin: str | None = None,
 ) -> tuple[Ledger, Submitted]:
     """Validate the whole file, then record the job and its items in one transaction.
 
     The ledger is opened only once the file is known to be good: bad input touches nothing.
     `redact` masks the prompts on their way in, so neither the ledger nor the API sees them.
-    With `table`, the file is a table whose rows that template makes into requests."""
+    With `table`, the file is a table whose rows that template makes into requests. `origin`
+    names what the job came from when the file is not it (requests given in Python, spooled
+    to a temporary file)."""
     from batchrunner.estimate import EstimateBuilder
     from batchrunner.pricing import job_price_table
     from batchrunner.tables import TableSource, request_source
@@ -129,7 +139,7 @@ def submit_job(
     if existing and not new:
         job_id, state = existing[-1]
         raise UsageError(
-            f"{path} is already job {job_id} ({state}): resume it with `batchrunner run "
+            f"{origin or path} is already job {job_id} ({state}): resume it with `batchrunner run "
             f"{job_id}`, see it with `batchrunner status {job_id}`, or pass --new for a second job"
         )
     items = read_source_items(source, defaults)
@@ -138,9 +148,9 @@ def submit_job(
     if isinstance(source, TableSource):  # the export joins the answers to the rows by it
         options["table"] = source.described()
     job_id = ledger.create_job(
-        name=name or Path(path).stem,
+        name=name or Path(origin or path).stem,
         mode=mode,
-        source_path=os.path.abspath(path),
+        source_path=origin or os.path.abspath(path),
         source_sha256=summary.sha256,
         options=options,
         simulated=simulated,

@@ -338,6 +338,25 @@ def _job(ledger: Ledger, job_id: int) -> JobFacts:
     )
 
 
+def _csv_columns(ledger: Ledger, job_id: int, job: JobFacts) -> tuple[Column, ...]:
+    """CSV's and Parquet's columns: a table job's own columns joined to its answers, else the
+    results' flat columns."""
+    if job.table_columns is not None:
+        return table_columns(ledger, job_id, job.table_columns)
+    return columns_of(RESULTS_CSV)
+
+
+def result_records(ledger: Ledger, job_id: int, fmt: str = "jsonl") -> Iterator[dict[str, Any]]:
+    """Every item of the job as `write_results` writes it in this format (CSV's as its cells:
+    flat, the response and extra keys as JSON text), paged from the ledger."""
+    job = _job(ledger, job_id)
+    rows = ledger.iter_items(job_id)
+    if fmt == "csv":
+        cells = [(c.name, c.get_text or c.get) for c in _csv_columns(ledger, job_id, job)]
+        return ({name: cell(row, job) for name, cell in cells} for row in rows)
+    return (result_record(row, job) for row in rows)
+
+
 def write_results(ledger: Ledger, job_id: int, out: IO[bytes], fmt: str = "jsonl") -> int:
     """Write the job's items to `out` in `fmt` (RESULT_FORMATS); return how many. `openai`
     writes the items whose end is known (succeeded, failed, cancelled), the others all."""
@@ -348,14 +367,12 @@ def write_results(ledger: Ledger, job_id: int, out: IO[bytes], fmt: str = "jsonl
         rows = ledger.iter_items(job_id, states=ENDED)
         return _write_jsonl(({c.name: c.get(row, job) for c in _OPENAI} for row in rows), out)
     if fmt in ("csv", "parquet"):
-        columns = columns_of(RESULTS_CSV)
-        if job.table_columns is not None:
-            columns = table_columns(ledger, job_id, job.table_columns)
+        columns = _csv_columns(ledger, job_id, job)
         rows = ledger.iter_items(job_id)
         if fmt == "parquet":
             return _write_parquet(rows, columns, job, out)
         return _write_csv(rows, columns, job, out)
-    return _write_jsonl((result_record(row, job) for row in ledger.iter_items(job_id)), out)
+    return _write_jsonl(result_records(ledger, job_id), out)
 
 
 def write_usage(ledger: Ledger, job_id: int, out: IO[bytes], fmt: str = "jsonl") -> int:
