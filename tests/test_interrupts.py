@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -30,11 +31,15 @@ LAUNCH = (
 
 
 def interrupted(
-    args: list[str], after_s: list[float], ready: float = 0.0, fake: FakeServer | None = None
+    args: list[str],
+    after_s: list[float],
+    ready: float = 0.0,
+    fake: FakeServer | None = None,
+    until: Callable[[], bool] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Start the CLI, send SIGINT after each delay in turn (counted from when `fake` has seen
-    `ready` more requests, else from when the interpreter has started), and wait for it to
-    end."""
+    `ready` more requests, or `until` holds, else from when the interpreter has started), and
+    wait for it to end."""
     process = subprocess.Popen(
         [sys.executable, "-c", LAUNCH, *args],
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -47,6 +52,8 @@ def interrupted(
         if fake is not None:
             wanted = fake.total_requests + ready
             assert wait_for(lambda: fake.total_requests >= wanted, timeout=60)
+        if until is not None:
+            assert wait_for(until, timeout=60)
         for delay in after_s:
             time.sleep(delay)
             process.send_signal(signal.SIGINT)
@@ -106,7 +113,8 @@ def test_ctrl_c_twice_while_a_batch_run_waits_exits_3_and_the_batches_go_on(
     common = ["--db", db_url, "--base-url", fake.base_url]
     assert invoke("submit", str(job), "--mode", "batch", "--detach", *common).exit_code == 0
     run = ["run", "--wait", "--poll-interval", "0.2", *common]
-    result = interrupted(run, [1.5, 0.05])
+    created = lambda: fake.batch_api.batches_created >= 1  # noqa: E731 - the run is waiting
+    result = interrupted(run, [0.5, 0.05], until=created)
     assert_stopped_quietly(result)
     assert "resume with: batchrunner run 1" in result.stderr
     told = invoke("status", "1", "--json", "--db", db_url)
