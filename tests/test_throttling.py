@@ -109,7 +109,10 @@ def test_a_deferral_among_the_last_items_is_waited_for_not_left_for_the_next_run
     lines = [chat_line(i) for i in range(3)] + [chat_line(3, "[fake:retry_laterx1] later")]
     ledger, job = submit(tmp_path, db_url, fake, lines, concurrency=2, max_retry_wait=0.5)
     report = run(ledger, job)
-    assert report.state == "completed" and ledger.summary(job).counts == {"succeeded": 4}
+    assert report.state == "completed" and ledger.summary(job).counts == {"succeeded": 4}, (
+        report,
+        ledger.summary(job).counts,
+    )
     ids = {row.custom_id: row.id for row in ledger.iter_items(job)}
     assert [a.outcome for a in ledger.attempts_of(ids["item-3"])] == ["retry", "succeeded"]
 

@@ -298,8 +298,13 @@ class ConcurrentRunner:
         """Nothing to claim, but this run's last items may still come back deferred (a long
         Retry-After hands an item back to pending): wait until the workers are done with them
         and their outcomes are committed, then look again; False when none were left."""
-        if self._stopping.is_set() or not (self._unfinished or self._writer.uncommitted):
+        if self._stopping.is_set():
             return False
+        if not (self._unfinished or self._writer.uncommitted):
+            # Nothing in hand, but the last of them may have been committed deferred after
+            # the feed last looked for deferred items: look once more.
+            wake = await anyio.to_thread.run_sync(self._ledger.next_not_before, self._job_id)
+            return wake is not None and not self._stopping.is_set()
         if self._unfinished:
             self._settled = anyio.Event()
             await self._settled.wait()
