@@ -374,8 +374,9 @@ class ConcurrentRunner:
         # Invalid answers the item got before this run: none if it was never sent (else the
         # ledger is asked, once an invalid answer may be asked for again).
         invalid: int | None = 0 if attempt == item.attempts_floor else None
-        if self._failed_alike(item):
-            await self._writer.write(self._unsent_failure(item))
+        proof = self._proven_failure(item)
+        if proof is not None:
+            await self._writer.write(self._unsent_failure(item, proof))
             return
         while True:
             if not await self._admitted():
@@ -436,18 +437,16 @@ class ConcurrentRunner:
         counts = await anyio.to_thread.run_sync(self._ledger.invalid_answers, floors)
         return counts.get(item.id, 0)
 
-    def _alike_key(self, item: ClaimedItem, scope: str) -> tuple[str, str | None]:
-        return (item.url, item.model if scope == "model" else None)
-
-    def _failed_alike(self, item: ClaimedItem) -> bool:
+    def _proven_failure(self, item: ClaimedItem) -> Result | None:
+        """The error an earlier answer proved this item's model or endpoint gets, if any."""
         alike = self._proven_failures
-        return (item.url, item.model) in alike or (item.url, None) in alike
+        return alike.get((item.url, item.model)) or alike.get((item.url, None))
 
     async def _fail_alike(self, item: ClaimedItem, scope: str, outcome: Outcome) -> None:
         """One answer proved that every item of this model (or endpoint) fails alike: fail
         the pending ones unsent, and this run's queued ones as they come up; the rest of the
         job goes on."""
-        key = self._alike_key(item, scope)
+        key = (item.url, item.model if scope == "model" else None)
         if key in self._proven_failures:
             return
         proof = outcome.result
@@ -469,10 +468,8 @@ class ConcurrentRunner:
             proof.error_message,
         )
 
-    def _unsent_failure(self, item: ClaimedItem) -> Outcome:
+    def _unsent_failure(self, item: ClaimedItem, proof: Result) -> Outcome:
         """A queued item whose model or endpoint was proven missing: failed, never sent."""
-        alike = self._proven_failures
-        proof = alike.get((item.url, item.model)) or alike[(item.url, None)]
         now = utcnow()
         outcome = Outcome(
             job_id=self._job_id,
