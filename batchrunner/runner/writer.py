@@ -18,9 +18,13 @@ from batchrunner.ledger import Ledger
 from batchrunner.outcome import Outcome
 
 MAX_BATCH = 2000
-# A commit waits this long for half the backlog to gather: commits of a few outcomes each write
-# the same index pages again and again, and the workers do not wait for them anyway.
+# A commit waits this long for GATHER_SHARE of the backlog to gather: commits of a few outcomes
+# each write the same index pages again and again, and the workers do not wait for them anyway.
 GATHER_S = 0.02
+# Three quarters, not half: with the backlog at 1x --concurrency (the re-send bound), half made
+# commits of ~64 outcomes at concurrency 128 and cost 10% of zero-latency throughput
+# (bench/RESULTS.md, 2026-12-01); three quarters won that back.
+GATHER_SHARE = 0.75
 
 
 class LedgerWriter:
@@ -33,6 +37,7 @@ class LedgerWriter:
         self._ledger = ledger
         self._on_flush = on_flush
         self._backlog = max(1, backlog)
+        self._gather = max(1, int(self._backlog * GATHER_SHARE))  # outcomes worth a commit
         self._pending: list[Outcome] = []
         self._committing = 0  # outcomes in the transaction under way
         self._wakeup = anyio.Event()
@@ -50,7 +55,7 @@ class LedgerWriter:
             raise self._error
         self._pending.append(record)
         self._wakeup.set()
-        if len(self._pending) * 2 >= self._backlog:
+        if len(self._pending) >= self._gather:
             self._full.set()
 
     @property
@@ -75,7 +80,7 @@ class LedgerWriter:
         while True:
             await self._wakeup.wait()
             self._wakeup = anyio.Event()
-            if not self._closed and len(self._pending) * 2 < self._backlog:
+            if not self._closed and len(self._pending) < self._gather:
                 with anyio.move_on_after(GATHER_S):
                     await self._full.wait()
             self._full = anyio.Event()
