@@ -143,6 +143,20 @@ def run_options(func: F) -> F:
             type=click.FloatRange(min=0),
             help="Stop before the job's spend (USD, over its whole life) could pass this.",
         ),
+        click.option(
+            "--cache-aware/--no-cache-aware",
+            "cache_aware",
+            default=None,
+            help="Send requests that share a long prefix so the provider's prompt cache serves "
+            "it: each group's first request alone, the rest once it answered, spread over "
+            "prompt_cache_key values when the job sets none [on].",
+        ),
+        click.option(
+            "--cache-key-rpm",
+            type=click.FloatRange(min=1),
+            help="Requests/min per prefix and prompt_cache_key before another key is used "
+            "(OpenAI: beyond about 15 a prefix-and-key pair overflows to other machines) [15].",
+        ),
         click.option("--prices", help="JSON or TOML prices (USD per 1M tokens) for models."),
         click.option(
             "--price-as",

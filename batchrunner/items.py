@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -19,8 +20,10 @@ class JobItem:
     model: str
 
 
-def request_hash(url: str, body: bytes) -> str:
+def request_hash(url: str, body: bytes, parsed: Any = None) -> str:
     """sha256 of the canonical JSON of url and body (sorted keys, no whitespace): the identity
-    of a request whatever the key order or spacing of its line, which `--reuse` matches on."""
-    canonical = orjson.dumps({"url": url, "body": orjson.loads(body)}, option=orjson.OPT_SORT_KEYS)
+    of a request whatever the key order or spacing of its line, which `--reuse` matches on.
+    `parsed`: the body already parsed, when the caller has it."""
+    parsed = orjson.loads(body) if parsed is None else parsed
+    canonical = orjson.dumps({"url": url, "body": parsed}, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()

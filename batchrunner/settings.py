@@ -30,6 +30,10 @@ class RunSettings:
     azure_endpoint: str | None = None  # https://RESOURCE.openai.azure.com (Azure OpenAI)
     api_version: str | None = None  # Azure's api-version, or "v1" for its v1 API
     budget: float | None = None  # USD over the job's whole life
+    # Send each prefix group so the provider's prompt cache can serve it: the group's first
+    # request alone, prompt_cache_key spread at most cache_key_rpm requests/min per key.
+    cache_aware: bool = True
+    cache_key_rpm: float = 15.0
     batch_max_requests: int = BATCH_MAX_REQUESTS  # per Batch API input file
     batch_token_limit: int | None = None  # the account's enqueued prompt tokens per model
     batch_hold_s: float = 300.0  # wait after a batch hit the token cap with nothing to wait for

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, func, insert, literal, select, update
 
 from batchrunner.errors import UsageError
@@ -36,6 +37,7 @@ from batchrunner.ledger.records import (
 from batchrunner.ledger.results import reuse_answers
 from batchrunner.ledger.runs import run_is_live
 from batchrunner.outcome import FLAGGED_FINISH_REASONS, INVALID_OUTPUT
+from batchrunner.prefixes import PrefixFinder
 
 INSERT_CHUNK = 2000
 
@@ -327,6 +329,8 @@ INSERT_COLUMNS = (
     "body",
     "extra",
     "request_hash",
+    "prefix_group",
+    "prefix_tokens",
     "reused",
     "state",
     "attempts",
@@ -352,7 +356,10 @@ def _insert_items(conn: Connection, job_id: int, items: Iterable[JobItem], now: 
     not_reused = flag(False) if flag else False
     count = 0
     chunk: list[tuple[Any, ...]] = []
+    prefixes = PrefixFinder()
     for item in items:
+        parsed = orjson.loads(item.body)
+        prefix = prefixes.find(item.url, parsed) if isinstance(parsed, dict) else None
         chunk.append(
             (
                 job_id,
@@ -362,7 +369,9 @@ def _insert_items(conn: Connection, job_id: int, items: Iterable[JobItem], now: 
                 item.model,
                 item.body.decode(),
                 item.extra.decode() if item.extra else None,
-                request_hash(item.url, item.body),
+                request_hash(item.url, item.body, parsed),
+                prefix.group if prefix else None,
+                prefix.tokens if prefix else None,
                 not_reused,
                 PENDING,
                 0,

@@ -160,7 +160,7 @@ def _capture() -> str:
     return "\n".join([*lines, ")"]) + "\n"
 
 
-# Captured by `python -m batchrunner.ledger.migrate` (which prints them) from migrations 0001-0007.
+# Captured by `python -m batchrunner.ledger.migrate` (which prints them) from migrations 0001-0008.
 SQLITE_SCHEMA_REVISIONS = (
     "0001_initial.py",
     "0002_not_before.py",
@@ -169,6 +169,7 @@ SQLITE_SCHEMA_REVISIONS = (
     "0005_reuse_without_index.py",
     "0006_retry_and_stop_reason.py",
     "0007_structured_outputs.py",
+    "0008_prefix_groups.py",
 )
 SQLITE_SCHEMA = (
     (
@@ -225,7 +226,7 @@ SQLITE_SCHEMA = (
         "\tfinished_at DATETIME, not_before DATETIME, batch_id INTEGER, "
         "request_hash VARCHAR(64), reused BOOLEAN DEFAULT 0 NOT NULL, "
         "attempts_floor INTEGER DEFAULT 0 NOT NULL, output_valid BOOLEAN, "
-        "invalid_reason TEXT, \n"
+        "invalid_reason TEXT, prefix_group VARCHAR(32), prefix_tokens INTEGER, \n"
         "\tPRIMARY KEY (id), \n"
         "\tCONSTRAINT uq_items_job_custom_id UNIQUE (job_id, custom_id), \n"
         "\tFOREIGN KEY(job_id) REFERENCES jobs (id) ON DELETE CASCADE\n"
@@ -313,7 +314,7 @@ SQLITE_SCHEMA = (
         "finished_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, "
         "cost_usd, attempts, reused, finish_reason, output_valid)"
     ),
-    "INSERT INTO alembic_version (version_num) VALUES ('0007')",
+    "INSERT INTO alembic_version (version_num) VALUES ('0008')",
 )
 
 if __name__ == "__main__":

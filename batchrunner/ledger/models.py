@@ -157,6 +157,10 @@ class Item(Base):
     # indexed: an index cost every answered item a random insert; --reuse scans instead (0005).
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reused: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The part of the request other items can share, hashed, and its length in tokens: the
+    # provider's prompt cache serves it to the group's later requests (prefixes.py; 0008).
+    prefix_group: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    prefix_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Attempt(Base):

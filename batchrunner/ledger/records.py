@@ -53,6 +53,8 @@ class ClaimedItem:
     body: str
     attempts: int
     attempts_floor: int  # attempts used before `run --retry-failed`: not counted against it
+    prefix_group: str | None = None  # the group of requests sharing its head (prefixes.py)
+    prefix_tokens: int | None = None  # that head's length in tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,8 @@ class ItemRow:
     not_before: datetime | None
     request_hash: str | None
     reused: bool
+    prefix_group: str | None  # the group of requests sharing its head (prefixes.py)
+    prefix_tokens: int | None  # that head's length in tokens
     created_at: datetime
     updated_at: datetime | None
     finished_at: datetime | None
@@ -100,6 +104,8 @@ class PackedItem:
     custom_id: str
     url: str
     body: str
+    prefix_group: str | None  # lines of a group carry prompt_cache_keys of their own
+    prefix_tokens: int | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,7 +83,7 @@ HINTS = {
 PAGE_SIZE = 1000
 # The newest migration in migrations/versions (a test checks): a ledger already there opens
 # without Alembic.
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
 
 
 class Ledger(JobQueries, BatchQueries, RunQueries):
@@ -315,6 +315,8 @@ CLAIMED_COLUMNS = (
     items_t.c.body,
     items_t.c.attempts,
     items_t.c.attempts_floor,
+    items_t.c.prefix_group,
+    items_t.c.prefix_tokens,
 )
 
 

@@ -34,6 +34,7 @@ from batchrunner.ledger.models import CANCELLED, FAILED, PENDING, SUCCEEDED
 from batchrunner.ledger.records import utcnow
 from batchrunner.ledger.runs import CANCEL_CHECK_S
 from batchrunner.outcome import Outcome
+from batchrunner.prefixes import cacheable_tokens
 from batchrunner.pricing import job_price_table
 from batchrunner.runner.batch_plan import (
     Candidate,
@@ -43,6 +44,7 @@ from batchrunner.runner.batch_plan import (
     within_token_cap,
 )
 from batchrunner.runner.budget import Budget
+from batchrunner.runner.cache_keys import ADDED_KEY_BYTES, BatchKeys
 from batchrunner.runner.outcomes import BATCH_EFFECTS, AnswerReader
 from batchrunner.runner.report import RunReport
 from batchrunner.settings import RunSettings
@@ -277,6 +279,8 @@ class BatchRunner:
         for row in self._ledger.iter_items(self._job_id, states=(PENDING,)):
             demand = token_demand(row.url, orjson.loads(row.body)) if counting else None
             size = line_size(row.custom_id, row.url, row.body)
+            if self._settings.cache_aware and cacheable_tokens(row.prefix_tokens):
+                size += ADDED_KEY_BYTES
             worst = 0.0
             if budget is not None and demand is not None:
                 worst = budget.worst_case(row.model, demand)
@@ -394,9 +398,13 @@ class BatchRunner:
     def _upload(self, batch_id: int) -> str:
         with tempfile.TemporaryDirectory(prefix="batchrunner-") as folder:
             path = Path(folder) / f"job{self._job_id}-batch{batch_id}.jsonl"
+            keys = BatchKeys(self._settings.cache_key_rpm, batch_id)
             with path.open("wb") as out:
                 for row in self._ledger.batch_items(batch_id):
-                    out.write(self._dialect.batch_line(row.custom_id, row.url, row.body))
+                    body = row.body
+                    if self._settings.cache_aware:
+                        body = keys.body(body, row.prefix_group, row.prefix_tokens)
+                    out.write(self._dialect.batch_line(row.custom_id, row.url, body))
             return self._backend.upload(path)
 
     # -- polling and reconciling -----------------------------------------------------------------

@@ -31,6 +31,7 @@ from batchrunner.failures import (
     RETRY,
     STOP,
     SUCCEED,
+    ErrorKind,
     Verdict,
     backoff_delay,
     final_verdict,
@@ -42,9 +43,11 @@ from batchrunner.ledger.records import utcnow
 from batchrunner.ledger.runs import CANCEL_CHECK_S
 from batchrunner.logs import ATTEMPTS, EVENTS, log_attempt
 from batchrunner.outcome import Outcome, Result, mendable
+from batchrunner.prefixes import cacheable_tokens
 from batchrunner.pricing import job_price_table
 from batchrunner.runner.breaker import Breaker
 from batchrunner.runner.budget import Budget, Reservation
+from batchrunner.runner.cache_keys import CacheKeys, KeyLease
 from batchrunner.runner.limits import Throttle
 from batchrunner.runner.outcomes import CONCURRENT_EFFECTS, AnswerReader
 from batchrunner.runner.report import RunReport
@@ -105,6 +108,7 @@ class ConcurrentRunner:
         self._stopping = anyio.Event()
         self._stop_reason: str | None = None
         self._run_id = ""
+        self._cache_keys: CacheKeys | None = None  # set once the run has its id
         # (url, model) or (url, None) -> the error one answer proved all its items would get
         self._proven_failures: dict[tuple[str, str | None], Result] = {}
 
@@ -138,6 +142,8 @@ class ConcurrentRunner:
                 lease_s=settings.lease_s,
             )
         )
+        if settings.cache_aware:
+            self._cache_keys = CacheKeys(settings.cache_key_rpm, namespace=self._run_id[:8])
         if await self._job_cancelled():
             self.stop("cancelled")  # claims nothing; its end cancels what dead runs held
         if settings.budget is not None:
@@ -284,6 +290,8 @@ class ConcurrentRunner:
                         return
                     continue
                 self._unfinished += len(page)
+                if self._cache_keys is not None:  # a group's requests close together in time
+                    page.sort(key=_prefix_group)
                 self._queue.extend(page)  # claimed but unsent items go back in end_run
                 self._wake_workers()
         finally:
@@ -388,14 +396,23 @@ class ConcurrentRunner:
                 needs.expected(typical) if needs and self._throttle.counts_tokens else 0
             )
             reservation = self._reserve(item, needs)
+            lease = await self._cache_lease(item, body)
             if self._stopping.is_set():
+                if lease is not None and self._cache_keys is not None:
+                    self._cache_keys.answered(lease, warmed=False)
                 if reservation is not None and self._budget is not None:
                     self._budget.settle(reservation, None, billed=False)
                 return
             attempt += 1
             started = utcnow()
-            answer = await self._backend.post(item.url, body, item.custom_id, item.model)
+            answer = await self._post(item, body, lease)
             verdict = self._judge(answer)
+            if lease is not None and lease.key.name and _refuses_cache_key(verdict):
+                self._stop_spreading_keys(verdict)
+                if reservation is not None and self._budget is not None:
+                    self._budget.settle(reservation, None, billed=False)
+                attempt -= 1  # refused for the key we added: the item's request goes again
+                continue
             if self._breaker.troubled or isinstance(answer, TransportFailure):
                 unreachable_tries = self._watch_the_circuit(verdict, unreachable_tries, probe)
                 if unreachable_tries and await self._again_unsent(reservation, unreachable_tries):
@@ -430,6 +447,39 @@ class ConcurrentRunner:
                 await self._stopping.wait()
             if self._stopping.is_set():
                 return
+
+    async def _cache_lease(self, item: ClaimedItem, body: bytes) -> KeyLease | None:
+        """The prompt_cache_key (and the wait for its group's opener) of a request whose head
+        the provider can cache; None for the others, which go as they are."""
+        keys = self._cache_keys
+        if keys is None or item.prefix_group is None or not cacheable_tokens(item.prefix_tokens):
+            return None
+        return await keys.lease(item.prefix_group, body)
+
+    async def _post(
+        self, item: ClaimedItem, body: bytes, lease: KeyLease | None
+    ) -> Reply | TransportFailure:
+        if lease is None:
+            return await self._backend.post(item.url, body, item.custom_id, item.model)
+        assert self._cache_keys is not None
+        answer: Reply | TransportFailure | None = None
+        try:
+            answer = await self._backend.post(
+                item.url, lease.body(body), item.custom_id, item.model
+            )
+        finally:  # the opener's waiters must hear of it whatever happened
+            warmed = isinstance(answer, Reply) and answer.status == 200
+            self._cache_keys.answered(lease, warmed)
+        return answer
+
+    def _stop_spreading_keys(self, verdict: Verdict) -> None:
+        if self._cache_keys is not None and self._cache_keys.spreading:
+            self._cache_keys.stop_spreading()
+            EVENTS.warning(
+                "the server refuses prompt_cache_key (%s): requests go without the keys "
+                "cache-aware sending adds (--no-cache-aware says so from the start)",
+                verdict.message,
+            )
 
     async def _invalid_before(self, item: ClaimedItem) -> int:
         """The invalid structured answers an item sent before this run got (its attempts)."""
@@ -642,6 +692,17 @@ class ConcurrentRunner:
             input_tokens=result.input_tokens,
             output_tokens=result.output_tokens,
         )
+
+
+def _prefix_group(item: ClaimedItem) -> str:
+    return item.prefix_group or ""
+
+
+def _refuses_cache_key(verdict: Verdict) -> bool:
+    """A 400 that names prompt_cache_key: a server that does not take the parameter."""
+    return verdict.kind == ErrorKind.INVALID_REQUEST and "prompt_cache_key" in (
+        verdict.message or ""
+    )
 
 
 def _first_deliberate(group: BaseExceptionGroup[BaseException]) -> BaseException:
