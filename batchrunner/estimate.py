@@ -7,13 +7,17 @@ cap (`max_completion_tokens` / `max_tokens` / `max_output_tokens`: an upper boun
 `assume_output`, else TYPICAL_OUTPUT for chat and responses; embeddings have none. Each request
 is priced on its own (tiered prices depend on its size), no input assumed cached, in both
 modes: concurrent (standard rates) and the Batch API.
+
+Beside that, what the provider's prompt cache could take off (prefixes.py): every request after
+the first of its prefix group is assumed to get its shared head's cacheable tokens from the
+cache, and is priced so as well ("with caching"); cache-aware runs come close to that.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +27,7 @@ from batchrunner.demand import TYPICAL_OUTPUT, token_demand
 from batchrunner.errors import UsageError
 from batchrunner.items import JobItem
 from batchrunner.jobfile import JobDefaults, read_job_items
+from batchrunner.prefixes import PrefixFinder, cacheable_tokens
 from batchrunner.pricing import (
     Cost,
     PriceTable,
@@ -33,6 +38,7 @@ from batchrunner.pricing import (
 )
 from batchrunner.usage import Usage, format_usd
 
+MAX_GROUPS_SEEN = 1_000_000  # bounded: a job of only distinct heads forgets, and says less cached
 EXACT_FIRST = 1_000  # submit counts this many requests each, then samples
 SAMPLES = 2_000  # about this many more, whatever the size of the file
 SEED = 8
@@ -49,6 +55,9 @@ class ModelEstimate:
     cost_batch: float | None = 0.0
     batch_discount_assumed: bool = False  # batch cost = standard rates less 50%
     price_source: str | None = None
+    cached_tokens: int = 0  # input tokens the prompt cache could serve (after each group's first)
+    cached_concurrent: float | None = 0.0  # the costs with those tokens at the cached rate
+    cached_batch: float | None = 0.0
     # The model's rates per mode (batch or not), looked up once: half of counting a request.
     # So every `add` to one row must pass the same `when` and `overrides` (a builder does).
     _rates: dict[bool, Rates | None] = field(
@@ -63,14 +72,18 @@ class ModelEstimate:
         self.input_tokens += usage.input_tokens or 0
         self.output_tokens += usage.output_tokens or 0
         self.uncapped_requests += not capped
+        self.cached_tokens += usage.cached_tokens or 0
+        uncached = replace(usage, cached_tokens=None)
         if self.cost_concurrent is not None:
-            cost = self._price(usage, False, when, overrides)
+            cost = self._price(uncached, False, when, overrides)
             self.cost_concurrent = None if cost is None else self.cost_concurrent + cost.usd
             self.price_source = cost.source if cost is not None else None
+            self.cached_concurrent = _plus(self.cached_concurrent, usage, cost, self._rates[False])
         if self.cost_batch is not None:
-            cost = self._price(usage, True, when, overrides)
+            cost = self._price(uncached, True, when, overrides)
             self.cost_batch = None if cost is None else self.cost_batch + cost.usd
             self.batch_discount_assumed |= cost is not None and cost.batch_discount_assumed
+            self.cached_batch = _plus(self.cached_batch, usage, cost, self._rates[True])
 
     def _price(
         self, usage: Usage, batch: bool, when: datetime | None, overrides: PriceTable | None
@@ -88,6 +101,10 @@ class ModelEstimate:
         self.input_tokens += round(sample.input_tokens * factor)
         self.output_tokens += round(sample.output_tokens * factor)
         self.uncapped_requests += round(sample.uncapped_requests * factor)
+        self.cached_tokens += round(sample.cached_tokens * factor)
+        for name in ("cached_concurrent", "cached_batch"):
+            mine, theirs = getattr(self, name), getattr(sample, name)
+            setattr(self, name, None if None in (mine, theirs) else mine + theirs * factor)
         if self.cost_concurrent is not None:
             costs = sample.cost_concurrent
             self.cost_concurrent = None if costs is None else self.cost_concurrent + costs * factor
@@ -96,6 +113,15 @@ class ModelEstimate:
             self.cost_batch = None if costs is None else self.cost_batch + costs * factor
         self.batch_discount_assumed |= sample.batch_discount_assumed
         self.price_source = self.price_source or sample.price_source
+
+
+def _plus(
+    total: float | None, usage: Usage, uncached: Cost | None, rates: Rates | None
+) -> float | None:
+    """A running cost with caching: the request's uncached cost when nothing of it is cached."""
+    if total is None or uncached is None or rates is None:
+        return None
+    return total + (rates.cost(usage).usd if usage.cached_tokens else uncached.usd)
 
 
 @dataclass
@@ -137,6 +163,19 @@ class Estimate:
         costs = [m.cost_batch for m in self.models.values()]
         return None if None in costs else sum(c or 0.0 for c in costs)
 
+    @property
+    def cached_tokens(self) -> int:
+        return sum(m.cached_tokens for m in self.models.values())
+
+    @property
+    def cached_share(self) -> float | None:
+        """The share of input tokens the prompt cache could serve."""
+        return self.cached_tokens / self.input_tokens if self.input_tokens else None
+
+    def cached_cost(self, batch: bool) -> float | None:
+        costs = [m.cached_batch if batch else m.cached_concurrent for m in self.models.values()]
+        return None if None in costs else sum(c or 0.0 for c in costs)
+
 
 class EstimateBuilder:
     """Counts items one at a time, so a pass that reads the file anyway (submit) can estimate."""
@@ -155,16 +194,33 @@ class EstimateBuilder:
         self.estimate = Estimate(path=path, assumed_output=assumed, prices=overrides)
         self._overrides = overrides
         self._when = when
+        self._prefixes = PrefixFinder()
+        self._groups_seen: set[str] = set()  # prefix groups whose first request was counted
 
     def add(self, item: JobItem, into: dict[str, ModelEstimate] | None = None) -> None:
         rows = self.estimate.models if into is None else into
         row = rows.get(item.model)
         if row is None:
             row = rows[item.model] = ModelEstimate(item.model)
-        demand = token_demand(item.url, orjson.loads(item.body))
+        body = orjson.loads(item.body)
+        demand = token_demand(item.url, body)
         output = demand.output(self.estimate.assumed_output)
-        usage = Usage(input_tokens=demand.prompt, output_tokens=output)
+        cached = self._cacheable(item.url, body)
+        usage = Usage(input_tokens=demand.prompt, cached_tokens=cached, output_tokens=output)
         row.add(usage, demand.capped, self._when, self._overrides)
+
+    def _cacheable(self, url: str, body: Any) -> int:
+        """The tokens the prompt cache could serve this request: its group's head, unless it
+        is the first of its group."""
+        prefix = self._prefixes.find(url, body) if isinstance(body, dict) else None
+        if prefix is None or not cacheable_tokens(prefix.tokens):
+            return 0
+        if prefix.group not in self._groups_seen:
+            if len(self._groups_seen) >= MAX_GROUPS_SEEN:
+                self._groups_seen.clear()
+            self._groups_seen.add(prefix.group)
+            return 0
+        return cacheable_tokens(prefix.tokens)
 
     def passing(
         self,
@@ -239,6 +295,10 @@ def _json_usd(value: float | None) -> float | None:
     return None if value is None else round(value, 10)
 
 
+def _share(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 def _row(name: str, m: ModelEstimate | Estimate, batch_note: str = "") -> list[str]:
     return [
         name,
@@ -270,6 +330,8 @@ def format_estimate(estimate: Estimate) -> str:
         f"{estimate.assumed_output:,} tokens ({uncapped:,} requests); none where the answer is "
         "not text (embeddings, moderations, images, videos)"
     )
+    if estimate.cached_tokens:
+        lines.append(cache_note(estimate))
     if estimate.batch_assumed_models:
         lines.append(
             "** no batch price known: OpenAI's 50% Batch API discount assumed for "
@@ -283,6 +345,17 @@ def format_estimate(estimate: Estimate) -> str:
     return "\n".join(lines)
 
 
+def cache_note(estimate: Estimate) -> str:
+    """What the prompt cache could take off: its share of the input, and the costs with it."""
+    return (
+        f"prompt cache: {estimate.cached_tokens:,} input tokens "
+        f"({(estimate.cached_share or 0) * 100:.0f}%) are shared prefixes of 1,024+ tokens "
+        f"the cache can serve after each group's first request: "
+        f"{format_usd(estimate.cached_cost(batch=False))} concurrent, "
+        f"{format_usd(estimate.cached_cost(batch=True))} batch with it"
+    )
+
+
 def estimate_line(estimate: Estimate, mode: str) -> str:
     """The estimate in one line, for `submit`: the job's mode first."""
     costs = {"concurrent": estimate.cost_concurrent, "batch": estimate.cost_batch}
@@ -292,6 +365,11 @@ def estimate_line(estimate: Estimate, mode: str) -> str:
         f"estimate: {about}{estimate.input_tokens:,} input + up to {estimate.output_tokens:,} "
         f"output tokens, {format_usd(costs[mode])} ({other} mode: {format_usd(costs[other])})"
     )
+    if estimate.cached_tokens:
+        line += (
+            f"; {format_usd(estimate.cached_cost(batch=mode == 'batch'))} if the prompt cache "
+            f"serves the shared prefixes ({(estimate.cached_share or 0) * 100:.0f}% of the input)"
+        )
     if estimate.sampled:
         line += " [from a sample; `batchrunner estimate` counts every request]"
     if estimate.unpriced_models:
@@ -308,6 +386,10 @@ def estimate_as_json(estimate: Estimate) -> dict[str, Any]:
         "output_tokens": estimate.output_tokens,
         "cost_concurrent_usd": _json_usd(estimate.cost_concurrent),
         "cost_batch_usd": _json_usd(estimate.cost_batch),
+        "cached_tokens": estimate.cached_tokens,
+        "cached_share": _share(estimate.cached_share),
+        "cost_concurrent_cached_usd": _json_usd(estimate.cached_cost(batch=False)),
+        "cost_batch_cached_usd": _json_usd(estimate.cached_cost(batch=True)),
         "assumed_output_tokens_per_request": estimate.assumed_output,
         "unpriced_models": estimate.unpriced_models,
         "unpriced_reasons": {
@@ -323,6 +405,9 @@ def estimate_as_json(estimate: Estimate) -> dict[str, Any]:
                 "uncapped_requests": m.uncapped_requests,
                 "cost_concurrent_usd": _json_usd(m.cost_concurrent),
                 "cost_batch_usd": _json_usd(m.cost_batch),
+                "cached_tokens": m.cached_tokens,
+                "cost_concurrent_cached_usd": _json_usd(m.cached_concurrent),
+                "cost_batch_cached_usd": _json_usd(m.cached_batch),
                 "batch_discount_assumed": m.batch_discount_assumed,
                 "price_source": m.price_source,
             }

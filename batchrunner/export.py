@@ -22,7 +22,7 @@ import csv
 import hashlib
 import io
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from operator import attrgetter
 from typing import IO, Any
@@ -32,8 +32,9 @@ import orjson
 from batchrunner.dialects import Dialect
 from batchrunner.dialects.openai import batch_line, requested_format
 from batchrunner.ledger import ItemRow, Ledger
-from batchrunner.ledger.models import CANCELLED, FAILED, SUCCEEDED
+from batchrunner.ledger.models import BATCH, CANCELLED, FAILED, SUCCEEDED
 from batchrunner.parquet import BOOL, FLOAT, INT, TEXT, require_pyarrow, write_parquet
+from batchrunner.pricing import CacheSavings, job_price_table
 from batchrunner.providers import provider_for
 from batchrunner.settings import RunSettings
 
@@ -58,6 +59,8 @@ class JobFacts:
     simulated: bool
     dialect: Dialect  # what its answers mean (their text)
     table_columns: tuple[str, ...] | None = None  # a table job's own columns; None: not one
+    # what cached input saved at the uncached price (export usage's cache_saved_usd)
+    cache_savings: CacheSavings = field(default_factory=CacheSavings)
 
 
 Getter = Callable[[ItemRow, JobFacts], Any]
@@ -177,6 +180,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("attempts", _of_row("attempts"), EVERYWHERE, kind=INT),
     Column("input_tokens", _of_row("result.input_tokens"), EVERYWHERE | TABLE, kind=INT),
     Column("cached_tokens", _of_row("result.cached_tokens"), EVERYWHERE, kind=INT),
+    Column(
+        "cache_saved_usd",
+        lambda row, job: job.cache_savings.usd(row.model, row.result.cached_tokens),
+        frozenset((USAGE,)),
+        kind=FLOAT,
+    ),
     Column("output_tokens", _of_row("result.output_tokens"), EVERYWHERE | TABLE, kind=INT),
     Column("reasoning_tokens", _of_row("result.reasoning_tokens"), EVERYWHERE, kind=INT),
     Column("cost_usd", _of_row("result.cost_usd"), EVERYWHERE | TABLE, kind=FLOAT),
@@ -329,12 +338,14 @@ def _table_of(options: dict[str, Any]) -> tuple[str, ...] | None:
 
 def _job(ledger: Ledger, job_id: int) -> JobFacts:
     options, simulated = ledger.job_options(job_id)
-    dialect = provider_for(RunSettings.from_stored(options)).dialect
+    settings = RunSettings.from_stored(options)
+    mode = ledger.job_mode(job_id)
     return JobFacts(
-        mode=ledger.job_mode(job_id),
+        mode=mode,
         simulated=simulated,
-        dialect=dialect,
+        dialect=provider_for(settings).dialect,
         table_columns=_table_of(options),
+        cache_savings=CacheSavings(batch=mode == BATCH, overrides=job_price_table(settings)),
     )
 
 

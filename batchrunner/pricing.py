@@ -510,6 +510,30 @@ def rates_for(
     return _library_rates(model, batch, when or datetime.now(UTC))
 
 
+class CacheSavings:
+    """What cached input saved against the uncached input price, model by model, at today's
+    base rates: each model's rates looked up once (status sums it, export usage per item)."""
+
+    def __init__(self, *, batch: bool = False, overrides: PriceTable | None = None) -> None:
+        self._batch = batch
+        self._overrides = overrides
+        self._per_token: dict[str, float | None] = {}
+
+    def usd(self, model: str, cached_tokens: int | None) -> float | None:
+        """None when no answer said how many tokens were cached, or the model has no price."""
+        if not cached_tokens:
+            return None if cached_tokens is None else 0.0
+        if model not in self._per_token:
+            rates = rates_for(model, batch=self._batch, overrides=self._overrides)
+            self._per_token[model] = (
+                None
+                if rates is None
+                else max(0.0, rates.input.base - rates.cached_input.base) / 1e6
+            )
+        per_token = self._per_token[model]
+        return None if per_token is None else cached_tokens * per_token
+
+
 def price_item(
     model: str,
     usage: Usage,

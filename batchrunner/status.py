@@ -37,6 +37,7 @@ def job_status(
         rate = summary.finished_in_run / elapsed
         if summary.live_run and rate > 0:
             eta = (total - done) / rate
+    saved = _cache_savings(summary)
     status = {
         "id": summary.id,
         "name": summary.name,
@@ -56,9 +57,12 @@ def job_status(
         "attempts": summary.attempts,
         "input_tokens": summary.input_tokens,
         "cached_tokens": summary.cached_tokens,
+        "cached_share": _share(summary.cached_tokens, summary.input_tokens),
         "output_tokens": summary.output_tokens,
         "reasoning_tokens": summary.reasoning_tokens,
         "cost_usd": summary.cost_usd,
+        # what the prompt cache saved against the uncached input price (the priced models')
+        "cache_saved_usd": round(sum(v for v in saved.values() if v is not None), 10),
         "estimate_usd": summary.options.get("estimate_usd"),
         "budget_usd": summary.options.get("budget"),
         "unpriced_models": summary.unpriced_models,
@@ -67,6 +71,9 @@ def job_status(
             name: {
                 "items": t.items,
                 "input_tokens": t.input_tokens,
+                "cached_tokens": t.cached_tokens,
+                "cached_share": _share(t.cached_tokens, t.input_tokens),
+                "cache_saved_usd": saved.get(name),
                 "output_tokens": t.output_tokens,
                 "cost_usd": None if t.unpriced and not t.cost_usd else round(t.cost_usd, 10),
                 "unpriced_items": t.unpriced,
@@ -104,7 +111,7 @@ def format_job(status: dict[str, Any]) -> str:
         f"job {status['id']} {status['name']!r} ({status['mode']}){flag}: {status['state']}, "
         f"{status['progress'] * 100:.1f}% of {status['total']:,} items",
         "  " + _counts_line(status),
-        f"  tokens: {status['input_tokens']:,} in ({status['cached_tokens']:,} cached), "
+        f"  tokens: {status['input_tokens']:,} in ({_cached(status)}), "
         f"{status['output_tokens']:,} out ({status['reasoning_tokens']:,} reasoning); "
         f"{status['attempts']:,} requests sent",
         "  cost: " + _cost_line(status),
@@ -112,7 +119,9 @@ def format_job(status: dict[str, Any]) -> str:
     if len(status["models"]) > 1:
         for name, model in status["models"].items():
             lines.append(
-                f"    {name}: {model['items']:,} items, {model['input_tokens']:,} in, "
+                f"    {name}: {model['items']:,} items, {model['input_tokens']:,} in"
+                + (f" ({model['cached_tokens']:,} cached)" if model["cached_tokens"] else "")
+                + ", "
                 f"{model['output_tokens']:,} out, {format_usd(model['cost_usd'])}"
             )
     if status["rate_per_s"] is not None:
@@ -145,6 +154,16 @@ FLAG_WORDS = {
 }
 
 
+def _cached(status: dict[str, Any]) -> str:
+    """'1,234 cached', and when the cache served any: its share and what it saved."""
+    text = f"{status['cached_tokens']:,} cached"
+    if status["cached_tokens"]:
+        text += f", {status['cached_share'] * 100:.0f}%"
+        if status["cache_saved_usd"]:
+            text += f", saving {format_usd(status['cache_saved_usd'])}"
+    return text
+
+
 def _counts_line(status: dict[str, Any]) -> str:
     counts = status["counts"]
     cut = [f"{n:,} {words}" for r, words in FLAG_WORDS.items() if (n := status["flagged"].get(r))]
@@ -155,6 +174,23 @@ def _counts_line(status: dict[str, Any]) -> str:
     if status["reused"]:
         line += f" ({status['reused']:,} reused from earlier jobs, at no cost)"
     return line
+
+
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _cache_savings(summary: JobSummary) -> dict[str, float | None]:
+    """Per model with cached tokens: what they saved at its uncached input price."""
+    cached = {name: t.cached_tokens for name, t in summary.models.items() if t.cached_tokens}
+    if not cached:
+        return {}
+    from batchrunner.pricing import CacheSavings, job_price_table  # only when needed
+    from batchrunner.settings import RunSettings
+
+    table = job_price_table(RunSettings.from_stored(summary.options))
+    savings = CacheSavings(batch=summary.mode == "batch", overrides=table)
+    return {name: savings.usd(name, tokens) for name, tokens in cached.items()}
 
 
 def _unpriced_reasons(models: list[str], options: dict[str, Any]) -> dict[str, str]:

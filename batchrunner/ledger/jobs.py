@@ -290,6 +290,7 @@ class JobQueries(QueriesMixin):
                 totals = summary.models.setdefault(model, ModelTotals())
                 totals.items += count
                 totals.input_tokens += inp or 0
+                totals.cached_tokens += cached or 0
                 totals.output_tokens += out or 0
                 totals.cost_usd += cost or 0.0
                 totals.unpriced += unpriced
