@@ -28,7 +28,7 @@ CACHE_STEP = 128  # ... in steps of this many tokens
 # Fields of a request that come before its messages in the prompt a provider caches.
 CHAT_HEAD_FIELDS = ("tools", "response_format", "functions")
 RESPONSES_HEAD_FIELDS = ("tools", "text", "instructions")
-KNOWN_HEADS = 50_000  # heads whose token count is remembered (a job has few; bounded anyway)
+KNOWN_HEADS = 1_000  # heads remembered (a job has few; each may be kilobytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,23 +46,29 @@ def cacheable_tokens(prefix_tokens: int | None) -> int:
 
 
 class PrefixFinder:
-    """Finds each request's prefix; counts each distinct head's tokens once."""
+    """Finds each request's prefix; hashes and counts each distinct head once.
+
+    A job has few heads, repeated on every line: a head seen lately is looked up by its JSON
+    (no hash of its kilobytes, no token count). Keys are not sorted: two lines whose head has
+    its keys in another order fall into two groups, which costs a cache miss, not a wrong
+    answer."""
 
     def __init__(self) -> None:
-        self._tokens: dict[str, int] = {}
+        self._known: dict[bytes, Prefix] = {}
 
     def find(self, url: str, body: Mapping[str, Any]) -> Prefix | None:
         head = shared_head(url, body)
         if head is None:
             return None
-        canonical = orjson.dumps([url, head], option=orjson.OPT_SORT_KEYS)
-        group = hashlib.blake2b(canonical, digest_size=16).hexdigest()
-        tokens = self._tokens.get(group)
-        if tokens is None:
-            if len(self._tokens) >= KNOWN_HEADS:
-                self._tokens.clear()
-            tokens = self._tokens[group] = prompt_tokens(url, head)
-        return Prefix(group, tokens)
+        canonical = orjson.dumps([url, head])
+        found = self._known.get(canonical)
+        if found is None:
+            group = hashlib.sha1(canonical, usedforsecurity=False).hexdigest()[:32]
+            found = Prefix(group, prompt_tokens(url, head))
+            if len(self._known) >= KNOWN_HEADS:
+                self._known.clear()
+            self._known[canonical] = found
+        return found
 
 
 def shared_head(url: str, body: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -1,0 +1,83 @@
+"""Cache-aware runs end to end (issue 17): what goes over the wire when a job's requests share a
+long head, in both modes, against the fake server through the real SDK / HTTP client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchrunner.commands import run_batch_job
+from batchrunner.fake import FakeServer
+from tests.test_batch_mode import FAST, POLL_S
+from tests.test_batch_mode import submit as submit_batch
+
+SYSTEM = "You extract the invoice number, date and total from the text you are given. " * 100
+
+
+def invoice_lines(count: int, group: str = "", **body: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "custom_id": f"{group}inv-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "gpt-5-mini",
+                "messages": [
+                    {"role": "system", "content": group + SYSTEM},
+                    {"role": "user", "content": f"Invoice {i}: total 12.{i:02d} EUR"},
+                ],
+                **body,
+            },
+        }
+        for i in range(count)
+    ]
+
+
+def uploaded_bodies(fake: FakeServer) -> list[dict[str, Any]]:
+    """Every request line of every batch input file the fake holds, in file order."""
+    bodies = []
+    for stored in fake.batch_api.files.values():
+        if stored.purpose == "batch":
+            for raw in stored.content.splitlines():
+                bodies.append(orjson.loads(raw)["body"])
+    return bodies
+
+
+def test_batch_files_give_each_groups_lines_keys_in_runs_of_the_per_key_rate(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    lines = invoice_lines(40, "A ") + invoice_lines(10, "B ") + invoice_lines(3)
+    lines.append(
+        {
+            "custom_id": "short",
+            "url": "/v1/chat/completions",
+            "body": {"model": "gpt-5-mini", "messages": [{"role": "user", "content": "hi"}]},
+        }
+    )
+    own = invoice_lines(2, "C ", prompt_cache_key="mine")
+    ledger, job = submit_batch(tmp_path, db_url, fake, lines + own, cache_key_rpm=15)
+    run_batch_job(ledger, job, dict(FAST), wait=False, poll_s=POLL_S)  # uploaded, not ended
+    bodies = uploaded_bodies(fake)
+    assert len(bodies) == len(lines) + len(own)
+    keys: dict[str, list[str]] = {}
+    for body in bodies:
+        head = body["messages"][0]["content"][:2]
+        keys.setdefault(head, []).append(body.get("prompt_cache_key"))
+    a, b = keys["A "], keys["B "]
+    assert [a.count(k) for k in dict.fromkeys(a)] == [15, 15, 10]  # 40 lines: 3 keys
+    assert len(set(b)) == 1 and not set(a) & set(b)  # a group's keys are its own
+    assert keys["C "] == ["mine", "mine"]  # a line's own key is kept
+    assert keys["hi"] == [None]  # nothing to cache: sent as it is
+    assert len(set(keys["Yo"])) == 1 and None not in keys["Yo"]  # a third group, 3 lines
+
+
+def test_no_cache_aware_sends_batch_lines_as_they_are(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    ledger, job = submit_batch(tmp_path, db_url, fake, invoice_lines(20), cache_aware=False)
+    run_batch_job(ledger, job, dict(FAST), wait=False, poll_s=POLL_S)
+    bodies = uploaded_bodies(fake)
+    assert len(bodies) == 20
+    assert all("prompt_cache_key" not in body for body in bodies)
