@@ -61,7 +61,7 @@ def test_batch_files_give_each_groups_lines_keys_in_runs_of_the_per_key_rate(
     run_batch_job(ledger, job, dict(FAST), wait=False, poll_s=POLL_S)  # uploaded, not ended
     bodies = uploaded_bodies(fake)
     assert len(bodies) == len(lines) + len(own)
-    keys: dict[str, list[str]] = {}
+    keys: dict[str, list[str | None]] = {}
     for body in bodies:
         head = body["messages"][0]["content"][:2]
         keys.setdefault(head, []).append(body.get("prompt_cache_key"))
