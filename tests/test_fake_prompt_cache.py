@@ -123,6 +123,22 @@ def test_the_second_of_a_prefix_hits_once_the_first_was_answered_chat_and_respon
     assert response_hits[0] == 0 and response_hits[1] >= 1024
 
 
+def tool(name: str) -> dict[str, Any]:
+    parameters = {"type": "object", "properties": {"ticket": {"type": "string"}}}
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+def test_tools_and_the_output_format_come_first_in_the_cached_prefix() -> None:
+    with caching() as server:
+        assert cached(server, "one", tools=[tool("route_ticket")]) == 0
+        assert cached(server, "two", tools=[tool("route_ticket")]) >= 1024
+        assert cached(server, "three", tools=[tool("close_ticket")]) == 0  # before the system
+        assert cached(server, "plain") == 0 and cached(server, "plain again") >= 1024
+        json_mode = {"type": "json_object"}
+        assert cached(server, "four", response_format=json_mode) == 0  # before the system
+        assert cached(server, "five", response_format=json_mode) >= 1024
+
+
 def test_requests_that_arrive_before_the_first_is_answered_miss() -> None:
     async def burst(server: FakeServer, count: int) -> list[int]:
         api = openai.AsyncOpenAI(api_key="sk-x", base_url=server.base_url, max_retries=0)

@@ -75,6 +75,12 @@ class CacheSettings:
     max_blocks: int = 250_000
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.machines < 1 or self.pair_rpm < 0 or self.max_blocks < 1:
+            raise ValueError(f"prompt cache settings out of range: {self}")
+        if self.ttl_s <= 0 or self.ttl_24h_s <= 0:
+            raise ValueError(f"prompt cache TTLs must be positive: {self}")
+
 
 @dataclass(frozen=True, slots=True)
 class Visit:

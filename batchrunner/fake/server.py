@@ -4,7 +4,8 @@ It answers chat, responses and embeddings requests in the real API's shapes, so 
 `openai` SDK and batchrunner's own transport can talk to it, and it misbehaves on demand:
 random or forced errors, dropped connections, hangs, and per-minute rate limits with OpenAI's
 headers. A request whose body holds `[fake:503x2]` fails its first two tries; see `answers.py`
-and `faults.py` for every marker.
+and `faults.py` for every marker. With `prompt_cache` set it simulates OpenAI's prompt caching
+(`prompt_cache.py`), so the cached tokens an answer reports depend on how requests were sent.
 
 The request's id comes from the `X-Client-Request-Id` header (batchrunner sends the item's
 custom_id there), so tests can count how often each item was sent.
