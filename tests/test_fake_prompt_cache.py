@@ -221,7 +221,9 @@ def test_embeddings_are_never_cached() -> None:
             )
             usage = json.loads(raw.text)["usage"]
             assert usage["prompt_tokens"] > 1024 and "prompt_tokens_details" not in usage
-        assert stats(server) is None or stats(server)["requests"] == 0
+        assert stats(server) is None  # never even consulted
+        cached(server, "a chat request is")
+        assert stats(server)["requests"] == 1
 
 
 def test_off_by_default_and_reset_makes_it_cold() -> None:
