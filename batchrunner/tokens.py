@@ -118,6 +118,11 @@ def count_text(text: str, model: str) -> int:
     return _count(text, _encoder(encoding_for(model)))
 
 
+def text_token_ids(text: str, model: str) -> list[int]:
+    """The token ids of a plain text for `model` (the fake server's prompt cache hashes them)."""
+    return _encoder(encoding_for(model)).encode_ordinary(text)
+
+
 def _content(content: Any, encoder: _Encoder) -> int:
     """A message's content: a string, or a list of parts (text counted, images estimated)."""
     if isinstance(content, str):

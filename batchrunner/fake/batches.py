@@ -61,6 +61,7 @@ from batchrunner.fake.batch_files import (
     validate_input,
 )
 from batchrunner.fake.faults import error_answer, forced_answer, model_missing
+from batchrunner.fake.prompt_cache import applies_to, retention_refusal
 
 if TYPE_CHECKING:
     from batchrunner.fake.server import FakeServer
@@ -460,7 +461,17 @@ class FakeBatchApi:
                 failure = error_answer("500" if trigger.name in ("drop", "hang") else trigger.name)
                 body = failure.body if isinstance(failure.body, dict) else {"error": "bad gateway"}
                 return failure.status, body
-        return 200, self.server.success_body(line["url"], line["body"], output_trigger)
+        cached = None
+        cache = self.server.prompt_cache() if applies_to(line["url"]) else None
+        if cache is not None:  # lines go through the cache one after the other, in file order
+            refusal = retention_refusal(line["body"])
+            if refusal is not None:
+                return 400, refusal
+            prompt_tokens = answers.prompt_of(line["url"], line["body"])[1]
+            visit = cache.arrive(line["url"], line["body"], prompt_tokens)
+            cache.answered(visit)
+            cached = visit.cached_tokens
+        return 200, self.server.success_body(line["url"], line["body"], output_trigger, cached)
 
     def _describe(self, batch: FakeBatch) -> dict[str, Any]:
         status = self._status(batch)

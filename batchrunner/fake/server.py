@@ -4,7 +4,8 @@ It answers chat, responses and embeddings requests in the real API's shapes, so 
 `openai` SDK and batchrunner's own transport can talk to it, and it misbehaves on demand:
 random or forced errors, dropped connections, hangs, and per-minute rate limits with OpenAI's
 headers. A request whose body holds `[fake:503x2]` fails its first two tries; see `answers.py`
-and `faults.py` for every marker.
+and `faults.py` for every marker. With `prompt_cache` set it simulates OpenAI's prompt caching
+(`prompt_cache.py`), so the cached tokens an answer reports depend on how requests were sent.
 
 The request's id comes from the `X-Client-Request-Id` header (batchrunner sends the item's
 custom_id there), so tests can count how often each item was sent.
@@ -46,6 +47,7 @@ from batchrunner.fake.faults import (
     model_missing,
     rate_limited,
 )
+from batchrunner.fake.prompt_cache import CacheSettings, PromptCache, applies_to, retention_refusal
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,15 @@ class FakeConfig:
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     rate_window_s: float = 60.0  # enforce the limits over this window (see faults.Bucket)
-    cached_fraction: float = 0.0
+    cached_fraction: float = 0.0  # of every prompt, reported cached (when prompt_cache is off)
+    # Prompt caching simulated as OpenAI documents it (fake/prompt_cache.py): a pool of machines,
+    # requests routed by prefix and prompt_cache_key, overflow above a per-pair rate, expiry.
+    prompt_cache: bool = False
+    cache_machines: int = 4096
+    cache_pair_rpm: int = 15  # requests/min one (prefix, key) pair gets on its machine
+    cache_ttl_s: float = 300.0  # a cached prefix is forgotten after this long unused
+    cache_ttl_24h_s: float = 86400.0  # ... with prompt_cache_retention "24h"
+    cache_max_blocks: int = 250_000  # 128-token blocks cached over the whole pool, at most
     embedding_dims: int = 16
     api_key: str | None = None  # when set, any other key gets a 401
     echo_auth: bool = False  # error messages and chat answers quote the Authorization header
@@ -108,6 +118,8 @@ class FakeServer:
         self.received: list[Received] = []  # with config.record_requests: every request
         self._random = random.Random(self.config.seed)
         self._buckets: dict[str, Bucket] = {}
+        self._prompt_cache: PromptCache | None = None
+        self._prompt_cache_lock = threading.Lock()
         self._runner: web.AppRunner | None = None
         self.batch_api = FakeBatchApi(self)
 
@@ -182,6 +194,10 @@ class FakeServer:
         if config.force_status is not None:
             forced = forced_answer(config.force_status, config.force_code, config.force_message)
             return self._error(request, forced)
+        cache = self.prompt_cache() if applies_to(url) else None
+        refusal = retention_refusal(body) if cache is not None else None
+        if refusal is not None:
+            return self._error(request, ErrorAnswer(400, refusal, {}))
 
         trigger = answers.find_trigger(raw)
         output_trigger = None
@@ -211,8 +227,12 @@ class FakeServer:
         if roll < config.hang_rate:
             await asyncio.sleep(config.hang_seconds)
 
+        visit = cache.arrive(url, body, prompt_tokens) if cache is not None else None
         await self._latency()
-        answer = self.success_body(url, body, output_trigger)
+        if cache is not None and visit is not None:
+            cache.answered(visit)
+        cached = visit.cached_tokens if visit is not None else None
+        answer = self.success_body(url, body, output_trigger, cached)
         if config.echo_auth:
             self._quote_auth(request, answer)
         return self._json(request, 200, answer, limits)
@@ -226,8 +246,11 @@ class FakeServer:
                 received = request.headers.get("Authorization", "")
                 message["content"] += f" (request had Authorization: {received})"
 
-    def success_body(self, url: str, body: dict[str, Any], trigger: str | None) -> dict[str, Any]:
-        """The 200 answer's body for a request (also what a batch's output line holds)."""
+    def success_body(
+        self, url: str, body: dict[str, Any], trigger: str | None, cached: int | None = None
+    ) -> dict[str, Any]:
+        """The 200 answer's body for a request (also what a batch's output line holds), with
+        `cached` prompt tokens (the prompt cache's figure; None: `cached_fraction` of them)."""
         config = self.config
         model = str(body.get("model") or "")
         prompt_text, prompt_tokens = answers.prompt_of(url, body)
@@ -239,7 +262,8 @@ class FakeServer:
             return answers.image_body(model, body)
         if url.endswith("/videos"):
             return answers.video_body(model, body)
-        cached = int(prompt_tokens * config.cached_fraction)
+        if cached is None:
+            cached = int(prompt_tokens * config.cached_fraction)
         default_cap = COMPLETIONS_DEFAULT_MAX_TOKENS if url.endswith("/v1/completions") else None
         wanted = requested_format(url, body)  # a structured output: JSON that fits
         completion = answers.complete(model, prompt_text, body, trigger, default_cap, wanted)
@@ -248,6 +272,25 @@ class FakeServer:
         if not url.endswith("/chat/completions") and url.endswith("/completions"):
             return answers.completions_body(model, prompt_tokens, completion)
         return answers.chat_body(model, prompt_tokens, cached, completion, config.seed or 0)
+
+    def prompt_cache(self) -> PromptCache | None:
+        """The simulated prompt cache while `prompt_cache` is on (a new, cold one when its
+        settings change); None while it is off."""
+        config = self.config
+        if not config.prompt_cache:
+            return None
+        settings = CacheSettings(
+            machines=config.cache_machines,
+            pair_rpm=config.cache_pair_rpm,
+            ttl_s=config.cache_ttl_s,
+            ttl_24h_s=config.cache_ttl_24h_s,
+            max_blocks=config.cache_max_blocks,
+            seed=config.seed,
+        )
+        with self._prompt_cache_lock:
+            if self._prompt_cache is None or self._prompt_cache.settings != settings:
+                self._prompt_cache = PromptCache(settings)
+            return self._prompt_cache
 
     async def _misbehave(self, request: web.Request, name: str) -> web.StreamResponse | None:
         """The answer a `[fake:NAME]` marker asks for; None for the output markers."""
@@ -350,6 +393,7 @@ class FakeServer:
             "distinct_ids": len(self.requests_by_id),
             "status_counts": {str(k): v for k, v in self.status_counts.items()},
             "config": asdict(self.config),
+            "prompt_cache": self._prompt_cache.stats() if self._prompt_cache else None,
         }
         return web.json_response(stats)
 
@@ -366,6 +410,7 @@ class FakeServer:
     async def _reset(self, request: web.Request) -> web.Response:
         self.reset_counts()
         self._buckets.clear()
+        self._prompt_cache = None  # cold again
         return web.json_response({"reset": True})
 
 
