@@ -693,6 +693,29 @@ def export_usage(job: str | None, output: str | None, fmt: str, db: str) -> None
 @click.option("--rpm-limit", type=int, help="Enforce requests/min like the real API.")
 @click.option("--tpm-limit", type=int, help="Enforce tokens/min like the real API.")
 @click.option("--seed", type=int)
+@click.option("--prompt-cache", is_flag=True, help="Simulate OpenAI's prompt caching.")
+@click.option(
+    "--cache-machines",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="Machines in the simulated prompt-cache pool.",
+)
+@click.option(
+    "--cache-pair-rpm",
+    type=click.IntRange(min=0),
+    default=15,
+    show_default=True,
+    help="Requests/min a prefix-and-key pair gets on its machine before overflowing.",
+)
+@click.option(
+    "--cache-ttl",
+    "cache_ttl_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Seconds a cached prefix lasts unused (with 24h retention: a day).",
+)
 def fake_server(host: str, port: int, **knobs: Any) -> None:
     """Serve the fake OpenAI-compatible API, to rehearse a pipeline without a key."""
     from batchrunner.fake import FakeConfig, serve_forever

@@ -294,7 +294,9 @@ async def simulated_endpoint(config: FakeConfig | None = None) -> AsyncIterator[
     """The fake OpenAI-compatible server on 127.0.0.1, in this event loop."""
     from batchrunner.fake import FakeConfig, FakeServer
 
-    server = FakeServer(config or FakeConfig(latency_ms=20.0, latency_jitter_ms=60.0))
+    # --simulate stands for the API: it caches prompts as OpenAI documents (fake/prompt_cache.py)
+    simulated = FakeConfig(latency_ms=20.0, latency_jitter_ms=60.0, prompt_cache=True)
+    server = FakeServer(config or simulated)
     base_url = await server.start()
     try:
         yield base_url
@@ -400,7 +402,12 @@ def run_batch_job(
     if simulated:
         from batchrunner.fake import FakeConfig, run_in_thread
 
-        quick = FakeConfig(batch_validating_s=0.1, batch_in_progress_s=0.5, batch_finalizing_s=0.1)
+        quick = FakeConfig(
+            batch_validating_s=0.1,
+            batch_in_progress_s=0.5,
+            batch_finalizing_s=0.1,
+            prompt_cache=True,
+        )
         with run_in_thread(fake_config or quick) as server:
             settings = settings.merged({"base_url": server.base_url})
             return _run_batches(ledger, job_id, settings, SIMULATED_KEY, True, poll_s, on_progress)

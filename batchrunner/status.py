@@ -73,7 +73,7 @@ def job_status(
                 "input_tokens": t.input_tokens,
                 "cached_tokens": t.cached_tokens,
                 "cached_share": _share(t.cached_tokens, t.input_tokens),
-                "cache_saved_usd": saved.get(name),
+                "cache_saved_usd": saved.get(name, 0.0),
                 "output_tokens": t.output_tokens,
                 "cost_usd": None if t.unpriced and not t.cost_usd else round(t.cost_usd, 10),
                 "unpriced_items": t.unpriced,

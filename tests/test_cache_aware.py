@@ -12,6 +12,8 @@ from batchrunner.commands import run_batch_job
 from batchrunner.fake import FakeServer
 from tests.test_batch_mode import FAST, POLL_S
 from tests.test_batch_mode import submit as submit_batch
+from tests.test_run import run
+from tests.test_run import submit as submit_concurrent
 
 SYSTEM = "You extract the invoice number, date and total from the text you are given. " * 100
 
@@ -81,3 +83,59 @@ def test_no_cache_aware_sends_batch_lines_as_they_are(
     bodies = uploaded_bodies(fake)
     assert len(bodies) == 20
     assert all("prompt_cache_key" not in body for body in bodies)
+
+
+def cache_stats(fake: FakeServer) -> dict[str, Any]:
+    cache = fake.prompt_cache()
+    assert cache is not None
+    return cache.stats()
+
+
+def caching_run(
+    tmp_path: Path, db_url: str, fake: FakeServer, lines: list[dict[str, Any]], **overrides: Any
+) -> dict[str, Any]:
+    """Run `lines` at concurrency 32 against the prompt-caching fake; its cache's figures."""
+    fake.config.prompt_cache = True
+    fake.config.latency_ms = 30.0
+    folder = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+    folder.mkdir()
+    ledger, job = submit_concurrent(folder, db_url, fake, lines)
+    assert run(ledger, job, concurrency=32, **overrides).state == "completed"
+    assert ledger.summary(job).counts.get("succeeded") == len(lines)
+    return cache_stats(fake)
+
+
+def test_cache_aware_sending_gets_near_the_ideal_where_naive_sending_misses(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    lines = invoice_lines(240)
+    naive = caching_run(tmp_path, db_url, fake, lines, cache_aware=False)
+    assert naive["pairs"] == 1  # one prefix, no key: one pair, one machine
+    assert naive["cached_tokens"] < 0.3 * naive["ideal_cached_tokens"]  # the rest overflowed
+    fake.config.seed = 8  # a new, cold cache for the second run
+    again = [{**line, "custom_id": f"again-{line['custom_id']}"} for line in lines]
+    aware = caching_run(tmp_path, db_url, fake, again)
+    assert aware["cached_tokens"] >= 0.9 * aware["ideal_cached_tokens"]
+    assert aware["cached_tokens"] > 3 * naive["cached_tokens"]
+    assert 240 / 15 <= aware["keys"] <= 240 / 15 * 2  # keys of at most 15 requests a minute
+    assert aware["overflowed"] == 0
+
+
+def test_a_jobs_own_prompt_cache_key_is_sent_as_it_is(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    lines = invoice_lines(30, prompt_cache_key="tenant-7")
+    seen = caching_run(tmp_path, db_url, fake, lines)
+    assert (seen["keys"], seen["pairs"]) == (1, 1)
+
+
+def test_a_server_that_refuses_the_parameter_gets_the_requests_without_it(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    fake.config.refuse_params = ("prompt_cache_key",)
+    fake.config.record_requests = True
+    lines = invoice_lines(20)
+    caching_run(tmp_path, db_url, fake, lines)  # every item succeeded
+    status_counts = fake.status_counts
+    assert status_counts[200] == 20
+    assert 1 <= status_counts[400] <= 32  # only the requests sent before the first refusal

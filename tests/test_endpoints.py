@@ -60,6 +60,9 @@ def test_moderations_are_free_not_unpriced(mode: str, db_url: str, fake: FakeSer
         "omni-moderation-latest": {
             "items": 4,
             "input_tokens": 0,  # the endpoint reports no usage
+            "cached_tokens": 0,
+            "cached_share": None,
+            "cache_saved_usd": 0.0,
             "output_tokens": 0,
             "cost_usd": 0.0,
             "unpriced_items": 0,

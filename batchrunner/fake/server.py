@@ -87,6 +87,8 @@ class FakeConfig:
     cache_ttl_24h_s: float = 86400.0  # ... with prompt_cache_retention "24h"
     cache_max_blocks: int = 250_000  # 128-token blocks cached over the whole pool, at most
     embedding_dims: int = 16
+    # Parameters this server refuses with a 400 (an older server, a strict proxy)
+    refuse_params: tuple[str, ...] = ()
     api_key: str | None = None  # when set, any other key gets a 401
     echo_auth: bool = False  # error messages and chat answers quote the Authorization header
     record_requests: bool = False  # keep each request's path, query and headers (`received`)
@@ -194,10 +196,15 @@ class FakeServer:
         if config.force_status is not None:
             forced = forced_answer(config.force_status, config.force_code, config.force_message)
             return self._error(request, forced)
+        refused = [name for name in config.refuse_params if name in body]
+        if refused:  # a server that does not take a parameter, in OpenAI's words for it
+            message = f"Unrecognized request argument supplied: {refused[0]}"
+            refused_body = answers.error_body(message, "invalid_request_error", None)
+            return self._error(request, ErrorAnswer(400, refused_body, {}))
         cache = self.prompt_cache() if applies_to(url) else None
         refusal = retention_refusal(body) if cache is not None else None
         if refusal is not None:
-            return self._error(request, ErrorAnswer(400, refusal, {}))
+            return self._error(request, ErrorAnswer(400, refused_body, {}))
 
         trigger = answers.find_trigger(raw)
         output_trigger = None
