@@ -84,8 +84,22 @@ def check(ledger: Ledger, job: int) -> None:
     assert summary.failures_by_kind == {"invalid_request": 1, "server_error": 1}
     models = {name: asdict(t) for name, t in summary.models.items()}
     assert models == {
-        "m1": {"items": 5, "input_tokens": 11, "output_tokens": 3, "cost_usd": 0.5, "unpriced": 0},
-        "m2": {"items": 2, "input_tokens": 10, "output_tokens": 9, "cost_usd": 0.25, "unpriced": 1},
+        "m1": {
+            "items": 5,
+            "input_tokens": 11,
+            "cached_tokens": 0,
+            "output_tokens": 3,
+            "cost_usd": 0.5,
+            "unpriced": 0,
+        },
+        "m2": {
+            "items": 2,
+            "input_tokens": 10,
+            "cached_tokens": 2,
+            "output_tokens": 9,
+            "cost_usd": 0.25,
+            "unpriced": 1,
+        },
     }
     assert summary.unpriced_models == ["m2"]
 

@@ -204,7 +204,7 @@ class FakeServer:
         cache = self.prompt_cache() if applies_to(url) else None
         refusal = retention_refusal(body) if cache is not None else None
         if refusal is not None:
-            return self._error(request, ErrorAnswer(400, refused_body, {}))
+            return self._error(request, ErrorAnswer(400, refusal, {}))
 
         trigger = answers.find_trigger(raw)
         output_trigger = None
