@@ -27,8 +27,10 @@ from batchrunner.fake import FakeServer
 from batchrunner.fake.answers import BATCH_TRIGGERS, OUTPUT_TRIGGERS, TRANSPORT_TRIGGERS
 from batchrunner.fake.faults import ERRORS
 from batchrunner.ledger import Ledger
-from batchrunner.ledger.models import runs_t
+from batchrunner.ledger.models import SUCCEEDED, runs_t
 from batchrunner.ledger.records import utcnow
+from batchrunner.outcome import Outcome, Result
+from batchrunner.progress import ProgressBar
 from batchrunner.runner.limits import describe_limits
 from batchrunner.status import format_job, job_status
 from tests.conftest import chat_line, write_jsonl
@@ -169,6 +171,29 @@ def test_a_job_that_spent_nothing_costs_zero_not_unknown(tmp_path: Path, db_url:
     assert status_json(db_url)["jobs"][0]["cost_usd"] == 0.0
     text = invoke("status", "--db", db_url).stdout
     assert "cost: $0.00 (estimated $" in text and "unknown" not in text
+
+
+def test_the_progress_bar_counts_cost_from_zero_and_unpriced_answers_apart(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def answered(custom_id: str, cost: float | None) -> Outcome:
+        now = utcnow()
+        outcome = Outcome(
+            job_id=1,
+            custom_id=custom_id,
+            state=SUCCEEDED,
+            attempt_outcome="succeeded",
+            started_at=now,
+            ended_at=now,
+        )
+        outcome.result = Result(input_tokens=10, output_tokens=5, cost_usd=cost)
+        return outcome
+
+    bar = ProgressBar(3, 0, enabled=True)
+    bar.on_outcomes([answered("a", 0.001), answered("b", None), answered("c", 0.0)])
+    bar.close()
+    shown = capsys.readouterr().err
+    assert "cost $0.0010 + 1 unpriced" in shown and "n/a" not in shown
 
 
 def test_an_unpriced_model_is_named_beside_the_priced_part_of_the_estimate(
