@@ -138,13 +138,16 @@ class Estimate:
         return None if None in costs else sum(c or 0.0 for c in costs)
 
     @property
-    def priced_cost_concurrent(self) -> float:
-        """The total of the models that have a price (all of it when every model has one)."""
-        return sum(m.cost_concurrent or 0.0 for m in self.models.values())
+    def priced_cost_concurrent(self) -> float | None:
+        """The total of the models that have a price (all of it when every model has one);
+        None when none has."""
+        costs = [m.cost_concurrent for m in self.models.values() if m.cost_concurrent is not None]
+        return sum(costs) if costs or not self.models else None
 
     @property
-    def priced_cost_batch(self) -> float:
-        return sum(m.cost_batch or 0.0 for m in self.models.values())
+    def priced_cost_batch(self) -> float | None:
+        costs = [m.cost_batch for m in self.models.values() if m.cost_batch is not None]
+        return sum(costs) if costs or not self.models else None
 
 
 class EstimateBuilder:
@@ -249,7 +252,10 @@ def _json_usd(value: float | None) -> float | None:
 
 
 def _row(
-    name: str, m: ModelEstimate, batch_note: str = "", costs: tuple[float, float] | None = None
+    name: str,
+    m: ModelEstimate,
+    batch_note: str = "",
+    costs: tuple[float | None, float | None] | None = None,
 ) -> list[str]:
     concurrent, batch = costs if costs is not None else (m.cost_concurrent, m.cost_batch)
     return [
@@ -264,16 +270,15 @@ def _row(
 
 def _total_row(estimate: Estimate) -> list[str]:
     """The total; with models that have no price, the priced models' part (named so)."""
-    unpriced = bool(estimate.unpriced_models)
+    costs = (estimate.priced_cost_concurrent, estimate.priced_cost_batch)
+    partly = bool(estimate.unpriced_models) and costs[0] is not None
     total = ModelEstimate(
-        "total, priced models only" if unpriced else "total",
+        "total, priced models only" if partly else "total",
         requests=estimate.requests,
         input_tokens=estimate.input_tokens,
         output_tokens=estimate.output_tokens,
     )
-    return _row(
-        total.model, total, "", (estimate.priced_cost_concurrent, estimate.priced_cost_batch)
-    )
+    return _row(total.model, total, "", costs)
 
 
 def format_estimate(estimate: Estimate) -> str:
@@ -314,9 +319,10 @@ def estimate_line(estimate: Estimate, mode: str) -> str:
     costs = {"concurrent": estimate.cost_concurrent, "batch": estimate.cost_batch}
     other = "batch" if mode == "concurrent" else "concurrent"
     about = "about " if estimate.sampled else ""
-    if estimate.unpriced_models:  # the priced part, not a total of "unknown"
+    partly = bool(estimate.unpriced_models) and estimate.priced_cost_concurrent is not None
+    if partly:  # the priced part, not a total of "unknown"
         costs = {"concurrent": estimate.priced_cost_concurrent, "batch": estimate.priced_cost_batch}
-    priced = " for the priced models" if estimate.unpriced_models else ""
+    priced = " for the priced models" if partly else ""
     line = (
         f"estimate: {about}{estimate.input_tokens:,} input + up to {estimate.output_tokens:,} "
         f"output tokens, {format_usd(costs[mode])}{priced} ({other} mode: "

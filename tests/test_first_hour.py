@@ -209,6 +209,9 @@ def test_an_unpriced_model_is_named_beside_the_priced_part_of_the_estimate(
     data = json.loads(invoke("estimate", str(job), "--hosted-prices", "--json").stdout)
     assert data["cost_concurrent_usd"] is None and data["priced_cost_concurrent_usd"] > 0
     assert data["unpriced_models"] == ["my-own-model"]
+    local = invoke("estimate", str(job)).stdout.splitlines()  # a local server: none priced
+    (total,) = [line for line in local if line.startswith("total")]
+    assert total.split()[0] == "total" and total.split()[-2:] == ["unknown", "unknown"]
 
 
 def test_the_limits_log_line_says_no_token_limit_instead_of_none(
