@@ -37,7 +37,7 @@ from batchrunner.outcome import Outcome
 from batchrunner.providers import Provider, hosted_prices, provider_for
 from batchrunner.redact import Redactor
 from batchrunner.runner.report import RunReport
-from batchrunner.settings import RunSettings
+from batchrunner.settings import RUN_CONCURRENCY, RunSettings
 
 if TYPE_CHECKING:
     from batchrunner.estimate import Estimate
@@ -423,6 +423,7 @@ async def _run(
 ) -> RunReport:
     from batchrunner.runner.concurrent import ConcurrentRunner
 
+    _note_concurrency(ledger, job_id, settings)
     provider = provider_for(settings)
     backend = provider.request_backend(provider.endpoint(settings, api_key), settings)
     async with backend:
@@ -430,6 +431,14 @@ async def _run(
             ledger, job_id, settings, backend, provider.dialect, on_flush, shared=shared
         )
         return _stop_kept(ledger, await runner.run(handle_signals=handle_signals))
+
+
+def _note_concurrency(ledger: Ledger, job_id: int, settings: RunSettings) -> None:
+    """Keep the concurrency this run sends at (its --concurrency is its own, not the job's
+    from now on), so that `status` bounds what is in flight by it."""
+    options, _ = ledger.job_options(job_id)
+    if options.get(RUN_CONCURRENCY, options.get("concurrency")) != settings.concurrency:
+        ledger.update_job_options(job_id, {RUN_CONCURRENCY: settings.concurrency})
 
 
 def run_batch_job(

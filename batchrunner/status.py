@@ -10,7 +10,7 @@ import orjson
 from batchrunner.ledger import BatchRow, JobSummary, WorkerStatus
 from batchrunner.ledger.models import CONCURRENT, FINISHED_STATES, ITEM_STATES, RUNNING
 from batchrunner.ledger.records import utcnow
-from batchrunner.settings import RunSettings
+from batchrunner.settings import RUN_CONCURRENCY, RunSettings
 from batchrunner.stops import next_step, stopped_story
 from batchrunner.usage import format_usd
 
@@ -159,8 +159,13 @@ def _in_flight_at_most(
     """How many of the claimed items can be in flight: the job's --concurrency per live run."""
     if summary.mode != CONCURRENT or not workers:
         return None
-    concurrency = RunSettings.from_stored(summary.options).concurrency
-    return min(claimed, concurrency * len(workers))
+    return min(claimed, _sending_concurrency(summary.options) * len(workers))
+
+
+def _sending_concurrency(options: dict[str, Any]) -> int:
+    """The concurrency the job's runs send at: its latest run's, else the job's own."""
+    given = options.get(RUN_CONCURRENCY)
+    return int(given) if given else RunSettings.from_stored(options).concurrency
 
 
 def _claimed_words(status: dict[str, Any]) -> str:
@@ -176,7 +181,7 @@ def _claimed_words(status: dict[str, Any]) -> str:
         return f"claimed {claimed:,}"
     runs = len(status["workers"])
     each = " each" if runs > 1 else ""
-    concurrency = RunSettings.from_stored(status["options"]).concurrency
+    concurrency = _sending_concurrency(status["options"])
     return (
         f"claimed {claimed:,} (at --concurrency {concurrency:,}{each}: up to {at_most:,} in "
         "flight, the rest queued)"

@@ -231,13 +231,14 @@ def test_the_limits_log_line_says_no_token_limit_instead_of_none(
 def test_status_shows_claimed_apart_from_what_can_be_in_flight(
     tmp_path: Path, db_url: str, fake: FakeServer
 ) -> None:
-    """A live run claims a page of items and sends --concurrency of them at a time."""
+    """A live run claims a page of items and sends --concurrency of them at a time (its own
+    --concurrency: the run's, not the one the job was submitted with)."""
     fake.config.latency_ms = 200
     job = write_jsonl(tmp_path / "j.jsonl", [chat_line(i) for i in range(60)])
-    args = ("--db", db_url, "--base-url", fake.base_url, "--concurrency", "2", "--detach")
+    args = ("--db", db_url, "--base-url", fake.base_url, "--concurrency", "8", "--detach")
     assert invoke("submit", str(job), *args).exit_code == 0
     runner, watcher = Ledger(db_url, create=False), Ledger(db_url, create=False)
-    thread = threading.Thread(target=commands.run, args=(runner, 1))
+    thread = threading.Thread(target=commands.run, args=(runner, 1, {"concurrency": 2}))
     thread.start()
     try:
         status: dict[str, Any] = {}
