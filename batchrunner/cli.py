@@ -23,7 +23,7 @@ from batchrunner.dialects.openai import ENDPOINTS, normalize_endpoint
 from batchrunner.errors import BatchrunnerError
 from batchrunner.export import FORMATS, RESULT_FORMATS, write_errors, write_results, write_usage
 from batchrunner.jobfile import JobDefaults
-from batchrunner.ledger import Ledger, database_url, describe
+from batchrunner.ledger import JobSummary, Ledger, database_url, describe
 from batchrunner.ledger.batches import BATCH_STATES
 from batchrunner.ledger.models import MODES
 from batchrunner.logs import configure
@@ -32,6 +32,7 @@ from batchrunner.redact import install_excepthook, mask
 from batchrunner.runner.report import RunReport
 from batchrunner.settings import RunSettings
 from batchrunner.status import format_job, job_status
+from batchrunner.stops import results_step
 from batchrunner.terminal import printable
 
 if TYPE_CHECKING:
@@ -74,6 +75,13 @@ def common(func: F) -> F:
             sys.exit(exc.exit_code)
 
     return wrapper  # type: ignore[return-value]
+
+
+def json_option(func: F) -> F:
+    """--json: a summary for scripts on stdout."""
+    return click.option(
+        "--json", "json_", is_flag=True, help="Print a JSON summary on stdout (logs: stderr)."
+    )(func)
 
 
 def run_options(func: F) -> F:
@@ -312,6 +320,7 @@ def table_options(func: F) -> F:
 @click.option("--redact", is_flag=True, help="Mask card numbers and keys in prompts first.")
 @wait_options
 @click.option("--simulate", is_flag=True, help="Run against the built-in fake server.")
+@json_option
 @table_options
 @common
 def submit(
@@ -327,31 +336,39 @@ def submit(
     wait: bool,
     poll_interval: float,
     simulate: bool,
+    json_: bool,
     db: str,
     table: RowTemplate | None,
     **run: Any,
 ) -> None:
     """Validate FILE, record every request in the ledger, and run the job. FILE is a JSONL job
     file, or with --prompt/--template a table (.csv, .parquet, .jsonl of rows, .arrow, or a
-    saved Hugging Face dataset folder) whose every row becomes one request."""
+    saved Hugging Face dataset folder) whose every row becomes one request. A file that is
+    already a job is taken up again: what is left of it runs (--new records a second job)."""
     overrides = _overrides(**run)  # stored with the job, but for what each run is given anew
     settings = RunSettings().merged(overrides)
-    if not simulate and not detach:
-        commands.api_key_for(settings)
     defaults = JobDefaults(endpoint=normalize_endpoint(endpoint), model=model)
-    ledger, submitted = commands.submit_job(
-        db,
-        file,
-        defaults=defaults,
-        settings=settings,
-        name=name,
-        mode=mode,
-        simulated=simulate,
-        new=new,
-        reuse=reuse,
-        redact=redact,
-        table=table,
-    )
+    try:
+        ledger, submitted = commands.submit_job(
+            db,
+            file,
+            defaults=defaults,
+            settings=settings,
+            name=name,
+            mode=mode,
+            simulated=simulate,
+            new=new,
+            reuse=reuse,
+            redact=redact,
+            table=table,
+            needs_key=not simulate and not detach,
+        )
+    except commands.AlreadyAJob as again:
+        ledger = closed_at_the_end(Ledger(db, create=False))
+        summary = commands.resubmitted(ledger, again.job_id, file, simulated=simulate, mode=mode)
+        sys.exit(
+            _submitted_again(ledger, summary, file, detach, overrides, wait, poll_interval, json_)
+        )
     closed_at_the_end(ledger)
     models = ", ".join(f"{m} x{n:,}" for m, n in submitted.summary.models.items())
     flag = " [simulated]" if simulate else ""
@@ -363,13 +380,48 @@ def submit(
         say(f"--redact masked {submitted.redacted:,} card numbers and keys in the prompts")
     if reuse:
         say(f"--reuse: {submitted.reused:,} answered by earlier jobs (no request, no cost)")
-    from batchrunner.estimate import estimate_line
+    from batchrunner.estimate import estimate_as_json, estimate_line
 
     say(estimate_line(submitted.estimate, mode))
+    recorded = {"recorded": True, "estimate": estimate_as_json(submitted.estimate)}
     if detach:
         say(f"run it with: batchrunner run {submitted.job_id}")
+        _json_summary(ledger, submitted.job_id, 0, json_, recorded)
         return
-    sys.exit(_run_with_progress(ledger, submitted.job_id, overrides, wait, poll_interval))
+    code = _run_with_progress(ledger, submitted.job_id, overrides, wait, poll_interval)
+    sys.exit(_json_summary(ledger, submitted.job_id, code, json_, recorded))
+
+
+def _submitted_again(
+    ledger: Ledger,
+    summary: JobSummary,
+    file: str,
+    detach: bool,
+    overrides: dict[str, Any],
+    wait: bool,
+    poll_s: float,
+    json_: bool,
+) -> int:
+    """`submit` of a file that is already a job: say so and in what state, then run what is
+    left of it, or (nothing left) show it as a run's summary would."""
+    job_id = summary.id
+    left = summary.counts.get("pending", 0) + summary.counts.get("running", 0)
+    about = (
+        f"{file} is already job {job_id} ({summary.state}, {left:,} of "
+        f"{summary.item_count:,} items left; pass --new for a second job)"
+    )
+    again = {"recorded": False}
+    if summary.state == "cancelled" or (summary.state == "completed" and not left):
+        say(f"{about}: nothing left to run")
+        status = _say_summary(ledger, job_id)
+        code = commands.exit_code(ledger, RunReport(job_id, status["state"], None))
+        return _json_summary(ledger, job_id, code, json_, again)
+    if detach:
+        say(f"{about}; run it with: batchrunner run {job_id}")
+        return _json_summary(ledger, job_id, 0, json_, again)
+    say(f"{about}: running what is left")
+    code = _run_with_progress(ledger, job_id, overrides, wait, poll_s)
+    return _json_summary(ledger, job_id, code, json_, again)
 
 
 @cli.command()
@@ -386,6 +438,12 @@ def submit(
 )
 @run_options
 @wait_options
+@click.option(
+    "--simulate",
+    is_flag=True,
+    help="The job was recorded with --simulate (its runs always are); a real job is refused.",
+)
+@json_option
 @common
 def run(
     job: str | None,
@@ -393,6 +451,8 @@ def run(
     kinds: tuple[str, ...],
     wait: bool,
     poll_interval: float,
+    simulate: bool,
+    json_: bool,
     db: str,
     **run: Any,
 ) -> None:
@@ -402,11 +462,14 @@ def run(
         raise click.UsageError("--kind chooses which failed items --retry-failed retries")
     ledger = closed_at_the_end(Ledger(db, create=False))
     job_id = ledger.find_job(job)
+    if commands.check_simulated(ledger, job_id, simulate) and not simulate:
+        say(f"job {job_id} was recorded with --simulate: it runs against the built-in fake server")
     if retry_failed:
         retried = commands.retry_failed(ledger, job_id, kinds)
         which = f" ({', '.join(kinds)})" if kinds else ""
         say(f"--retry-failed: {retried:,} failed items{which} of job {job_id} back to pending")
-    sys.exit(_run_with_progress(ledger, job_id, _overrides(**run), wait, poll_interval))
+    code = _run_with_progress(ledger, job_id, _overrides(**run), wait, poll_interval)
+    sys.exit(_json_summary(ledger, job_id, code, json_))
 
 
 @cli.command()
@@ -488,7 +551,7 @@ def _run_with_progress(
             signal.signal(signal.SIGINT, held)
         say(f"stopped early (interrupted); resume with: batchrunner run {job_id}")
         return 3
-    say(format_job(job_status(ledger.summary(job_id))))
+    _say_summary(ledger, job_id)
     if report.state == "submitted":
         say(f"batches in progress; follow them with: batchrunner run {job_id} --wait")
     elif report.state == "cancelled":
@@ -497,6 +560,27 @@ def _run_with_progress(
         reason = f" ({report.stop_reason})" if report.stop_reason else ""
         say(f"stopped early{reason}; resume with: batchrunner run {job_id}")
     return commands.exit_code(ledger, report)
+
+
+def _say_summary(ledger: Ledger, job_id: int) -> dict[str, Any]:
+    """The summary a run ends with: the job as `status` shows it, and once it has ended, the
+    commands that come next (its results, its status); returns its `status --json` record."""
+    status = job_status(ledger.summary(job_id))
+    say(format_job(status))
+    if found := results_step(status):
+        say(f"  {found}")
+    return status
+
+
+def _json_summary(
+    ledger: Ledger, job_id: int, code: int, json_: bool, extra: dict[str, Any] | None = None
+) -> int:
+    """With --json, the job as `status --json` has it (and the exit code) on stdout, for
+    scripts; the progress and the human summary stay on stderr. Returns `code`."""
+    if json_:
+        record = {**(extra or {}), "exit_code": code, "job": job_status(ledger.summary(job_id))}
+        show(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode(), json=True)
+    return code
 
 
 @cli.command()

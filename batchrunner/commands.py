@@ -29,7 +29,7 @@ from batchrunner.jobfile import (
     check_source,
     read_source_items,
 )
-from batchrunner.ledger import Ledger
+from batchrunner.ledger import JobSummary, Ledger
 from batchrunner.ledger.batches import SUBMITTED
 from batchrunner.ledger.models import BATCH, CANCELLED, CONCURRENT
 from batchrunner.logs import EVENTS
@@ -37,7 +37,7 @@ from batchrunner.outcome import Outcome
 from batchrunner.providers import Provider, hosted_prices, provider_for
 from batchrunner.redact import Redactor
 from batchrunner.runner.report import RunReport
-from batchrunner.settings import RunSettings
+from batchrunner.settings import RUN_CONCURRENCY, RunSettings
 
 if TYPE_CHECKING:
     from batchrunner.estimate import Estimate
@@ -101,6 +101,16 @@ class Submitted:
     reused: int = 0  # items that took an earlier job's answer (--reuse)
 
 
+class AlreadyAJob(UsageError):
+    """The file (its content) is already a job of this ledger: `submit` takes that job up
+    again (see `resubmitted`); the Python API refuses, as a second job needs `new`."""
+
+    def __init__(self, message: str, job_id: int, state: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.state = state
+
+
 @fewer_collections()
 def submit_job(
     ledger_url: str,
@@ -116,6 +126,7 @@ def submit_job(
     redact: bool = False,
     table: RowTemplate | None = None,
     origin: str | None = None,
+    needs_key: bool = False,
 ) -> tuple[Ledger, Submitted]:
     """Validate the whole file, then record the job and its items in one transaction.
 
@@ -123,13 +134,16 @@ def submit_job(
     `redact` masks the prompts on their way in, so neither the ledger nor the API sees them.
     With `table`, the file is a table whose rows that template makes into requests. `origin`
     names what the job came from when the file is not it (requests given in Python, spooled
-    to a temporary file)."""
+    to a temporary file). `needs_key`: the provider's key is required, and looked for once the
+    file is known good (a missing file is named before a missing key)."""
     from batchrunner.estimate import EstimateBuilder
     from batchrunner.pricing import job_price_table
     from batchrunner.tables import TableSource, request_source
 
     source = request_source(path, table, defaults)
     summary = check_source(source, defaults)
+    if needs_key:
+        api_key_for(settings)
     settings = with_prices_decided(settings, simulated)
     prices = job_price_table(settings)
     estimate = EstimateBuilder(path=path, overrides=prices)
@@ -138,9 +152,12 @@ def submit_job(
         existing = ledger.jobs_from_source(summary.sha256)
     if existing and not new:
         job_id, state = existing[-1]
-        raise UsageError(
+        ledger.close()
+        raise AlreadyAJob(
             f"{origin or path} is already job {job_id} ({state}): resume it with `batchrunner run "
-            f"{job_id}`, see it with `batchrunner status {job_id}`, or pass --new for a second job"
+            f"{job_id}`, see it with `batchrunner status {job_id}`, or pass --new for a second job",
+            job_id,
+            state,
         )
     items = read_source_items(source, defaults)
     redactor = Redactor() if redact else None
@@ -162,6 +179,41 @@ def submit_job(
     reused = ledger.summary(job_id).reused if reuse else 0
     masked = redactor.masked if redactor else 0
     return ledger, Submitted(job_id, summary, estimate.estimate, masked, reused)
+
+
+def resubmitted(
+    ledger: Ledger, job_id: int, source: str, *, simulated: bool, mode: str
+) -> JobSummary:
+    """`submit` of a file (`source`) that is already job `job_id`: its summary, for `submit` to
+    run what is left of it or show it. A submit that asks for another kind of job than the one
+    recorded (real instead of simulated or the other way round, the other mode) is refused:
+    that is a second job (--new)."""
+    summary = ledger.summary(job_id)
+    if summary.simulated != simulated:
+        was, wanted = ("simulated", "a real") if summary.simulated else ("real", "a simulated")
+        raise UsageError(
+            f"{source} is already job {job_id}, a {was} one: pass --new to record {wanted} job "
+            "of it"
+        )
+    if summary.mode != mode:
+        raise UsageError(
+            f"{source} is already job {job_id}, in {summary.mode} mode: pass --new to record a "
+            f"{mode} job of it"
+        )
+    return summary
+
+
+def check_simulated(ledger: Ledger, job_id: int, simulate: bool) -> bool:
+    """Whether the job is simulated (its runs always go to the built-in fake server, as it was
+    recorded); `run --simulate` of a real job is refused: fake answers would stand among real
+    ones, billed and exported as if the API had given them."""
+    _, simulated = ledger.job_options(job_id)
+    if simulate and not simulated:
+        raise UsageError(
+            f"job {job_id} is a real job: --simulate cannot run it (fake answers would mix with "
+            f"real ones); rehearse its file with `batchrunner submit FILE --simulate --new`"
+        )
+    return simulated
 
 
 @contextmanager
@@ -373,6 +425,7 @@ async def _run(
 ) -> RunReport:
     from batchrunner.runner.concurrent import ConcurrentRunner
 
+    _note_concurrency(ledger, job_id, settings)
     provider = provider_for(settings)
     backend = provider.request_backend(provider.endpoint(settings, api_key), settings)
     async with backend:
@@ -380,6 +433,14 @@ async def _run(
             ledger, job_id, settings, backend, provider.dialect, on_flush, shared=shared
         )
         return _stop_kept(ledger, await runner.run(handle_signals=handle_signals))
+
+
+def _note_concurrency(ledger: Ledger, job_id: int, settings: RunSettings) -> None:
+    """Keep the concurrency this run sends at (its --concurrency is its own, not the job's
+    from now on), so that `status` bounds what is in flight by it."""
+    options, _ = ledger.job_options(job_id)
+    if options.get(RUN_CONCURRENCY, options.get("concurrency")) != settings.concurrency:
+        ledger.update_job_options(job_id, {RUN_CONCURRENCY: settings.concurrency})
 
 
 def run_batch_job(

@@ -176,6 +176,18 @@ class Estimate:
         costs = [m.cached_batch if batch else m.cached_concurrent for m in self.models.values()]
         return None if None in costs else sum(c or 0.0 for c in costs)
 
+    @property
+    def priced_cost_concurrent(self) -> float | None:
+        """The total of the models that have a price (all of it when every model has one);
+        None when none has."""
+        costs = [m.cost_concurrent for m in self.models.values() if m.cost_concurrent is not None]
+        return sum(costs) if costs or not self.models else None
+
+    @property
+    def priced_cost_batch(self) -> float | None:
+        costs = [m.cost_batch for m in self.models.values() if m.cost_batch is not None]
+        return sum(costs) if costs or not self.models else None
+
 
 class EstimateBuilder:
     """Counts items one at a time, so a pass that reads the file anyway (submit) can estimate."""
@@ -299,15 +311,34 @@ def _share(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def _row(name: str, m: ModelEstimate | Estimate, batch_note: str = "") -> list[str]:
+def _row(
+    name: str,
+    m: ModelEstimate,
+    batch_note: str = "",
+    costs: tuple[float | None, float | None] | None = None,
+) -> list[str]:
+    concurrent, batch = costs if costs is not None else (m.cost_concurrent, m.cost_batch)
     return [
         name,
         f"{m.requests:,}",
         f"{m.input_tokens:,}",
         f"{m.output_tokens:,}",
-        format_usd(m.cost_concurrent),
-        format_usd(m.cost_batch) + batch_note,
+        format_usd(concurrent),
+        format_usd(batch) + batch_note,
     ]
+
+
+def _total_row(estimate: Estimate) -> list[str]:
+    """The total; with models that have no price, the priced models' part (named so)."""
+    costs = (estimate.priced_cost_concurrent, estimate.priced_cost_batch)
+    partly = bool(estimate.unpriced_models) and costs[0] is not None
+    total = ModelEstimate(
+        "total, priced models only" if partly else "total",
+        requests=estimate.requests,
+        input_tokens=estimate.input_tokens,
+        output_tokens=estimate.output_tokens,
+    )
+    return _row(total.model, total, "", costs)
 
 
 def format_estimate(estimate: Estimate) -> str:
@@ -315,7 +346,7 @@ def format_estimate(estimate: Estimate) -> str:
     table = [["model", "requests", "input tokens", "output tokens*", "concurrent", "batch"]]
     for m in sorted(estimate.models.values(), key=lambda m: m.model):
         table.append(_row(m.model, m, "**" if m.batch_discount_assumed else ""))
-    table.append(_row("total", estimate))
+    table.append(_total_row(estimate))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = [
         "  ".join(
@@ -361,9 +392,14 @@ def estimate_line(estimate: Estimate, mode: str) -> str:
     costs = {"concurrent": estimate.cost_concurrent, "batch": estimate.cost_batch}
     other = "batch" if mode == "concurrent" else "concurrent"
     about = "about " if estimate.sampled else ""
+    partly = bool(estimate.unpriced_models) and estimate.priced_cost_concurrent is not None
+    if partly:  # the priced part, not a total of "unknown"
+        costs = {"concurrent": estimate.priced_cost_concurrent, "batch": estimate.priced_cost_batch}
+    priced = " for the priced models" if partly else ""
     line = (
         f"estimate: {about}{estimate.input_tokens:,} input + up to {estimate.output_tokens:,} "
-        f"output tokens, {format_usd(costs[mode])} ({other} mode: {format_usd(costs[other])})"
+        f"output tokens, {format_usd(costs[mode])}{priced} ({other} mode: "
+        f"{format_usd(costs[other])})"
     )
     if estimate.cached_tokens:
         line += (
@@ -390,6 +426,9 @@ def estimate_as_json(estimate: Estimate) -> dict[str, Any]:
         "cached_share": _share(estimate.cached_share),
         "cost_concurrent_cached_usd": _json_usd(estimate.cached_cost(batch=False)),
         "cost_batch_cached_usd": _json_usd(estimate.cached_cost(batch=True)),
+        # what the models with a price cost (the total, when every model has one)
+        "priced_cost_concurrent_usd": _json_usd(estimate.priced_cost_concurrent),
+        "priced_cost_batch_usd": _json_usd(estimate.priced_cost_batch),
         "assumed_output_tokens_per_request": estimate.assumed_output,
         "unpriced_models": estimate.unpriced_models,
         "unpriced_reasons": {

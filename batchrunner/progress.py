@@ -32,7 +32,8 @@ class ProgressBar:
         )
         self.input_tokens = 0
         self.output_tokens = 0
-        self.cost_usd: float | None = None
+        self.cost_usd = 0.0  # of this run's priced answers
+        self.unpriced = 0  # answers whose model has no price: their cost is unknown
 
     def on_outcomes(self, outcomes: list[Outcome]) -> None:
         finished = 0
@@ -43,8 +44,12 @@ class ProgressBar:
             self.input_tokens += result.input_tokens or 0
             self.output_tokens += result.output_tokens or 0
             if result.cost_usd is not None:
-                self.cost_usd = (self.cost_usd or 0.0) + result.cost_usd
-        cost = f"${self.cost_usd:.4f}" if self.cost_usd is not None else "n/a"
+                self.cost_usd += result.cost_usd
+            elif result.output_tokens is not None:
+                self.unpriced += 1
+        cost = f"${self.cost_usd:.4f}"
+        if self.unpriced:
+            cost += f" + {self.unpriced:,} unpriced"
         self._bar.set_postfix_str(
             f"tokens {self.input_tokens:,} in / {self.output_tokens:,} out, cost {cost}",
             refresh=False,

@@ -13,6 +13,11 @@ from batchrunner.network import SECRET_NAME
 PAIRS = ("query", "price_as")  # settings stored as lists of pairs (JSON has no tuples)
 
 
+# A job option beside the stored settings: the concurrency its latest concurrent run sends at
+# (a run's --concurrency is that run's), by which `status` bounds what is in flight.
+RUN_CONCURRENCY = "run_concurrency"
+
+
 @dataclass(frozen=True)
 class RunSettings:
     concurrency: int = 64

@@ -8,8 +8,9 @@ from typing import Any
 import orjson
 
 from batchrunner.ledger import BatchRow, JobSummary, WorkerStatus
-from batchrunner.ledger.models import FINISHED_STATES, ITEM_STATES
+from batchrunner.ledger.models import CONCURRENT, FINISHED_STATES, ITEM_STATES, RUNNING, SUCCEEDED
 from batchrunner.ledger.records import utcnow
+from batchrunner.settings import RUN_CONCURRENCY, RunSettings
 from batchrunner.stops import next_step, stopped_story
 from batchrunner.usage import format_usd
 
@@ -32,7 +33,8 @@ def job_status(
     rate = None
     eta = None
     if summary.run_started_at is not None and summary.finished_in_run:
-        until = now if summary.live_run else (summary.finished_at or now)
+        # a job not running now ran until its latest item ended: its rate stays what it was
+        until = now if summary.live_run else (summary.last_finished_at or now)
         elapsed = max((until - summary.run_started_at).total_seconds(), 1e-3)
         rate = summary.finished_in_run / elapsed
         if summary.live_run and rate > 0:
@@ -60,7 +62,8 @@ def job_status(
         "cached_share": _share(summary.cached_tokens, summary.input_tokens),
         "output_tokens": summary.output_tokens,
         "reasoning_tokens": summary.reasoning_tokens,
-        "cost_usd": summary.cost_usd,
+        # nothing answered (or nothing billed) spent nothing; unknown only for unpriced answers
+        "cost_usd": 0.0 if _spent_nothing(summary) else summary.cost_usd,
         # what the prompt cache saved against the uncached input price (the priced models')
         "cache_saved_usd": round(sum(v for v in saved.values() if v is not None), 10),
         "estimate_usd": summary.options.get("estimate_usd"),
@@ -81,6 +84,9 @@ def job_status(
             for name, t in sorted(summary.models.items())
         },
         "failures_by_kind": summary.failures_by_kind,
+        # claimed ("running") is not in flight: a run claims pages and sends --concurrency at
+        # a time; null when no live run is known (or in batch mode: those are in batches)
+        "in_flight_at_most": _in_flight_at_most(summary, counts["running"], workers),
         "rate_per_s": round(rate, 2) if rate is not None else None,
         "eta_s": round(eta, 1) if eta is not None else None,
         "created_at": _iso(summary.created_at),
@@ -164,16 +170,65 @@ def _cached(status: dict[str, Any]) -> str:
     return text
 
 
+def _in_flight_at_most(
+    summary: JobSummary, claimed: int, workers: list[WorkerStatus] | None
+) -> int | None:
+    """How many of the claimed items can be in flight: the job's --concurrency per live run."""
+    if summary.mode != CONCURRENT or not workers:
+        return None
+    return min(claimed, _sending_concurrency(summary.options) * len(workers))
+
+
+def _sending_concurrency(options: dict[str, Any]) -> int:
+    """The concurrency the job's runs send at: its latest run's, else the job's own."""
+    given = options.get(RUN_CONCURRENCY)
+    return int(given) if given else RunSettings.from_stored(options).concurrency
+
+
+def _claimed_words(status: dict[str, Any]) -> str:
+    """The items in state running, as what they are: claimed by a run (some in flight, the
+    rest queued), held by a run that ended, or in Batch API batches."""
+    claimed = status["counts"]["running"]
+    if status["mode"] != CONCURRENT:
+        return f"in batches {claimed:,}"
+    if status["state"] != "running":
+        return f"claimed {claimed:,} by a run that ended (pending again at the next run)"
+    at_most = status["in_flight_at_most"]
+    if at_most is None:
+        return f"claimed {claimed:,}"
+    runs = len(status["workers"])
+    each = " each" if runs > 1 else ""
+    concurrency = _sending_concurrency(status["options"])
+    return (
+        f"claimed {claimed:,} (at --concurrency {concurrency:,}{each}: up to {at_most:,} in "
+        "flight, the rest queued)"
+    )
+
+
 def _counts_line(status: dict[str, Any]) -> str:
     counts = status["counts"]
     cut = [f"{n:,} {words}" for r, words in FLAG_WORDS.items() if (n := status["flagged"].get(r))]
     flags = {"succeeded": f" ({', '.join(cut)})"} if cut else {}
     line = ", ".join(
-        f"{state} {counts[state]:,}{flags.get(state, '')}" for state in ITEM_STATES if counts[state]
+        _claimed_words(status)
+        if state == RUNNING
+        else f"{state} {counts[state]:,}{flags.get(state, '')}"
+        for state in ITEM_STATES
+        if counts[state]
     )
     if status["reused"]:
         line += f" ({status['reused']:,} reused from earlier jobs, at no cost)"
     return line
+
+
+def _spent_nothing(summary: JobSummary) -> bool:
+    """No cost recorded because nothing was billed (nothing answered yet, only refusals), not
+    because answers had no price (an unpriced model, an image)."""
+    return (
+        summary.cost_usd is None
+        and not summary.unpriced_models
+        and not summary.counts.get(SUCCEEDED, 0)
+    )
 
 
 def _share(part: int, whole: int) -> float | None:

@@ -78,6 +78,18 @@ def next_step(job: dict[str, Any]) -> str | None:
     return None
 
 
+def results_step(job: dict[str, Any]) -> str | None:
+    """For the summary `submit` and `run` end with, once the job has ended (completed or
+    cancelled): where its answers and this summary are; None while it has work left (its
+    next_step says what to do)."""
+    if job["state"] not in ("completed", "cancelled"):
+        return None
+    return (
+        f"results: batchrunner export results --job {job['id']} -o results.jsonl "
+        f"(this summary again: batchrunner status {job['id']})"
+    )
+
+
 def stopped_story(job: dict[str, Any]) -> str | None:
     """Why a stopped job stopped, and when, for the text view; None for one that did not."""
     if job["state"] != "stopped":

@@ -204,16 +204,17 @@ def test_a_second_run_of_a_running_job_is_refused(tmp_path: Path, fake: FakeServ
     assert set(fake.requests_by_id.values()) == {1}  # Ctrl-C let the in-flight requests finish
 
 
-def test_the_same_file_again_is_refused_unless_new(tmp_path: Path) -> None:
+def test_the_same_file_again_is_the_same_job_unless_new(tmp_path: Path) -> None:
     job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(3)])
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
     assert invoke("submit", str(job), "--db", db, "--detach").exit_code == 0
     again = invoke("submit", str(job), "--db", db, "--detach")
-    assert again.exit_code == 2
+    assert again.exit_code == 0  # taken up again, not recorded twice (test_first_hour.py)
     assert again.stderr == (
-        f"error: {job} is already job 1 (pending): resume it with `batchrunner run 1`, see it "
-        "with `batchrunner status 1`, or pass --new for a second job\n"
+        f"{job} is already job 1 (pending, 3 of 3 items left; pass --new for a second job); "
+        "run it with: batchrunner run 1\n"
     )
+    assert query(tmp_path / "ledger.db", "SELECT id, item_count FROM jobs") == [(1, 3)]
     second = invoke("submit", str(job), "--db", db, "--detach", "--new")
     assert second.exit_code == 0 and "recorded job 2" in second.stderr
     assert query(tmp_path / "ledger.db", "SELECT id, item_count FROM jobs") == [(1, 3), (2, 3)]

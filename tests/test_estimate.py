@@ -26,7 +26,7 @@ from batchrunner.estimate import (
 from batchrunner.items import JobItem
 from batchrunner.jobfile import JobDefaults, read_job_items
 from batchrunner.pricing import load_price_file, price_item
-from batchrunner.usage import Usage
+from batchrunner.usage import Usage, format_usd
 from tests.conftest import write_jsonl
 
 WHEN = datetime(2026, 11, 1, tzinfo=UTC)
@@ -102,12 +102,17 @@ def test_format_and_json(tmp_path: Path) -> None:
     assert lines[0].split()[-2:] == ["concurrent", "batch"]
     assert lines[1].split()[:4] == ["gpt-4o-mini", "3", "27", "286"]
     assert lines[2].split() == ["my-local-model", "1", "9", "256", "unknown", "unknown"]
-    assert lines[4].split()[:4] == ["total", "5", "39", "542"]
+    # a model without a price leaves the priced part as the total, named so (not "unknown")
+    priced = sum(m.cost_concurrent or 0 for m in estimate.models.values())
+    assert priced > 0 and estimate.priced_cost_concurrent == pytest.approx(priced)
+    assert lines[4].split()[:7] == ["total,", "priced", "models", "only", "5", "39", "542"]
+    assert lines[4].split()[7] == format_usd(priced) != "unknown"
     assert "256 tokens (2 requests)" in text
     assert "no price known for my-local-model" in text
     data = json.loads(json.dumps(estimate_as_json(estimate)))
     assert data["requests"] == 5
     assert data["cost_concurrent_usd"] is None
+    assert data["priced_cost_concurrent_usd"] == pytest.approx(priced)
     assert data["unpriced_models"] == ["my-local-model"]
     by_model = {m["model"]: m for m in data["models"]}
     assert by_model["gpt-4o-mini"]["cost_batch_usd"] == pytest.approx(

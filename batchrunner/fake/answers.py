@@ -35,6 +35,11 @@ TRIGGER = re.compile(rb"\[fake:([a-z0-9_]+?)(?:x(\d+))?\]")
 # Markers that shape a 200 answer instead of replacing it: cut, filtered, or (for a request
 # that asks for a structured output, see fake/structured.py) not the JSON it asked for.
 OUTPUT_TRIGGERS = ("length", "content_filter", "invalid_json", "invalid_schema")
+# Markers that give no HTTP answer (server.py): the connection dropped, or an answer held back
+# for `hang_seconds`. And the Batch API's own (batches.py, batch_files.py). The error markers
+# are the names of faults.ERRORS (plus any status code: `[fake:418]`).
+TRANSPORT_TRIGGERS = ("drop", "hang")
+BATCH_TRIGGERS = ("batch_invalid", "batch_omit")
 
 
 @dataclass(frozen=True, slots=True)

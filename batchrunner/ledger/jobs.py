@@ -261,6 +261,7 @@ class JobQueries(QueriesMixin):
                     ),
                     func.count().filter(items_t.c.reused.is_(True)),
                     func.count().filter(items_t.c.output_valid.is_(False)),
+                    func.max(items_t.c.finished_at),
                     *(
                         func.count().filter(items_t.c.finish_reason == reason)
                         for reason in FLAGGED_FINISH_REASONS
@@ -284,6 +285,7 @@ class JobQueries(QueriesMixin):
                     unpriced,
                     reused,
                     invalid,
+                    last_finished,
                     *flagged,
                 ) = row
                 summary.counts[state] = summary.counts.get(state, 0) + count
@@ -300,6 +302,10 @@ class JobQueries(QueriesMixin):
                 summary.reasoning_tokens += reasoning or 0
                 summary.attempts += attempts or 0
                 summary.finished_in_run += recent or 0
+                if last_finished is not None:
+                    summary.last_finished_at = max(
+                        last_finished, summary.last_finished_at or last_finished
+                    )
                 summary.reused += reused or 0
                 for reason, n in zip(FLAGGED_FINISH_REASONS, flagged, strict=True):
                     if n and state == SUCCEEDED:

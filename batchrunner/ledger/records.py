@@ -219,6 +219,7 @@ class JobSummary:
     live_run: bool = False
     run_started_at: datetime | None = None
     finished_in_run: int = 0
+    last_finished_at: datetime | None = None  # its latest item's end: a stopped run's rate
     reused: int = 0  # items that took an earlier job's answer (--reuse): no request, no cost
     failures_by_kind: dict[str, int] = field(default_factory=dict)
     # succeeded, but cut (finish_reason -> n) or failing its structured check (invalid_output)

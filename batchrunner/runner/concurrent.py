@@ -641,7 +641,7 @@ class ConcurrentRunner:
             self._throttle.observe(answer.limits)
             after = self._throttle.requests_per_minute, self._throttle.tokens_per_minute
             if after != before:
-                EVENTS.info("server limits: %s requests/min, %s tokens/min", *after)
+                EVENTS.info("server limits: %s", self._throttle.describe())
         verdict = self._dialect.judge_reply(answer.status, answer.body, answer.retry_after)
         rule = verdict.rule
         if rule is not None and rule.pauses_all:

@@ -37,6 +37,13 @@ RAMP_STEPS = 5
 EMPTY_REFILL_SHARE = 0.02
 
 
+def describe_limits(rpm: float | None, tpm: float | None) -> str:
+    """Both limits in words; one not set (none configured, none reported) says so."""
+    requests = f"{rpm:,.0f} requests/min" if rpm is not None else "no request limit"
+    tokens = f"{tpm:,.0f} tokens/min" if tpm is not None else "no token limit"
+    return f"{requests}, {tokens}"
+
+
 class _Rate:
     """One per-minute limit as an aiolimiter bucket holding a quarter second of it."""
 
@@ -127,6 +134,10 @@ class Throttle:
     @property
     def tokens_per_minute(self) -> float | None:
         return self._tokens.per_minute
+
+    def describe(self) -> str:
+        """The limits in force, for a log line: "500 requests/min, no token limit"."""
+        return describe_limits(self.requests_per_minute, self.tokens_per_minute)
 
     async def acquire(self, tokens: int) -> None:
         """Wait for any pause, a request slot and `tokens` tokens, in arrival order."""
