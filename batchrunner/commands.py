@@ -431,8 +431,9 @@ def _run_batches(
 
 def refresh_batches(ledger: Ledger, job_id: int) -> bool:
     """Ask the API how a batch job's submitted batches stand; False when there is nothing to
-    ask (a concurrent job, no such batches, or a simulated job whose fake server is gone)."""
-    if ledger.job_mode(job_id) != BATCH:
+    ask (a concurrent job, no such batches, a simulated job whose fake server is gone, or a
+    ledger opened read-only, where what the API says could not be recorded)."""
+    if ledger.read_only or ledger.job_mode(job_id) != BATCH:
         return False
     _, simulated = ledger.job_options(job_id)
     if simulated or not ledger.batches_of(job_id, (SUBMITTED,)):

@@ -37,7 +37,7 @@ from sqlalchemy.sql.dml import ReturningUpdate
 
 from batchrunner.errors import LedgerError, LedgerUnavailable, UsageError, ledger_refusal
 from batchrunner.ledger.batches import BatchQueries
-from batchrunner.ledger.engine import READ_ONLY, describe, open_engine
+from batchrunner.ledger.engine import READ_ONLY, describe, open_engine, writable
 from batchrunner.ledger.jobs import JobQueries
 from batchrunner.ledger.models import (
     FAILED,
@@ -92,13 +92,18 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
     With `create` (what `submit` does) a ledger that is not there is made; without it (every
     command that only reads or changes existing jobs) a missing SQLite file, or a database with
     no ledger in it, is a UsageError and nothing is created. A ledger of a newer batchrunner is
-    a UsageError too (migrate.py), and stays as it was."""
+    a UsageError too (migrate.py), and stays as it was.
 
-    def __init__(self, url: str, *, create: bool = True) -> None:
+    `read_only` (the commands that only read) opens a SQLite file read-only (engine.py), so a
+    ledger on a read-only mount or another user's can be read; a schema that is behind is
+    brought to head first through a writable engine, where this process may write."""
+
+    def __init__(self, url: str, *, create: bool = True, read_only: bool = False) -> None:
         self.url = url
+        self.read_only = read_only
         self._outage = Outage(describe(url))
         with self._errors("open"):
-            self.engine: Engine = open_engine(url, create=create)
+            self.engine: Engine = open_engine(url, create=create, read_only=read_only)
             try:
                 self._bring_to_head(create)
             except BaseException:
@@ -117,7 +122,22 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
             # tenth of a second of every command's start-up.
             from batchrunner.ledger import migrate
 
-            migrate.upgrade(self.engine)
+            if not self.read_only:
+                migrate.upgrade(self.engine)
+                return
+            if not writable(self.url):
+                raise UsageError(
+                    f"the ledger at {describe(self.url)} has schema revision "
+                    f"{', '.join(revisions or [])}, not this batchrunner's {SCHEMA_HEAD}, and "
+                    "is read-only here: open it once with a command that writes (batchrunner "
+                    "run) as a user who may write it, or read it with the batchrunner that "
+                    "wrote it (the ledger was not changed)"
+                )
+            writer = open_engine(self.url, create=False)
+            try:
+                migrate.upgrade(writer)
+            finally:
+                writer.dispose()
 
     def _schema_revisions(self) -> list[str] | None:
         """The ledger's schema revisions, one read of alembic_version; None when it has no
