@@ -207,7 +207,7 @@ def test_every_batch_endpoint_is_taken_and_models_default_where_the_api_defaults
     assert summary.models["dall-e-2"] == 2
 
 
-CONTINUED_RESPONSES = [
+CONTINUED_RESPONSES: list[dict[str, Any]] = [
     {"custom_id": "after", "previous_response_id": "resp_abc"},
     {"custom_id": "in-conv", "conversation": "conv_abc", "instructions": "Be brief."},
     {"custom_id": "in-conv-object", "conversation": {"id": "conv_abc"}},
