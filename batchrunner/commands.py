@@ -129,7 +129,7 @@ def submit_job(
     from batchrunner.tables import TableSource, request_source
 
     source = request_source(path, table, defaults)
-    summary = check_source(source, defaults)
+    summary = check_source(source, defaults, batch=mode == BATCH)
     settings = with_prices_decided(settings, simulated)
     prices = job_price_table(settings)
     estimate = EstimateBuilder(path=path, overrides=prices)

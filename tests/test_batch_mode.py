@@ -367,3 +367,38 @@ def test_embeddings_files_hold_no_more_inputs_than_the_api_counts_per_batch(
     ledger, job = submit(tmp_path, db_url, fake, lines)
     assert wait_for(ledger, job).state == "completed"
     assert sorted(b.request_count for b in ledger.batches_of(job, ("settled",))) == [2, 2, 2]
+
+
+def test_a_model_without_a_batch_api_is_refused_in_batch_mode_before_anything_is_recorded(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    """chatgpt-4o-latest and the realtime models have no Batch API: a batch job naming them
+    would be refused by the API after the upload (and was priced at an assumed 50% off), so
+    submit refuses their lines, by file and line, exit 2, no ledger made; concurrent mode
+    takes the same file."""
+    lines = [
+        chat_line(0),
+        chat_line(1, model="chatgpt-4o-latest"),
+        chat_line(2),
+        chat_line(3, model="gpt-realtime"),
+    ]
+    path = write_jsonl(tmp_path / "live-only.jsonl", lines)
+    common = ("--db", db_url, "--base-url", fake.base_url)
+    refused = invoke("submit", str(path), "--mode", "batch", *common)
+    assert refused.exit_code == 2
+    assert refused.stderr.splitlines() == [
+        f'error: {path}:2: model "chatgpt-4o-latest" has no Batch API (ChatGPT\'s own model, '
+        "served live only): send it in concurrent mode (--mode concurrent)",
+        f'{path}:4: model "gpt-realtime" has no Batch API (a Realtime API model): send it in '
+        "concurrent mode (--mode concurrent)",
+    ]
+    assert not Path(db_url.removeprefix("sqlite:///")).exists()
+    assert fake.batch_api.total_calls == 0  # nothing uploaded
+    taken = invoke("submit", str(path), "--detach", *common)
+    assert taken.exit_code == 0, taken.stderr
+    estimate = invoke("estimate", str(path), "--hosted-prices")
+    assert estimate.exit_code == 0
+    assert (
+        "no Batch API for chatgpt-4o-latest: no batch price, and batch mode refuses them"
+        in estimate.stdout
+    )

@@ -548,6 +548,25 @@ BATCH_LINE_OVERHEAD = 64  # {"custom_id":..,"method":"POST","url":..,"body":..}\
 BATCH_TOKEN_LIMIT_CODE = "token_limit_exceeded"  # a failed batch's error: the enqueued cap
 
 
+# Models OpenAI serves live only: their model pages list no Batch endpoint, and its pricing
+# no batch rate. A batch line naming one would be refused by the API after the upload, so it is
+# refused at submit, and its batch price is unknown, never the standard one less 50%.
+BATCHLESS_MODELS = (
+    (re.compile(r"realtime|^gpt-live"), "a Realtime API model"),
+    (re.compile(r"^(gpt-4o-(mini-)?audio-preview|gpt-audio)"), "an audio model"),
+    (re.compile(r"^chatgpt-4o-latest"), "ChatGPT's own model, served live only"),
+    (re.compile(r"^gpt-4o-(mini-)?search-preview"), "a web search model"),
+    (re.compile(r"(^|-)(tts|transcribe)(-|$)|^whisper-"), "a speech model"),
+)
+
+
+def batchless_reason(model: str) -> str | None:
+    """Why OpenAI's Batch API does not take `model` (what it is), or None when it may. A
+    fine-tuned model (ft:BASE:...) is judged by its base."""
+    name = model.lower().removeprefix("ft:")
+    return next((reason for pattern, reason in BATCHLESS_MODELS if pattern.search(name)), None)
+
+
 def batch_line(custom_id: str, url: str, body: str, extra: str | None = None) -> bytes:
     """One Batch API line (what a job file holds and what a batch input file needs), with the
     stored body and extra keys spliced in as the JSON they were."""
