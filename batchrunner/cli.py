@@ -174,6 +174,14 @@ def run_options(func: F) -> F:
             type=click.Choice(["batch", "concurrent"]),
             help="Batch mode: what runs items left by expired batches [batch].",
         ),
+        click.option(
+            "--keep-files/--delete-files",
+            "keep_files",
+            default=None,
+            help="Batch mode: keep each batch's input, output and error files on the server, "
+            "or delete them once the batch has ended and its results are in the ledger "
+            "[delete; kept with the job].",
+        ),
     ]
     for option in reversed(options):
         func = option(func)

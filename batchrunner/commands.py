@@ -204,7 +204,7 @@ def render_file(path: str, defaults: JobDefaults, table: RowTemplate, out: IO[by
 
 # Settings a run changes for the rest of the job's life, not for that run alone: how its
 # answers are priced (one job, one price), and its budget (over the job's whole life).
-JOB_LIFE_SETTINGS = ("prices", "price_as", "hosted_prices", "budget")
+JOB_LIFE_SETTINGS = ("prices", "price_as", "hosted_prices", "budget", "keep_files")
 
 
 def job_settings(ledger: Ledger, job_id: int, overrides: dict[str, Any]) -> RunSettings:

@@ -24,6 +24,7 @@ from tests.test_cli import invoke, status_json
 from tests.test_run import exported, run
 
 POLL_S = 0.05
+POLL_ARGS = ("--wait", "--poll-interval", str(POLL_S))
 FAST: dict[str, Any] = {"batch_hold_s": 0.2}
 
 
@@ -402,3 +403,58 @@ def test_a_model_without_a_batch_api_is_refused_in_batch_mode_before_anything_is
         "no Batch API for chatgpt-4o-latest: no batch price, and batch mode refuses them"
         in estimate.stdout
     )
+
+
+def test_a_batchs_files_are_deleted_once_reconciled_and_kept_with_keep_files(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    """Two batches, one with an error file: after the run the fake holds none of their five
+    files and the ledger names none; with keep_files all stay, and the ledger names them."""
+    lines = [chat_line(i) for i in range(30)] + [chat_line(30, "[fake:400] refused")]
+    ledger, job = submit(tmp_path, db_url, fake, lines, batch_max_requests=20)
+    wait_for(ledger, job)
+    assert ledger.summary(job).counts == {"succeeded": 30, "failed": 1}
+    assert fake.batch_api.files == {}
+    assert fake.batch_api.calls["delete"] == 5  # 2 inputs, 2 outputs, 1 error file
+    settled = ledger.batches_of(job, ("settled",))
+    assert len(settled) == 2
+    assert {(b.input_file_id, b.output_file_id, b.error_file_id) for b in settled} == {
+        (None, None, None)
+    }
+
+    kept_lines = [chat_line(i, f"kept {i}") for i in range(30)]
+    ledger, kept = submit(
+        tmp_path, db_url, fake, kept_lines, batch_max_requests=20, keep_files=True
+    )
+    assert wait_for(ledger, kept).state == "completed"
+    named = {
+        file_id
+        for b in ledger.batches_of(kept, ("settled",))
+        for file_id in (b.input_file_id, b.output_file_id, b.error_file_id)
+        if file_id
+    }
+    assert len(named) == 4 and set(fake.batch_api.files) == named
+    assert fake.batch_api.calls["delete"] == 5  # none more
+
+
+def test_kept_files_are_deleted_by_a_later_run_that_says_so_and_a_refused_delete_fails_nothing(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    path = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(10)])
+    common = ("--db", db_url, "--base-url", fake.base_url, *POLL_ARGS)
+    kept = invoke("submit", str(path), "--mode", "batch", "--keep-files", *common)
+    assert kept.exit_code == 0, kept.stderr
+    assert len(fake.batch_api.files) == 2  # its input and output files
+    again = invoke("run", "1", *common)  # the job keeps its files: nothing deleted
+    assert again.exit_code == 0 and len(fake.batch_api.files) == 2
+    fake.batch_api.refuse = {"delete": 403}  # a key that may not delete files
+    refused = invoke("run", "1", "--delete-files", *common)
+    assert refused.exit_code == 0, refused.stderr  # the job is done all the same
+    assert refused.stderr.count("not deleted (the next run tries again): DELETE ") == 2
+    assert refused.stderr.count(": HTTP 403: ") == 2
+    assert len(fake.batch_api.files) == 2
+    fake.batch_api.refuse = {}
+    deleted = invoke("run", "1", *common)  # --delete-files stays with the job
+    assert deleted.exit_code == 0, deleted.stderr
+    assert fake.batch_api.files == {}
+    assert invoke("status", "1", "--db", db_url).exit_code == 0
