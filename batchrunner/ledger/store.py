@@ -45,6 +45,7 @@ from batchrunner.ledger.models import (
     RUNNING,
     attempts_t,
     items_t,
+    jobs_t,
 )
 from batchrunner.ledger.outages import Outage, database_away, outlasting, outlasting_read
 from batchrunner.ledger.records import (
@@ -59,8 +60,11 @@ from batchrunner.ledger.records import (
 from batchrunner.ledger.results import (
     ATTEMPT_KEYS,
     ATTEMPT_RESULT_COLUMNS,
+    POSSIBLY_BILLED_REQUESTS,
+    POSSIBLY_BILLED_USD,
     count_invalid_answers,
     mask_outcomes,
+    write_abandoned,
     write_outcomes,
 )
 from batchrunner.ledger.runs import RunQueries
@@ -280,6 +284,26 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
                 write_outcomes(conn, outcomes, "run_id", again=again)
 
         self._outage.outlast(record)
+
+    def record_abandoned(self, job_id: int, outcomes: list[Outcome]) -> None:
+        """Requests abandoned in flight (results.write_abandoned), and what they may have cost
+        added to the job's possibly-billed total, in one transaction (the job's row locked on
+        PostgreSQL: workers of one job add to it)."""
+        if not outcomes:
+            return
+        mask_outcomes(outcomes)
+        worst = sum(o.result.cost_usd or 0.0 for o in outcomes)
+        with self._write("record abandoned requests in") as conn:
+            write_abandoned(conn, outcomes)
+            options = conn.execute(
+                select(jobs_t.c.options).where(jobs_t.c.id == job_id).with_for_update()
+            ).one()[0]
+            merged = dict(options)
+            merged[POSSIBLY_BILLED_REQUESTS] = merged.get(POSSIBLY_BILLED_REQUESTS, 0) + len(
+                outcomes
+            )
+            merged[POSSIBLY_BILLED_USD] = merged.get(POSSIBLY_BILLED_USD, 0.0) + worst
+            conn.execute(update(jobs_t).where(jobs_t.c.id == job_id).values(options=merged))
 
     def iter_items(self, job_id: int, states: tuple[str, ...] | None = None) -> Iterator[ItemRow]:
         """Page through a job's items in file order, PAGE_SIZE rows per query."""

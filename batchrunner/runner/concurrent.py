@@ -44,9 +44,9 @@ from batchrunner.logs import ATTEMPTS, EVENTS, log_attempt
 from batchrunner.outcome import Outcome, Result, mendable
 from batchrunner.pricing import job_price_table
 from batchrunner.runner.breaker import Breaker
-from batchrunner.runner.budget import Budget, Reservation
+from batchrunner.runner.budget import Budget, Reservation, worst_case_of
 from batchrunner.runner.limits import Throttle
-from batchrunner.runner.outcomes import CONCURRENT_EFFECTS, AnswerReader
+from batchrunner.runner.outcomes import CONCURRENT_EFFECTS, AnswerReader, abandoned_outcome
 from batchrunner.runner.report import RunReport
 from batchrunner.runner.writer import LedgerWriter
 from batchrunner.settings import RunSettings
@@ -107,6 +107,9 @@ class ConcurrentRunner:
         self._run_id = ""
         # (url, model) or (url, None) -> the error one answer proved all its items would get
         self._proven_failures: dict[tuple[str, str | None], Result] = {}
+        # item id -> (the item, its attempt's number, when it was sent): requests sent and not
+        # yet answered, recorded as possibly billed if the run abandons them
+        self._in_flight: dict[int, tuple[ClaimedItem, int, datetime]] = {}
 
     def stop(self, reason: str) -> None:
         """Send nothing more; in-flight requests finish and are recorded."""
@@ -164,6 +167,7 @@ class ConcurrentRunner:
             failing = sys.exc_info()[1] is not None
             await self._writer.flush_remaining()
             with anyio.CancelScope(shield=True):
+                await self._record_abandoned(keep_first_error=failing)
                 state = await self._end_run(keep_first_error=failing)
         return RunReport(self._job_id, state, self._stop_reason if state != "completed" else None)
 
@@ -190,6 +194,36 @@ class ConcurrentRunner:
             if keep_first_error:
                 return "stopped"
             raise
+
+    async def _record_abandoned(self, keep_first_error: bool) -> None:
+        """The requests still in flight when the run was cut short (a second Ctrl-C): the
+        server may have answered and billed them, so each is an attempt of unknown outcome,
+        at its worst-case cost (an estimate) that the job's spend and budget count; their
+        items go back to pending with the rest."""
+        if not self._in_flight:
+            return
+        outcomes = [
+            abandoned_outcome(
+                self._job_id,
+                self._run_id,
+                item.id,
+                item.custom_id,
+                number,
+                sent_at,
+                worst_case_of(item.model, self._demand(item), self._prices),
+            )
+            for item, number, sent_at in self._in_flight.values()
+        ]
+        self._in_flight.clear()
+        EVENTS.warning(
+            "%d requests abandoned in flight: recorded as possibly billed, at their worst case",
+            len(outcomes),
+        )
+        try:
+            await anyio.to_thread.run_sync(self._ledger.record_abandoned, self._job_id, outcomes)
+        except BatchrunnerError:
+            if not keep_first_error:
+                raise
 
     async def _watch_signals(self, signals: AsyncIterator[int], scope: CancelScope) -> None:
         async for signum in signals:
@@ -394,7 +428,9 @@ class ConcurrentRunner:
                 return
             attempt += 1
             started = utcnow()
+            self._in_flight[item.id] = (item, attempt, started)
             answer = await self._backend.post(item.url, body, item.custom_id, item.model)
+            del self._in_flight[item.id]
             verdict = self._judge(answer)
             if self._breaker.troubled or isinstance(answer, TransportFailure):
                 unreachable_tries = self._watch_the_circuit(verdict, unreachable_tries, probe)
