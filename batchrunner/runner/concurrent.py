@@ -167,7 +167,7 @@ class ConcurrentRunner:
             failing = sys.exc_info()[1] is not None
             await self._writer.flush_remaining()
             with anyio.CancelScope(shield=True):
-                await self._record_abandoned(keep_first_error=failing)
+                await self._record_abandoned()
                 state = await self._end_run(keep_first_error=failing)
         return RunReport(self._job_id, state, self._stop_reason if state != "completed" else None)
 
@@ -195,11 +195,12 @@ class ConcurrentRunner:
                 return "stopped"
             raise
 
-    async def _record_abandoned(self, keep_first_error: bool) -> None:
+    async def _record_abandoned(self) -> None:
         """The requests still in flight when the run was cut short (a second Ctrl-C): the
         server may have answered and billed them, so each is an attempt of unknown outcome,
         at its worst-case cost (an estimate) that the job's spend and budget count; their
-        items go back to pending with the rest."""
+        items go back to pending with the rest. A ledger that refuses this is a warning: the
+        run's end, which gives its items back, must still come."""
         if not self._in_flight:
             return
         outcomes = [
@@ -221,9 +222,8 @@ class ConcurrentRunner:
         )
         try:
             await anyio.to_thread.run_sync(self._ledger.record_abandoned, self._job_id, outcomes)
-        except BatchrunnerError:
-            if not keep_first_error:
-                raise
+        except BatchrunnerError as exc:
+            EVENTS.warning("the requests abandoned in flight were not recorded: %s", exc)
 
     async def _watch_signals(self, signals: AsyncIterator[int], scope: CancelScope) -> None:
         async for signum in signals:
