@@ -23,7 +23,7 @@ from batchrunner.dialects.openai import ENDPOINTS, normalize_endpoint
 from batchrunner.errors import BatchrunnerError
 from batchrunner.export import FORMATS, RESULT_FORMATS, write_errors, write_results, write_usage
 from batchrunner.jobfile import JobDefaults
-from batchrunner.ledger import JobSummary, Ledger, database_url, describe
+from batchrunner.ledger import JobSummary, Ledger, database_url, describe, writable
 from batchrunner.ledger.batches import BATCH_STATES
 from batchrunner.ledger.models import MODES
 from batchrunner.logs import configure
@@ -195,6 +195,14 @@ def run_options(func: F) -> F:
             "--finish",
             type=click.Choice(["batch", "concurrent"]),
             help="Batch mode: what runs items left by expired batches [batch].",
+        ),
+        click.option(
+            "--keep-files/--delete-files",
+            "keep_files",
+            default=None,
+            help="Batch mode: keep each batch's input, output and error files on the server, "
+            "or delete them once the batch has ended and its results are in the ledger "
+            "[delete; kept with the job].",
         ),
     ]
     for option in reversed(options):
@@ -654,7 +662,9 @@ def render(
 @common
 def status(job: str | None, json_: bool, db: str) -> None:
     """Show JOB (default: all recent jobs) with counts, tokens, cost, progress and rate."""
-    ledger = closed_at_the_end(Ledger(db, create=False))
+    # Read-only where it must (a read-only mount, another user's ledger): then the batches
+    # are shown as last recorded, not asked for.
+    ledger = closed_at_the_end(Ledger(db, create=False, read_only=not writable(db)))
     ids = [ledger.find_job(job)] if job else ledger.job_ids()
     statuses = []
     for job_id in ids:
@@ -718,7 +728,7 @@ def _export(
     write: Callable[[Ledger, int, IO[bytes]], int],
 ) -> None:
     """Find the job, write it out (to stdout, or a file replaced only once complete)."""
-    ledger = closed_at_the_end(Ledger(db, create=False))
+    ledger = closed_at_the_end(Ledger(db, create=False, read_only=True))
     job_id = ledger.find_job(job)
     with _output(output) as out:
         count = write(ledger, job_id, out)

@@ -141,7 +141,7 @@ def submit_job(
     from batchrunner.tables import TableSource, request_source
 
     source = request_source(path, table, defaults)
-    summary = check_source(source, defaults)
+    summary = check_source(source, defaults, batch=mode == BATCH)
     if needs_key:
         api_key_for(settings)
     settings = with_prices_decided(settings, simulated)
@@ -256,7 +256,7 @@ def render_file(path: str, defaults: JobDefaults, table: RowTemplate, out: IO[by
 
 # Settings a run changes for the rest of the job's life, not for that run alone: how its
 # answers are priced (one job, one price), and its budget (over the job's whole life).
-JOB_LIFE_SETTINGS = ("prices", "price_as", "hosted_prices", "budget")
+JOB_LIFE_SETTINGS = ("prices", "price_as", "hosted_prices", "budget", "keep_files")
 
 
 def job_settings(ledger: Ledger, job_id: int, overrides: dict[str, Any]) -> RunSettings:
@@ -499,8 +499,9 @@ def _run_batches(
 
 def refresh_batches(ledger: Ledger, job_id: int) -> bool:
     """Ask the API how a batch job's submitted batches stand; False when there is nothing to
-    ask (a concurrent job, no such batches, or a simulated job whose fake server is gone)."""
-    if ledger.job_mode(job_id) != BATCH:
+    ask (a concurrent job, no such batches, a simulated job whose fake server is gone, or a
+    ledger opened read-only, where what the API says could not be recorded)."""
+    if ledger.read_only or ledger.job_mode(job_id) != BATCH:
         return False
     _, simulated = ledger.job_options(job_id)
     if simulated or not ledger.batches_of(job_id, (SUBMITTED,)):

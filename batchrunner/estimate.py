@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from batchrunner.demand import TYPICAL_OUTPUT, token_demand
+from batchrunner.dialects.openai import batchless_reason
 from batchrunner.errors import UsageError
 from batchrunner.items import JobItem
 from batchrunner.jobfile import JobDefaults, read_job_items
@@ -151,6 +152,15 @@ class Estimate:
     @property
     def batch_assumed_models(self) -> list[str]:
         return sorted(m.model for m in self.models.values() if m.batch_discount_assumed)
+
+    @property
+    def batchless_models(self) -> list[str]:
+        """Priced models the Batch API does not take: batch mode refuses them."""
+        return sorted(
+            m.model
+            for m in self.models.values()
+            if m.cost_concurrent is not None and batchless_reason(m.model)
+        )
 
     @property
     def cost_concurrent(self) -> float | None:
@@ -368,6 +378,11 @@ def format_estimate(estimate: Estimate) -> str:
             "** no batch price known: OpenAI's 50% Batch API discount assumed for "
             + ", ".join(estimate.batch_assumed_models)
         )
+    if estimate.batchless_models:
+        lines.append(
+            f"no Batch API for {', '.join(estimate.batchless_models)}: no batch price, and "
+            "batch mode refuses them"
+        )
     if estimate.unpriced_models:
         lines.append(
             f"{unpriced_note(estimate.unpriced_models, estimate.prices)}: give their prices "
@@ -435,6 +450,7 @@ def estimate_as_json(estimate: Estimate) -> dict[str, Any]:
             m: unpriced_reason(m, estimate.prices) for m in estimate.unpriced_models
         },
         "batch_discount_assumed_models": estimate.batch_assumed_models,
+        "batchless_models": estimate.batchless_models,
         "models": [
             {
                 "model": m.model,

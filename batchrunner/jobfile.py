@@ -30,6 +30,7 @@ from batchrunner.dialects.openai import (
     CHAT,
     DEFAULT_MODELS,
     ENDPOINTS,
+    batchless_reason,
     body_problem,
     normalize_endpoint,
 )
@@ -336,9 +337,12 @@ def check_job_file(path: str, defaults: JobDefaults) -> FileSummary:
     return check_source(JobFile(path), defaults)
 
 
-def check_source(source: RequestSource, defaults: JobDefaults) -> FileSummary:
+def check_source(
+    source: RequestSource, defaults: JobDefaults, *, batch: bool = False
+) -> FileSummary:
     """Validate every request of a source; raise `JobFileError` with the first problems, in
-    order, each naming the file and the line or row."""
+    order, each naming the file and the line or row. With `batch` (a job for the Batch API), a
+    model the Batch API does not take is a problem too."""
     path, unit = source.path, source.unit
     summary = FileSummary(path=path)
     finder = DuplicateFinder(expected_items=source.expected_items())
@@ -356,10 +360,14 @@ def check_source(source: RequestSource, defaults: JobDefaults) -> FileSummary:
             if len(problems) < MAX_PROBLEMS_SHOWN:
                 problems.append(Problem(path, number, str(exc), unit))
             continue
+        model = body["model"]
+        if batch and (what := batchless_reason(model)):
+            problem_count += 1
+            if len(problems) < MAX_PROBLEMS_SHOWN:
+                problems.append(Problem(path, number, _no_batch_api(model, what), unit))
         add(custom_id)
         items += 1
         endpoints[url] = endpoints.get(url, 0) + 1
-        model = body["model"]
         models[model] = models.get(model, 0) + 1
     summary.items = items
     if finder.maybe_repeated:
@@ -381,6 +389,12 @@ def check_source(source: RequestSource, defaults: JobDefaults) -> FileSummary:
         raise JobFileError([Problem(path, 0, "no requests in the file (it is empty or blank)")])
     summary.sha256 = digest.hexdigest()
     return summary
+
+
+def _no_batch_api(model: str, what: str) -> str:
+    return (
+        f'model "{model}" has no Batch API ({what}): send it in concurrent mode (--mode concurrent)'
+    )
 
 
 def _explain_cut_last_line(path: str, problems: list[Problem], last_line: int) -> None:

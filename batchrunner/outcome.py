@@ -61,7 +61,7 @@ class Outcome:
     job_id: int
     custom_id: str
     state: str | None
-    attempt_outcome: str  # the attempt row's: succeeded | retry | failed | stopped
+    attempt_outcome: str  # the attempt row's: succeeded | retry | failed | stopped | unknown
     started_at: datetime
     ended_at: datetime
     run_id: str | None = None  # the run holding the item (concurrent mode)

@@ -18,6 +18,8 @@ the standard price. Here a batch cost never falls back to the standard price: wi
 rate, OpenAI's documented 50% Batch API discount is applied to input and output, the cached rate
 is kept but capped at the discounted input rate (errs high, not low), and the result carries
 `batch_discount_assumed=True`. A price file entry without batch rates is treated the same way.
+A model the Batch API does not take (dialects.openai.batchless_reason: realtime, audio,
+chatgpt-4o-latest, ...) gets no assumed batch rate: its batch price is unknown.
 
 Rates are looked up once per (model, mode, day) and cached: pricing an item is a few
 multiplications, where genai-prices' own `calc_price` takes about 0.1 ms.
@@ -51,6 +53,7 @@ from genai_prices.types import (
     TimeOfDateConstraint,
 )
 
+from batchrunner.dialects.openai import batchless_reason
 from batchrunner.errors import UsageError
 from batchrunner.settings import RunSettings
 from batchrunner.usage import Usage
@@ -494,20 +497,25 @@ def rates_for(
     overrides: PriceTable | None = None,
 ) -> Rates | None:
     """A model's rates for requests made at `when` (default now), or None if none is known.
-    On a local server (`overrides.hosted` False) a name is priced only by the user."""
-    if overrides is not None:
-        known = overrides.priced_as(model)
-        entry = overrides.find(known)
+    On a local server (`overrides.hosted` False) a name is priced only by the user. A model
+    the Batch API does not take has no assumed batch rate (only one a price file gives)."""
+    rates: Rates | None
+    if overrides is not None and (entry := overrides.find(overrides.priced_as(model))):
+        model = overrides.priced_as(model)
+        rates = _entry_rates(entry, batch, overrides.source)
+    elif overrides is not None and not overrides.hosted and not overrides.maps(model):
+        return None
+    else:
+        model = overrides.priced_as(model) if overrides is not None else model
+        fixes = corrections()
+        entry = fixes.find(model)
         if entry is not None:
-            return _entry_rates(entry, batch, overrides.source)
-        if not overrides.hosted and not overrides.maps(model):
-            return None
-        model = known
-    fixes = corrections()
-    entry = fixes.find(model)
-    if entry is not None:
-        return _entry_rates(entry, batch, fixes.source)
-    return _library_rates(model, batch, when or datetime.now(UTC))
+            rates = _entry_rates(entry, batch, fixes.source)
+        else:
+            rates = _library_rates(model, batch, when or datetime.now(UTC))
+    if rates is not None and rates.batch_discount_assumed and batchless_reason(model):
+        return None
+    return rates
 
 
 class CacheSavings:

@@ -43,6 +43,7 @@ class RunSettings:
     batch_token_limit: int | None = None  # the account's enqueued prompt tokens per model
     batch_hold_s: float = 300.0  # wait after a batch hit the token cap with nothing to wait for
     finish: str = "batch"  # what runs the leftovers of an expired batch: batch | concurrent
+    keep_files: bool = False  # batch mode: leave a batch's files on the server once it ended
     prices: dict[str, dict[str, float]] | None = None  # a --prices file's table, kept with the job
     price_as: tuple[tuple[str, str], ...] = ()  # (name or "*", the known model it is priced as)
     # Whether the hosted APIs' prices apply: None until submit decides by the base URL (a local

@@ -66,6 +66,10 @@ def job_status(
         "cost_usd": 0.0 if _spent_nothing(summary) else summary.cost_usd,
         # what the prompt cache saved against the uncached input price (the priced models')
         "cache_saved_usd": round(sum(v for v in saved.values() if v is not None), 10),
+        # requests abandoned in flight (a second Ctrl-C), possibly billed: their worst case, in
+        # cost_usd too (an estimate)
+        "possibly_billed_requests": summary.options.get("possibly_billed_requests", 0),
+        "possibly_billed_usd": summary.options.get("possibly_billed_usd"),
         "estimate_usd": summary.options.get("estimate_usd"),
         "budget_usd": summary.options.get("budget"),
         "unpriced_models": summary.unpriced_models,
@@ -298,6 +302,12 @@ def _cost_line(status: dict[str, Any]) -> str:
     if status["budget_usd"] is not None:
         parts.append(f"budget {format_usd(status['budget_usd'])}")
     line = parts[0] + (f" ({', '.join(parts[1:])})" if parts[1:] else "")
+    if status["possibly_billed_requests"]:
+        line += (
+            f"; including {format_usd(status['possibly_billed_usd'])} for "
+            f"{status['possibly_billed_requests']:,} requests abandoned in flight (possibly "
+            "billed: their worst case, an estimate)"
+        )
     if status["unpriced_models"]:
         from batchrunner.pricing import describe_unpriced  # the price tables: only when needed
 

@@ -14,7 +14,9 @@ Chat messages follow OpenAI's published rule, checked against the API's own coun
 per message, the tokens of every string field (role, content, name), 1 more for a name, and 3
 priming the reply; `tools` follow the cookbook's function-definition rule. The same message rule
 is applied to /v1/responses input (OpenAI documents no other). Each image part adds a fixed
-IMAGE_TOKENS; audio and file parts are not counted.
+IMAGE_TOKENS; audio and file parts are not counted. A /v1/responses request that continues a
+`conversation` or a `previous_response_id` is billed for the earlier turns too, which only the
+server holds: its count is of what the request itself carries (a lower bound).
 """
 
 from __future__ import annotations

@@ -123,6 +123,26 @@ def test_a_batch_goes_from_upload_to_completed(
     assert list(tmp_path.iterdir()) == [tmp_path / "in.jsonl"]  # no download left in scratch
 
 
+def test_an_ended_batchs_files_are_deleted_and_deleting_again_is_no_error(
+    backend: BatchBackend, server: FakeServer, tmp_path: Path
+) -> None:
+    lines = [chat_line(i) for i in range(4)] + [chat_line(4, "[fake:400] refused")]
+    batch = Poller(backend).until(submit(backend, tmp_path, lines).id)
+    files = (server.batch_api.batches[batch.id].input_file_id, batch.output_file_id)
+    ours = [*files, batch.error_file_id]
+    assert None not in ours and set(server.batch_api.files) == set(ours)
+    for file_id in ours:
+        assert file_id is not None
+        backend.delete_file(file_id)
+        backend.delete_file(file_id)  # gone already: safe to repeat
+        with pytest.raises(BackendError) as gone:
+            list(backend.lines(file_id, tmp_path))
+        assert gone.value.status == 404
+    assert server.batch_api.files == {}
+    assert server.batch_api.calls["delete"] == 6
+    backend.delete_file("file-never-there")
+
+
 def test_find_returns_the_newest_batch_with_the_metadata(
     backend: BatchBackend, server: FakeServer, tmp_path: Path
 ) -> None:
@@ -287,6 +307,19 @@ def test_a_refusal_names_the_call_that_was_refused(tmp_path: Path) -> None:
             backend.upload(path)
     assert refused.value.status == 401
     assert refused.value.message.startswith(f"POST {keyed.base_url}/files: HTTP 401")
+
+
+def test_a_refused_delete_is_a_backend_error_and_the_file_stays(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    backend = sdk_backend(server)
+    file_id = backend.upload(write_jsonl(tmp_path / "in.jsonl", [chat_line(0)]))
+    server.batch_api.refuse = {"delete": 500}
+    with pytest.raises(BackendError) as refused:
+        backend.delete_file(file_id)
+    assert (refused.value.kind, refused.value.status) == (ErrorKind.SERVER_ERROR, 500)
+    assert refused.value.message.startswith(f"DELETE {server.base_url}/files/{file_id}: HTTP 500")
+    assert file_id in server.batch_api.files
 
 
 def test_a_wrong_key_is_an_auth_failure(tmp_path: Path) -> None:

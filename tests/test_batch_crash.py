@@ -180,7 +180,44 @@ def test_a_kill_while_a_request_is_in_flight_is_resumed_without_a_duplicate(
     assert api.batches_created == 1  # adopted by its metadata token, not created again
     (remote,) = api.batches.values()
     rows = query(db, "SELECT state, remote_id, input_file_id FROM batches")
-    assert rows == [("settled", remote.id, remote.input_file_id)]
+    assert rows == [("settled", remote.id, None)]  # its files deleted once it was settled
     if moment == "upload":
         assert remote.input_file_id != orphan  # uploaded again; the first copy is only a file
+        assert list(api.files) == [orphan]  # which no batch ever named
+    else:
+        assert api.files == {}
     assert set(api.lines_by_id.values()) == {1} and len(api.lines_by_id) == 30
+
+
+def test_a_kill_between_reconciling_and_deleting_loses_nothing_and_the_next_run_deletes(
+    tmp_path: Path, fake: FakeServer
+) -> None:
+    """The batch is settled and its results are in the ledger; its first delete is in flight
+    when the process dies. The next run answers nothing again and deletes what is left."""
+    api = fake.batch_api
+    api.delete_delay_s = 30.0
+    job = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(30)])
+    db = tmp_path / "ledger.db"
+    common = cli_args(db, fake)
+    proc = batchrunner("submit", str(job), "--mode", "batch", *common, stderr=tmp_path / "err")
+    try:
+        assert wait_for(lambda: api.calls["delete"] > 0 or proc.poll() is not None, timeout=30)
+        assert proc.poll() is None, (tmp_path / "err").read_text()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert_each_item_succeeded_once(db, 30)  # reconciled before any delete
+    (remote,) = api.batches.values()
+    rows = query(db, "SELECT state, input_file_id, output_file_id FROM batches")
+    assert rows == [("settled", remote.input_file_id, remote.output_file_id)]
+    assert set(api.files) == {remote.input_file_id, remote.output_file_id}  # none deleted yet
+    api.delete_delay_s = 0.0
+
+    done = finish("run", "1", *common, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert_each_item_succeeded_once(db, 30)
+    assert api.batches_created == 1 and set(api.lines_by_id.values()) == {1}
+    assert query(db, "SELECT state, input_file_id, output_file_id FROM batches") == [
+        ("settled", None, None)
+    ]
+    assert wait_for(lambda: api.files == {}, timeout=10)  # (the killed run's delete lands too)

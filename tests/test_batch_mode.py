@@ -24,6 +24,7 @@ from tests.test_cli import invoke, status_json
 from tests.test_run import exported, run
 
 POLL_S = 0.05
+POLL_ARGS = ("--wait", "--poll-interval", str(POLL_S))
 FAST: dict[str, Any] = {"batch_hold_s": 0.2}
 
 
@@ -367,3 +368,93 @@ def test_embeddings_files_hold_no_more_inputs_than_the_api_counts_per_batch(
     ledger, job = submit(tmp_path, db_url, fake, lines)
     assert wait_for(ledger, job).state == "completed"
     assert sorted(b.request_count for b in ledger.batches_of(job, ("settled",))) == [2, 2, 2]
+
+
+def test_a_model_without_a_batch_api_is_refused_in_batch_mode_before_anything_is_recorded(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    """chatgpt-4o-latest and the realtime models have no Batch API: a batch job naming them
+    would be refused by the API after the upload (and was priced at an assumed 50% off), so
+    submit refuses their lines, by file and line, exit 2, no ledger made; concurrent mode
+    takes the same file."""
+    lines = [
+        chat_line(0),
+        chat_line(1, model="chatgpt-4o-latest"),
+        chat_line(2),
+        chat_line(3, model="gpt-realtime"),
+    ]
+    path = write_jsonl(tmp_path / "live-only.jsonl", lines)
+    common = ("--db", db_url, "--base-url", fake.base_url)
+    refused = invoke("submit", str(path), "--mode", "batch", *common)
+    assert refused.exit_code == 2
+    assert refused.stderr.splitlines() == [
+        f'error: {path}:2: model "chatgpt-4o-latest" has no Batch API (ChatGPT\'s own model, '
+        "served live only): send it in concurrent mode (--mode concurrent)",
+        f'{path}:4: model "gpt-realtime" has no Batch API (a Realtime API model): send it in '
+        "concurrent mode (--mode concurrent)",
+    ]
+    assert not Path(db_url.removeprefix("sqlite:///")).exists()
+    assert fake.batch_api.total_calls == 0  # nothing uploaded
+    taken = invoke("submit", str(path), "--detach", *common)
+    assert taken.exit_code == 0, taken.stderr
+    estimate = invoke("estimate", str(path), "--hosted-prices")
+    assert estimate.exit_code == 0
+    assert (
+        "no Batch API for chatgpt-4o-latest: no batch price, and batch mode refuses them"
+        in estimate.stdout
+    )
+
+
+def test_a_batchs_files_are_deleted_once_reconciled_and_kept_with_keep_files(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    """Two batches, one with an error file: after the run the fake holds none of their five
+    files and the ledger names none; with keep_files all stay, and the ledger names them."""
+    lines = [chat_line(i) for i in range(30)] + [chat_line(30, "[fake:400] refused")]
+    ledger, job = submit(tmp_path, db_url, fake, lines, batch_max_requests=20)
+    wait_for(ledger, job)
+    assert ledger.summary(job).counts == {"succeeded": 30, "failed": 1}
+    assert fake.batch_api.files == {}
+    assert fake.batch_api.calls["delete"] == 5  # 2 inputs, 2 outputs, 1 error file
+    settled = ledger.batches_of(job, ("settled",))
+    assert len(settled) == 2
+    assert {(b.input_file_id, b.output_file_id, b.error_file_id) for b in settled} == {
+        (None, None, None)
+    }
+
+    kept_lines = [chat_line(i, f"kept {i}") for i in range(30)]
+    ledger, kept = submit(
+        tmp_path, db_url, fake, kept_lines, batch_max_requests=20, keep_files=True
+    )
+    assert wait_for(ledger, kept).state == "completed"
+    named = {
+        file_id
+        for b in ledger.batches_of(kept, ("settled",))
+        for file_id in (b.input_file_id, b.output_file_id, b.error_file_id)
+        if file_id
+    }
+    assert len(named) == 4 and set(fake.batch_api.files) == named
+    assert fake.batch_api.calls["delete"] == 5  # none more
+
+
+def test_kept_files_are_deleted_by_a_later_run_that_says_so_and_a_refused_delete_fails_nothing(
+    tmp_path: Path, db_url: str, fake: FakeServer
+) -> None:
+    path = write_jsonl(tmp_path / "job.jsonl", [chat_line(i) for i in range(10)])
+    common = ("--db", db_url, "--base-url", fake.base_url, *POLL_ARGS)
+    kept = invoke("submit", str(path), "--mode", "batch", "--keep-files", *common)
+    assert kept.exit_code == 0, kept.stderr
+    assert len(fake.batch_api.files) == 2  # its input and output files
+    again = invoke("run", "1", *common)  # the job keeps its files: nothing deleted
+    assert again.exit_code == 0 and len(fake.batch_api.files) == 2
+    fake.batch_api.refuse = {"delete": 403}  # a key that may not delete files
+    refused = invoke("run", "1", "--delete-files", *common)
+    assert refused.exit_code == 0, refused.stderr  # the job is done all the same
+    assert refused.stderr.count("not deleted (the next run tries again): DELETE ") == 2
+    assert refused.stderr.count(": HTTP 403: ") == 2
+    assert len(fake.batch_api.files) == 2
+    fake.batch_api.refuse = {}
+    deleted = invoke("run", "1", *common)  # --delete-files stays with the job
+    assert deleted.exit_code == 0, deleted.stderr
+    assert fake.batch_api.files == {}
+    assert invoke("status", "1", "--db", db_url).exit_code == 0

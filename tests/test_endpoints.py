@@ -151,6 +151,27 @@ def test_a_budget_holds_an_images_worst_case_not_nothing(
         ("/v1/images/generations", {"prompt": ""}, '"prompt" must be a non-empty string'),
         ("/v1/images/edits", {"prompt": "p"}, 'missing "image" for /v1/images/edits'),
         ("/v1/videos", {"model": "sora-2"}, 'missing "prompt" for /v1/videos'),
+        (
+            "/v1/responses",
+            {"model": "m"},
+            'missing "input" for /v1/responses (or "conversation", "previous_response_id" or '
+            '"prompt")',
+        ),
+        (
+            "/v1/responses",
+            {"model": "m", "previous_response_id": ""},
+            '"previous_response_id" must be a non-empty string, got an empty string',
+        ),
+        (
+            "/v1/responses",
+            {"model": "m", "conversation": {"name": "x"}},
+            '"conversation" must be a conversation id or an object with its "id", got an object',
+        ),
+        (
+            "/v1/responses",
+            {"model": "m", "conversation": "conv_1", "previous_response_id": "resp_1"},
+            '"conversation" and "previous_response_id" cannot both be given: use one',
+        ),
     ],
 )
 def test_each_endpoint_checks_its_own_body(
@@ -187,6 +208,36 @@ def test_every_batch_endpoint_is_taken_and_models_default_where_the_api_defaults
     assert summary.endpoints == dict.fromkeys(ENDPOINTS, 1)
     assert summary.models["omni-moderation-latest"] == 1 and summary.models["sora-2"] == 1
     assert summary.models["dall-e-2"] == 2
+
+
+CONTINUED_RESPONSES: list[dict[str, Any]] = [
+    {"custom_id": "after", "previous_response_id": "resp_abc"},
+    {"custom_id": "in-conv", "conversation": "conv_abc", "instructions": "Be brief."},
+    {"custom_id": "in-conv-object", "conversation": {"id": "conv_abc"}},
+    {"custom_id": "with-input", "previous_response_id": "resp_abc", "input": "and then?"},
+]
+
+
+@pytest.mark.parametrize("mode", ["concurrent", "batch"])
+def test_responses_that_continue_a_conversation_need_no_input(
+    mode: str, db_url: str, fake: FakeServer, tmp_path: Path
+) -> None:
+    """A /v1/responses line may carry the conversation it continues instead of "input" (the
+    Batch API takes what the endpoint takes): checked, counted (what the line itself carries),
+    sent and answered in both modes."""
+    lines = [
+        {"url": "/v1/responses", "model": "gpt-4.1-mini", **line} for line in CONTINUED_RESPONSES
+    ]
+    job = tmp_path / "continued.jsonl"
+    job.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    assert check_job_file(str(job), JobDefaults()).items == len(lines)
+    bare = {"model": "gpt-4.1-mini", "previous_response_id": "resp_abc"}
+    assert prompt_tokens("/v1/responses", bare) == 3  # only the reply's priming: no input
+    extra = ("--mode", "batch", *POLL) if mode == "batch" else ()
+    result = invoke("submit", str(job), *extra, "--db", db_url, "--base-url", fake.base_url)
+    assert result.exit_code == 0, result.stderr
+    (status,) = status_json(db_url)["jobs"]
+    assert status["counts"]["succeeded"] == len(lines)
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,7 @@ from batchrunner.ledger.records import (
 )
 from batchrunner.ledger.results import ATTEMPT_RESULT_COLUMNS
 from batchrunner.outcome import RESULT_COLUMNS, Outcome, Result
+from batchrunner.runner.outcomes import abandoned_outcome
 
 LATEST = ScriptDirectory.from_config(migrations.alembic_config()).get_current_head()
 
@@ -188,6 +189,37 @@ def test_outcomes_update_items_and_keep_every_attempt(ledger_url: str) -> None:
     assert (summary.input_tokens, summary.output_tokens, summary.attempts) == (10, 3, 3)
     assert [r.outcome for r in ledger.attempts_of(a.id)] == ["retry", "succeeded"]
     assert summary.failures_by_kind == {"server_error": 1}
+
+
+def test_requests_abandoned_in_flight_are_attempts_the_spend_counts_and_their_items_resume(
+    ledger_url: str,
+) -> None:
+    ledger = Ledger(ledger_url)
+    job = new_job(ledger, 3)
+    run = ledger.start_run(job, max_attempts=5)
+    a, b, c = ledger.claim_pending(job, run, 3)
+    answered = record(c.id, job, run, 1, "succeeded")
+    answered.result.cost_usd = 0.5
+    ledger.record_outcomes([answered])
+    sent = utcnow()
+    ledger.record_abandoned(
+        job,
+        [
+            abandoned_outcome(job, run, a.id, a.custom_id, 1, sent, 0.25),
+            abandoned_outcome(job, run, b.id, b.custom_id, 1, sent, None),  # no price
+        ],
+    )
+    assert ledger.end_run(job, run) == "stopped"
+    summary = ledger.summary(job)
+    assert summary.counts == {"pending": 2, "succeeded": 1}
+    assert summary.attempts == 3 and summary.cost_usd == pytest.approx(0.75)
+    assert summary.options["possibly_billed_requests"] == 2
+    (attempt,) = ledger.attempts_of(a.id)
+    assert (attempt.outcome, attempt.number, attempt.result.cost_usd) == ("unknown", 1, 0.25)
+    assert item_column(ledger, a.id, "cost_usd") is None  # the item's own cost: none yet
+    # The next run numbers the item's next attempt after the abandoned one.
+    again = ledger.start_run(job, max_attempts=5)
+    assert sorted(i.attempts for i in ledger.claim_pending(job, again, 3)) == [1, 1]
 
 
 def test_results_written_through_the_driver_read_back_like_any_other_time(

@@ -284,3 +284,35 @@ def test_only_a_models_own_name_takes_the_librarys_price(
 ) -> None:
     assert (rates_for(model) is not None) == priced
     assert loose_match(model) == loose
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "chatgpt-4o-latest",
+        "gpt-4o-audio-preview",
+        "gpt-audio",
+        "gpt-4o-search-preview",
+        "gpt-4o-mini-tts",
+        "gpt-4o-realtime-preview-2024-12-17",
+    ],
+)
+def test_a_model_the_batch_api_does_not_take_has_no_assumed_batch_price(
+    model: str, tmp_path: Path
+) -> None:
+    """No Batch API, so no batch rate: never the standard price less an assumed 50%."""
+    usage = Usage(MILLION, 0, MILLION)
+    assert rates_for(model, batch=True, when=AFTER) is None
+    assert price_item(model, usage, batch=True, when=AFTER) is None
+    path = tmp_path / "prices.toml"
+    path.write_text(f'["{model}"]\ninput = 1.0\noutput = 2.0\n')
+    assert price_item(model, usage, overrides=load_price_file(path)) is not None
+    assert price_item(model, usage, batch=True, overrides=load_price_file(path)) is None
+    path.write_text(f'["{model}"]\ninput = 1\noutput = 2\nbatch_input = 0.7\nbatch_output = 1.4\n')
+    given = price_item(model, usage, batch=True, overrides=load_price_file(path))
+    assert given is not None and given.usd == pytest.approx(2.1)  # a price file's word stands
+
+
+def test_models_the_batch_api_takes_keep_their_batch_price() -> None:
+    for model in ("gpt-4o", "gpt-4o-mini-2024-07-18", "text-embedding-ada-002", "gpt-4.1-nano"):
+        assert rates_for(model, batch=True, when=AFTER) is not None, model

@@ -124,3 +124,8 @@ class BatchBackend(Protocol):
     def lines(self, file_id: str, scratch: Path) -> Iterator[bytes]:
         """The non-blank lines of an output or error file, streamed through `scratch`."""
         ...
+
+    def delete_file(self, file_id: str) -> None:
+        """Delete an input, output or error file. A file that is not there (deleted before)
+        is no error: deleting is safe to repeat."""
+        ...

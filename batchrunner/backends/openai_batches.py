@@ -148,6 +148,14 @@ class OpenAIBatches:
         with _translated(self._call("POST", f"batches/{batch_id}/cancel")):
             return _remote(self._retrying.batches.cancel(batch_id))
 
+    def delete_file(self, file_id: str) -> None:
+        try:
+            with _translated(self._call("DELETE", f"files/{file_id}")):
+                self._retrying.files.delete(file_id)
+        except BackendError as exc:
+            if exc.status != 404:  # 404: deleted already
+                raise
+
     def download(self, file_id: str, destination: Path) -> None:
         """Stream a file to disk: output files can be hundreds of MB."""
         with (

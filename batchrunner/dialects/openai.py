@@ -154,7 +154,9 @@ def body_problem(url: str, body: dict[str, Any]) -> str | None:
         return _format_problem(url, body)
     if url in PROMPTED:
         return _prompt_problem(url, body)
-    if "input" not in body and not (url == RESPONSES and "prompt" in body):
+    if url == RESPONSES:
+        return _responses_problem(body)
+    if "input" not in body:
         return f'missing "input" for {url}'
     value = body.get("input")
     if url == EMBEDDINGS and not (isinstance(value, str) or (isinstance(value, list) and value)):
@@ -164,13 +166,44 @@ def body_problem(url: str, body: dict[str, Any]) -> str | None:
             f'"input" holds {inputs:,} inputs; one embeddings request takes at most '
             f"{MAX_EMBEDDING_INPUTS:,}"
         )
-    if url == RESPONSES and "input" in body and not isinstance(value, (str, list)):
-        return f'"input" must be a string or an array, got {describe_value(value)}'
-    if url == RESPONSES:
-        return _format_problem(url, body)
     if url == MODERATIONS and not (isinstance(value, str) or (isinstance(value, list) and value)):
         return f'"input" must be a string or a non-empty array, got {describe_value(value)}'
     return None
+
+
+# What a /v1/responses request may carry instead of "input": a stored prompt template, or the
+# conversation it continues (its items are the server's, as the Batch API takes them too).
+RESPONSES_CONTEXT = ("prompt", "conversation", "previous_response_id")
+
+
+def _responses_problem(body: dict[str, Any]) -> str | None:
+    if "input" not in body and not any(key in body for key in RESPONSES_CONTEXT):
+        return (
+            f'missing "input" for {RESPONSES} (or "conversation", "previous_response_id" or '
+            '"prompt")'
+        )
+    value = body.get("input")
+    if "input" in body and not isinstance(value, (str, list)):
+        return f'"input" must be a string or an array, got {describe_value(value)}'
+    previous = body.get("previous_response_id")
+    if "previous_response_id" in body and not (isinstance(previous, str) and previous):
+        return f'"previous_response_id" must be a non-empty string, got {describe_value(previous)}'
+    conversation = body.get("conversation")
+    if "conversation" in body and not _conversation_ref(conversation):
+        return (
+            '"conversation" must be a conversation id or an object with its "id", got '
+            f"{describe_value(conversation)}"
+        )
+    if "conversation" in body and "previous_response_id" in body:
+        return '"conversation" and "previous_response_id" cannot both be given: use one'
+    return _format_problem(RESPONSES, body)
+
+
+def _conversation_ref(value: Any) -> bool:
+    """A conversation's id, or an object that names it ({"id": "conv_..."})."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return isinstance(value, str) and bool(value)
 
 
 def _format_problem(url: str, body: dict[str, Any]) -> str | None:
@@ -513,6 +546,25 @@ BATCH_MAX_INPUTS = 50_000  # embeddings inputs across one input file's requests
 BATCH_MAX_BYTES = 190 * 1024 * 1024  # 200 MB, less a margin for the multipart wrapping
 BATCH_LINE_OVERHEAD = 64  # {"custom_id":..,"method":"POST","url":..,"body":..}\n around the body
 BATCH_TOKEN_LIMIT_CODE = "token_limit_exceeded"  # a failed batch's error: the enqueued cap
+
+
+# Models OpenAI serves live only: their model pages list no Batch endpoint, and its pricing
+# no batch rate. A batch line naming one would be refused by the API after the upload, so it is
+# refused at submit, and its batch price is unknown, never the standard one less 50%.
+BATCHLESS_MODELS = (
+    (re.compile(r"realtime|^gpt-live"), "a Realtime API model"),
+    (re.compile(r"^(gpt-4o-(mini-)?audio-preview|gpt-audio)"), "an audio model"),
+    (re.compile(r"^chatgpt-4o-latest"), "ChatGPT's own model, served live only"),
+    (re.compile(r"^gpt-4o-(mini-)?search-preview"), "a web search model"),
+    (re.compile(r"(^|-)(tts|transcribe)(-|$)|^whisper-"), "a speech model"),
+)
+
+
+def batchless_reason(model: str) -> str | None:
+    """Why OpenAI's Batch API does not take `model` (what it is), or None when it may. A
+    fine-tuned model (ft:BASE:...) is judged by its base."""
+    name = model.lower().removeprefix("ft:")
+    return next((reason for pattern, reason in BATCHLESS_MODELS if pattern.search(name)), None)
 
 
 def batch_line(custom_id: str, url: str, body: str, extra: str | None = None) -> bytes:

@@ -132,6 +132,7 @@ class FakeBatchApi:
     max_upload_bytes = 512 * 1024 * 1024  # size of any uploaded file (the app also caps bodies)
     create_delay_s = 0.0  # answer a create this late; the batch exists from the start
     upload_delay_s = 0.0  # answer an upload this late; the file is stored from the start
+    delete_delay_s = 0.0  # take a delete this late: the file is deleted only then
 
     def __init__(self, server: FakeServer) -> None:
         self.server = server
@@ -209,10 +210,13 @@ class FakeBatchApi:
             stored = self.files.get(file_id)
         return stored.content if stored else _refused(404, "No such File object.")
 
-    def delete_file(self, file_id: str) -> dict[str, Any]:
+    def delete_file(self, file_id: str) -> Answer:
+        """Delete a file; one that is not there is a 404, as OpenAI answers."""
         with self._lock:
             deleted = self.files.pop(file_id, None) is not None
-        return {"id": file_id, "object": "file", "deleted": deleted}
+        if not deleted:
+            return _refused(404, f"No such File object: {file_id}")
+        return {"id": file_id, "object": "file", "deleted": True}
 
     def create_batch(self, payload: dict[str, Any]) -> Answer:
         """Create a batch from a create request's JSON payload; its description."""
@@ -335,6 +339,7 @@ class FakeBatchApi:
 
     async def _delete_file(self, request: web.Request) -> web.Response:
         self.called("delete")
+        await self._hold("delete_delay_s")
         return _response(self.delete_file(request.match_info["file_id"]))
 
     async def _create(self, request: web.Request) -> web.Response:

@@ -86,6 +86,13 @@ class InProcessBatches:
             if line.strip():
                 yield line
 
+    def delete_file(self, file_id: str) -> None:
+        try:
+            self._ask("delete", partial(self._api.delete_file, file_id))
+        except BackendError as exc:
+            if exc.status != 404:  # 404: deleted already
+                raise
+
 
 def _backend_error(refusal: Refusal) -> BackendError:
     body = refusal.body if isinstance(refusal.body, bytes) else orjson.dumps(refusal.body)

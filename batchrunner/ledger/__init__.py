@@ -1,7 +1,7 @@
 """The ledger: every job, item and attempt, in SQLite or PostgreSQL. Rows come out as the typed
 records of records.py; results go in as `outcome.Outcome`s."""
 
-from batchrunner.ledger.engine import database_url, describe
+from batchrunner.ledger.engine import database_url, describe, writable
 from batchrunner.ledger.records import (
     AttemptRow,
     BatchRow,
@@ -24,4 +24,5 @@ __all__ = [
     "WorkerStatus",
     "database_url",
     "describe",
+    "writable",
 ]

@@ -116,6 +116,17 @@ class BatchQueries(QueriesMixin):
         values = {name: value for name, value in given.items() if value is not None}
         self._update_batch(batch_id, values)
 
+    def forget_batch_file(self, batch_id: int, file_id: str) -> None:
+        """A file of the batch was deleted from the API: the batch no longer names it (a
+        settled batch that still names a file has one left to delete)."""
+        with self._write("update a batch in") as conn:
+            for column in ("input_file_id", "output_file_id", "error_file_id"):
+                conn.execute(
+                    update(batches_t)
+                    .where(batches_t.c.id == batch_id, batches_t.c[column] == file_id)
+                    .values({column: None, "updated_at": utcnow()})
+                )
+
     def record_batch_errors(
         self, batch_id: int, problems: Iterable[tuple[str | None, str | None, int | None]]
     ) -> None:

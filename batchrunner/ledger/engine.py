@@ -14,6 +14,14 @@ Only a command that records jobs (`submit`) creates a ledger (`create`): a new S
 made readable by its owner alone, as it holds prompts and answers (SQLite gives its -wal, -shm
 and -journal files the database file's mode). Every other command opens an existing ledger and
 touches nothing when there is none, so a mistyped --db is an error, not a new empty ledger.
+
+The commands that only read (`status`, `export`) open SQLite read-only (`read_only`): a ledger
+on a read-only mount, or another user's, can be read by whoever may read its file. A WAL
+database is read through its -wal and -shm files; a reader that cannot write the file or its
+folder must not create them (they would be its own, and could lock the owner's next run out),
+so when they are absent (nobody has the ledger open for writing: everything is in the file)
+it reads the file as immutable, and when they are there it reads through them (SQLite opens a
+-shm it may not write read-only).
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sqlite3
+import urllib.parse
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -47,9 +57,10 @@ def describe(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def open_engine(url: str, *, create: bool = True) -> Engine:
+def open_engine(url: str, *, create: bool = True, read_only: bool = False) -> Engine:
     """An engine on the ledger's database; without `create`, a SQLite file that is not there
-    is a UsageError and nothing is created."""
+    is a UsageError and nothing is created. `read_only` opens a SQLite file read-only (and
+    creates nothing); it means nothing to PostgreSQL, whose reads need no write access."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "postgresql":
@@ -59,11 +70,17 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
             f"unsupported ledger database {describe(url)}: use sqlite:///FILE or "
             "postgresql+psycopg://USER@HOST/DB"
         )
-    if parsed.database and parsed.database != ":memory:":
-        _sqlite_file(parsed.database, create)
+    on_disk = bool(parsed.database) and parsed.database != ":memory:"
+    if on_disk:
+        _sqlite_file(str(parsed.database), create and not read_only)
     timeout = _busy_timeout(parsed)
-    engine = create_engine(url, connect_args={"timeout": timeout})
-    event.listen(engine, "connect", functools.partial(_tune_sqlite, timeout, create))
+    if read_only and on_disk:
+        uri = _read_only_uri(str(parsed.database))
+        engine = create_engine(url, creator=lambda: sqlite3.connect(uri, uri=True, timeout=timeout))
+    else:
+        engine = create_engine(url, connect_args={"timeout": timeout})
+    tune = functools.partial(_tune_sqlite, timeout, create and not read_only, read_only)
+    event.listen(engine, "connect", tune)
     event.listen(engine, "begin", _begin_sqlite)
     return engine
 
@@ -79,6 +96,31 @@ def _sqlite_file(path: str, create: bool) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with contextlib.suppress(FileExistsError):  # another process opening it made it first
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _read_only_uri(path: str) -> str:
+    """The SQLite URI that reads `path` without writing anything: `mode=ro`, plus `immutable=1`
+    when the file has no -wal beside it and the reader could not create one (see above)."""
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    if not os.path.exists(path + "-wal") and not writable_file(path):
+        uri += "&immutable=1"
+    return uri
+
+
+def writable_file(path: str) -> bool:
+    """Whether this process may write a SQLite file and create its -wal and -shm beside it
+    (False on a read-only mount, for another user's file or folder)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.access(path, os.W_OK) and os.access(folder, os.W_OK)
+
+
+def writable(url: str) -> bool:
+    """Whether the ledger at `url` can be written from here: a SQLite file as `writable_file`
+    says; PostgreSQL, as far as can be told without asking the server, always."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return True
+    return writable_file(str(parsed.database))
 
 
 def _open_postgres(url: URL) -> Engine:
@@ -124,10 +166,14 @@ def _busy_timeout(url: URL) -> float:
         raise UsageError(f"the ledger URL's timeout must be seconds, got {value!r}") from None
 
 
-def _tune_sqlite(timeout: float, create: bool, dbapi_connection: Any, _record: Any) -> None:
+def _tune_sqlite(
+    timeout: float, create: bool, read_only: bool, dbapi_connection: Any, _record: Any
+) -> None:
     dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
     cursor = dbapi_connection.cursor()
-    if create or _has_schema(cursor):  # switching to WAL writes: not to a file with no ledger
+    # Switching to WAL writes: not to a file with no ledger, nor to one opened read-only (a
+    # ledger is in WAL mode from its first write on).
+    if create or (not read_only and _has_schema(cursor)):
         cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable against process kills in WAL mode
     cursor.execute("PRAGMA foreign_keys=ON")

@@ -34,7 +34,7 @@ from batchrunner.ledger.records import (
     time_to_sql,
     utcnow,
 )
-from batchrunner.ledger.results import reuse_answers
+from batchrunner.ledger.results import POSSIBLY_BILLED_USD, reuse_answers
 from batchrunner.ledger.runs import run_is_live
 from batchrunner.outcome import FLAGGED_FINISH_REASONS, INVALID_OUTPUT
 from batchrunner.prefixes import PrefixFinder
@@ -322,6 +322,9 @@ class JobQueries(QueriesMixin):
                 .group_by(items_t.c.error_kind)
             )
             summary.failures_by_kind = {str(kind): n for kind, n in kinds}
+        possibly_billed = summary.options.get(POSSIBLY_BILLED_USD)
+        if possibly_billed:  # requests abandoned in flight: their worst case, an estimate
+            summary.cost_usd = (summary.cost_usd or 0.0) + possibly_billed
         if summary.state == RUNNING and not summary.live_run:
             summary.state = "stopped"  # its process died without saying so
         return summary

@@ -176,7 +176,8 @@ class Attempt(Base):
     number: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime)
     ended_at: Mapped[datetime] = mapped_column(DateTime)
-    outcome: Mapped[str] = mapped_column(String(20))  # succeeded | retry | failed | stopped
+    # succeeded | retry | failed | stopped | unknown (abandoned in flight: possibly billed)
+    outcome: Mapped[str] = mapped_column(String(20))
     http_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error_kind: Mapped[str | None] = mapped_column(String(40), nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(100), nullable=True)

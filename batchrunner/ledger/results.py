@@ -84,6 +84,24 @@ def write_outcomes(
         conn.exec_driver_sql(driver_sql(conn.dialect, RECORD_ITEM[holder]), items)
 
 
+# The job's options that keep what requests abandoned in flight may have cost (their worst
+# case, an estimate): the spend counts it, as no item's cost does.
+POSSIBLY_BILLED_REQUESTS = "possibly_billed_requests"
+POSSIBLY_BILLED_USD = "possibly_billed_usd"
+COUNT_ATTEMPT = "UPDATE items SET attempts = ?, updated_at = ? WHERE id = ? AND run_id = ?"
+
+
+def write_abandoned(conn: Connection, outcomes: Sequence[Outcome]) -> None:
+    """Requests abandoned in flight, their outcome unknown: an attempt row each (its cost the
+    estimate), and its item's count of attempts; the item keeps its state and result (the run
+    that holds it gives it back to pending as it ends), and no item cost counts the estimate."""
+    time = time_to_sql(conn.dialect)
+    attempts = [_attempt_row(o, time(o.ended_at), time) for o in outcomes]
+    counts = [(o.number, time(o.ended_at), o.item_id, o.run_id) for o in outcomes]
+    conn.exec_driver_sql(driver_sql(conn.dialect, RECORD_ATTEMPT), attempts)
+    conn.exec_driver_sql(driver_sql(conn.dialect, COUNT_ATTEMPT), counts)
+
+
 def _attempt_row(outcome: Outcome, ended: Any, time: TimeToSql) -> tuple[Any, ...]:
     return (
         outcome.item_id,

@@ -37,7 +37,7 @@ from sqlalchemy.sql.dml import ReturningUpdate
 
 from batchrunner.errors import LedgerError, LedgerUnavailable, UsageError, ledger_refusal
 from batchrunner.ledger.batches import BatchQueries
-from batchrunner.ledger.engine import READ_ONLY, describe, open_engine
+from batchrunner.ledger.engine import READ_ONLY, describe, open_engine, writable
 from batchrunner.ledger.jobs import JobQueries
 from batchrunner.ledger.models import (
     FAILED,
@@ -45,6 +45,7 @@ from batchrunner.ledger.models import (
     RUNNING,
     attempts_t,
     items_t,
+    jobs_t,
 )
 from batchrunner.ledger.outages import Outage, database_away, outlasting, outlasting_read
 from batchrunner.ledger.records import (
@@ -59,8 +60,11 @@ from batchrunner.ledger.records import (
 from batchrunner.ledger.results import (
     ATTEMPT_KEYS,
     ATTEMPT_RESULT_COLUMNS,
+    POSSIBLY_BILLED_REQUESTS,
+    POSSIBLY_BILLED_USD,
     count_invalid_answers,
     mask_outcomes,
+    write_abandoned,
     write_outcomes,
 )
 from batchrunner.ledger.runs import RunQueries
@@ -92,13 +96,18 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
     With `create` (what `submit` does) a ledger that is not there is made; without it (every
     command that only reads or changes existing jobs) a missing SQLite file, or a database with
     no ledger in it, is a UsageError and nothing is created. A ledger of a newer batchrunner is
-    a UsageError too (migrate.py), and stays as it was."""
+    a UsageError too (migrate.py), and stays as it was.
 
-    def __init__(self, url: str, *, create: bool = True) -> None:
+    `read_only` (the commands that only read) opens a SQLite file read-only (engine.py), so a
+    ledger on a read-only mount or another user's can be read; a schema that is behind is
+    brought to head first through a writable engine, where this process may write."""
+
+    def __init__(self, url: str, *, create: bool = True, read_only: bool = False) -> None:
         self.url = url
+        self.read_only = read_only
         self._outage = Outage(describe(url))
         with self._errors("open"):
-            self.engine: Engine = open_engine(url, create=create)
+            self.engine: Engine = open_engine(url, create=create, read_only=read_only)
             try:
                 self._bring_to_head(create)
             except BaseException:
@@ -117,7 +126,22 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
             # tenth of a second of every command's start-up.
             from batchrunner.ledger import migrate
 
-            migrate.upgrade(self.engine)
+            if not self.read_only:
+                migrate.upgrade(self.engine)
+                return
+            if not writable(self.url):
+                raise UsageError(
+                    f"the ledger at {describe(self.url)} has schema revision "
+                    f"{', '.join(revisions or [])}, not this batchrunner's {SCHEMA_HEAD}, and "
+                    "is read-only here: open it once with a command that writes (batchrunner "
+                    "run) as a user who may write it, or read it with the batchrunner that "
+                    "wrote it (the ledger was not changed)"
+                )
+            writer = open_engine(self.url, create=False)
+            try:
+                migrate.upgrade(writer)
+            finally:
+                writer.dispose()
 
     def _schema_revisions(self) -> list[str] | None:
         """The ledger's schema revisions, one read of alembic_version; None when it has no
@@ -260,6 +284,26 @@ class Ledger(JobQueries, BatchQueries, RunQueries):
                 write_outcomes(conn, outcomes, "run_id", again=again)
 
         self._outage.outlast(record)
+
+    def record_abandoned(self, job_id: int, outcomes: list[Outcome]) -> None:
+        """Requests abandoned in flight (results.write_abandoned), and what they may have cost
+        added to the job's possibly-billed total, in one transaction (the job's row locked on
+        PostgreSQL: workers of one job add to it)."""
+        if not outcomes:
+            return
+        mask_outcomes(outcomes)
+        worst = sum(o.result.cost_usd or 0.0 for o in outcomes)
+        with self._write("record abandoned requests in") as conn:
+            write_abandoned(conn, outcomes)
+            options = conn.execute(
+                select(jobs_t.c.options).where(jobs_t.c.id == job_id).with_for_update()
+            ).one()[0]
+            merged = dict(options)
+            merged[POSSIBLY_BILLED_REQUESTS] = merged.get(POSSIBLY_BILLED_REQUESTS, 0) + len(
+                outcomes
+            )
+            merged[POSSIBLY_BILLED_USD] = merged.get(POSSIBLY_BILLED_USD, 0.0) + worst
+            conn.execute(update(jobs_t).where(jobs_t.c.id == job_id).values(options=merged))
 
     def iter_items(self, job_id: int, states: tuple[str, ...] | None = None) -> Iterator[ItemRow]:
         """Page through a job's items in file order, PAGE_SIZE rows per query."""

@@ -9,6 +9,11 @@ verdict (the dialect) and rule (failures.py) -> outcome -> its item -> leftovers
 Each step is recorded before the next begins, so a kill at any moment is resumed without
 sending anything twice: a batch recorded as uploaded but not created is looked up by the token
 in its metadata before a new one is created.
+
+A batch's files (its input, output and error files) are deleted from the API last, once its
+results are in the ledger (unless `keep_files`), and the batch then stops naming them: a kill
+before that loses nothing, and the files it left are deleted by the next run. A delete that
+fails is logged and tried again by the next run; it fails nothing.
 """
 
 from __future__ import annotations
@@ -151,6 +156,8 @@ class BatchRunner:
                     break
                 delay = poll_s if changed else min(delay * 1.5, poll_max_s)
                 self._wait_for_next_poll(delay)
+            if not self._stop_reason and not self._calls.failing:
+                self._delete_files_left()
         finally:
             if self._stop_reason:
                 self._give_back_unsent()
@@ -479,8 +486,10 @@ class BatchRunner:
 
     def _settle(self, batch: BatchRow, remote: RemoteBatch) -> None:
         leftover = CANCELLED if self._cancelled else PENDING
+        files = (batch.input_file_id, remote.output_file_id, remote.error_file_id)
         if remote.status == "failed":
             self._settle_failed(batch, remote.problems, leftover)
+            self._delete_files(batch.id, files)
             return
         with tempfile.TemporaryDirectory(prefix="batchrunner-") as folder:
             for file_id in (remote.output_file_id, remote.error_file_id):
@@ -490,6 +499,35 @@ class BatchRunner:
         returned = self._ledger.release_batch(batch.id, SETTLED, leftover=leftover)
         self._ledger.update_batch(batch.id, usage=usage)
         EVENTS.info("batch %s %s: %d back to %s", remote.id, remote.status, returned, leftover)
+        self._delete_files(batch.id, files)
+
+    def _delete_files(self, batch_id: int, file_ids: tuple[str | None, ...]) -> None:
+        """Delete an ended batch's files from the API, its results being in the ledger; each
+        one deleted is forgotten by the batch. A delete that fails stays for the next run."""
+        if self._settings.keep_files:
+            return
+        for file_id in dict.fromkeys(f for f in file_ids if f):
+            try:
+                self._backend.delete_file(file_id)
+            except BackendError as exc:
+                EVENTS.warning(
+                    "file %s of batch %s not deleted (the next run tries again): %s",
+                    file_id,
+                    batch_id,
+                    exc.message,
+                )
+                continue
+            self._ledger.forget_batch_file(batch_id, file_id)
+
+    def _delete_files_left(self) -> None:
+        """The files of ended batches that are still there: left by a kill just after their
+        batch was settled, by a delete that failed, or by a batch given up after its upload."""
+        if self._settings.keep_files:
+            return
+        for batch in self._ledger.batches_of(self._job_id, (SETTLED, ABANDONED)):
+            self._delete_files(
+                batch.id, (batch.input_file_id, batch.output_file_id, batch.error_file_id)
+            )
 
     def _settle_file(self, batch: BatchRow, file_id: str, scratch: Path, leftover: str) -> None:
         chunk: list[BatchLine] = []

@@ -16,6 +16,21 @@ from batchrunner.errors import UsageError
 from batchrunner.pricing import PriceTable, Rates, rates_for, unpriced_reason
 
 
+def worst_case_usd(rates: Rates, demand: TokenDemand) -> float:
+    """The most a request can cost: its prompt, and its worst output (its cap, else
+    demand.WORST_CASE_OUTPUT per answer)."""
+    prompt = demand.prompt
+    return (prompt * rates.input.at(prompt) + demand.worst_output * rates.output.at(prompt)) / 1e6
+
+
+def worst_case_of(
+    model: str, demand: TokenDemand, prices: PriceTable | None, batch: bool = False
+) -> float | None:
+    """`worst_case_usd` at the model's rates now; None when it has no price."""
+    rates = rates_for(model, batch=batch, when=datetime.now(UTC), overrides=prices)
+    return worst_case_usd(rates, demand) if rates is not None else None
+
+
 @dataclass(frozen=True, slots=True)
 class Reservation:
     usd: float
@@ -55,11 +70,7 @@ class Budget:
             self._rates_of(model)
 
     def worst_case(self, model: str, demand: TokenDemand) -> float:
-        rates = self._rates_of(model)
-        prompt = demand.prompt
-        return (
-            prompt * rates.input.at(prompt) + demand.worst_output * rates.output.at(prompt)
-        ) / 1e6
+        return worst_case_usd(self._rates_of(model), demand)
 
     def reserve(self, usd: float) -> Reservation | None:
         """Hold `usd` for one request, or None when that would pass the limit."""

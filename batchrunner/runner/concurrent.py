@@ -46,10 +46,10 @@ from batchrunner.outcome import Outcome, Result, mendable
 from batchrunner.prefixes import cacheable_tokens
 from batchrunner.pricing import job_price_table
 from batchrunner.runner.breaker import Breaker
-from batchrunner.runner.budget import Budget, Reservation
+from batchrunner.runner.budget import Budget, Reservation, worst_case_of
 from batchrunner.runner.cache_keys import CacheKeys, KeyLease
 from batchrunner.runner.limits import Throttle
-from batchrunner.runner.outcomes import CONCURRENT_EFFECTS, AnswerReader
+from batchrunner.runner.outcomes import CONCURRENT_EFFECTS, AnswerReader, abandoned_outcome
 from batchrunner.runner.report import RunReport
 from batchrunner.runner.writer import LedgerWriter
 from batchrunner.settings import RunSettings
@@ -111,6 +111,9 @@ class ConcurrentRunner:
         self._cache_keys: CacheKeys | None = None  # set once the run has its id
         # (url, model) or (url, None) -> the error one answer proved all its items would get
         self._proven_failures: dict[tuple[str, str | None], Result] = {}
+        # item id -> (the item, its attempt's number, when it was sent): requests sent and not
+        # yet answered, recorded as possibly billed if the run abandons them
+        self._in_flight: dict[int, tuple[ClaimedItem, int, datetime]] = {}
 
     def stop(self, reason: str) -> None:
         """Send nothing more; in-flight requests finish and are recorded."""
@@ -170,6 +173,7 @@ class ConcurrentRunner:
             failing = sys.exc_info()[1] is not None
             await self._writer.flush_remaining()
             with anyio.CancelScope(shield=True):
+                await self._record_abandoned()
                 state = await self._end_run(keep_first_error=failing)
         return RunReport(self._job_id, state, self._stop_reason if state != "completed" else None)
 
@@ -196,6 +200,36 @@ class ConcurrentRunner:
             if keep_first_error:
                 return "stopped"
             raise
+
+    async def _record_abandoned(self) -> None:
+        """The requests still in flight when the run was cut short (a second Ctrl-C): the
+        server may have answered and billed them, so each is an attempt of unknown outcome,
+        at its worst-case cost (an estimate) that the job's spend and budget count; their
+        items go back to pending with the rest. A ledger that refuses this is a warning: the
+        run's end, which gives its items back, must still come."""
+        if not self._in_flight:
+            return
+        outcomes = [
+            abandoned_outcome(
+                self._job_id,
+                self._run_id,
+                item.id,
+                item.custom_id,
+                number,
+                sent_at,
+                worst_case_of(item.model, self._demand(item), self._prices),
+            )
+            for item, number, sent_at in self._in_flight.values()
+        ]
+        self._in_flight.clear()
+        EVENTS.warning(
+            "%d requests abandoned in flight: recorded as possibly billed, at their worst case",
+            len(outcomes),
+        )
+        try:
+            await anyio.to_thread.run_sync(self._ledger.record_abandoned, self._job_id, outcomes)
+        except BatchrunnerError as exc:
+            EVENTS.warning("the requests abandoned in flight were not recorded: %s", exc)
 
     async def _watch_signals(self, signals: AsyncIterator[int], scope: CancelScope) -> None:
         async for signum in signals:
@@ -405,7 +439,9 @@ class ConcurrentRunner:
                 return
             attempt += 1
             started = utcnow()
+            self._in_flight[item.id] = (item, attempt, started)
             answer = await self._post(item, body, lease)
+            del self._in_flight[item.id]
             verdict = self._judge(answer)
             if lease is not None and lease.key.name and _refuses_cache_key(verdict):
                 self._stop_spreading_keys(verdict)

@@ -16,7 +16,8 @@ import orjson
 from batchrunner.dialects import Dialect
 from batchrunner.failures import FAIL, RETRY, STOP, SUCCEED, Action, Verdict
 from batchrunner.ledger.models import FAILED, PENDING, SUCCEEDED
-from batchrunner.outcome import Result
+from batchrunner.ledger.records import utcnow
+from batchrunner.outcome import Outcome, Result
 from batchrunner.pricing import PriceTable, price_item
 from batchrunner.structured import OutputChecker, OutputFormat
 from batchrunner.usage import Usage
@@ -43,6 +44,43 @@ BATCH_EFFECTS: Final[dict[Action, Effect]] = {
     FAIL: Effect(FAILED, "failed"),
     STOP: Effect(FAILED, "failed"),
 }
+
+
+# An attempt row's outcome for a request abandoned in flight (a second Ctrl-C): it was sent, and
+# the server may have answered and billed it; nobody will know. (An attempt's outcome is
+# otherwise succeeded, retry, failed or stopped.)
+UNKNOWN: Final = "unknown"
+ABANDONED_MESSAGE = (
+    "abandoned in flight (a second Ctrl-C): the server may have answered and billed it; "
+    "cost_usd is its worst case, an estimate"
+)
+
+
+def abandoned_outcome(
+    job_id: int,
+    run_id: str,
+    item_id: int,
+    custom_id: str,
+    number: int,
+    sent_at: datetime,
+    worst_usd: float | None,
+) -> Outcome:
+    """The attempt of a request abandoned in flight: outcome unknown, possibly billed, priced
+    at its worst case (None when its model has no price). Its item waits for `run`."""
+    outcome = Outcome(
+        job_id=job_id,
+        custom_id=custom_id,
+        state=PENDING,
+        attempt_outcome=UNKNOWN,
+        started_at=sent_at,
+        ended_at=utcnow(),
+        run_id=run_id,
+        item_id=item_id,
+        number=number,
+    )
+    outcome.result.error_message = ABANDONED_MESSAGE
+    outcome.result.cost_usd = worst_usd
+    return outcome
 
 
 class AnswerReader:
