@@ -572,6 +572,24 @@ def status(job: str | None, json_: bool, db: str) -> None:
         show("\n".join(format_job(s) for s in statuses))
 
 
+@cli.command()
+@click.argument("job", required=False)
+@click.option("-o", "--output", help="HTML file to write [job-N-report.html].")
+@common
+def report(job: str | None, output: str | None, db: str) -> None:
+    """Write one self-contained HTML file about JOB (default: the latest job): its summary, then
+    plots over its life (items, throughput, latency, 429s, errors), tokens and cost by model,
+    errors with examples, batches and workers; from the ledger alone."""
+    from batchrunner.report import write_report
+
+    ledger = closed_at_the_end(Ledger(db, create=False))
+    job_id = ledger.find_job(job)
+    path = output or f"job-{job_id}-report.html"
+    with _output(path) as out:
+        write_report(ledger, job_id, out)
+    say(f"wrote the report of job {job_id} to {path}")
+
+
 def _refresh_batches(ledger: Ledger, job_id: int) -> None:
     """A batch job's live batches as the API sees them now; the recorded state if it can't
     (and nothing to ask for other jobs)."""
