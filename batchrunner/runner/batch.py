@@ -33,6 +33,7 @@ from batchrunner.ledger.batches import ABANDONED, PACKING, SETTLED, SUBMITTED, U
 from batchrunner.ledger.models import CANCELLED, FAILED, PENDING, SUCCEEDED
 from batchrunner.ledger.records import utcnow
 from batchrunner.ledger.runs import CANCEL_CHECK_S
+from batchrunner.logs import bind_run
 from batchrunner.outcome import Outcome
 from batchrunner.pricing import job_price_table
 from batchrunner.runner.batch_plan import (
@@ -130,6 +131,7 @@ class BatchRunner:
         """One pass (submit what is pending, settle what has ended), or passes until done."""
         self._cancelled = self._ledger.job_state(self._job_id) == CANCELLED
         run_id = self._ledger.start_run(self._job_id, self._settings.max_attempts)
+        bind_run(self._job_id, run_id)
         delay = poll_s
         try:
             while True:

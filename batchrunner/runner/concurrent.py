@@ -40,7 +40,7 @@ from batchrunner.ledger import ClaimedItem, Ledger
 from batchrunner.ledger.models import CANCELLED, FAILED, PENDING
 from batchrunner.ledger.records import utcnow
 from batchrunner.ledger.runs import CANCEL_CHECK_S
-from batchrunner.logs import ATTEMPTS, EVENTS, log_attempt
+from batchrunner.logs import ATTEMPTS, EVENTS, bind_run, log_attempt
 from batchrunner.outcome import Outcome, Result, mendable
 from batchrunner.pricing import job_price_table
 from batchrunner.runner.breaker import Breaker
@@ -138,6 +138,7 @@ class ConcurrentRunner:
                 lease_s=settings.lease_s,
             )
         )
+        bind_run(self._job_id, self._run_id)
         if await self._job_cancelled():
             self.stop("cancelled")  # claims nothing; its end cancels what dead runs held
         if settings.budget is not None:
