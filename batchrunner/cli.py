@@ -180,6 +180,40 @@ def run_options(func: F) -> F:
     return func
 
 
+def metrics_options(func: F) -> F:
+    """--metrics-port / --metrics-host (submit, run, worker): serve Prometheus metrics of the
+    runs of this process on /metrics while it runs."""
+
+    @click.option(
+        "--metrics-port",
+        type=click.IntRange(0, 65535),
+        envvar="BATCHRUNNER_METRICS_PORT",
+        help="Serve Prometheus metrics on this port's /metrics while running (0: any free "
+        "port; default $BATCHRUNNER_METRICS_PORT, else none).",
+    )
+    @click.option(
+        "--metrics-host",
+        default="127.0.0.1",
+        envvar="BATCHRUNNER_METRICS_HOST",
+        show_default=True,
+        help="Address to serve metrics on (0.0.0.0: every interface, for a remote Prometheus).",
+    )
+    @functools.wraps(func)
+    def wrapper(*args: Any, metrics_port: int | None, metrics_host: str, **kwargs: Any) -> Any:
+        if metrics_port is not None:
+            from batchrunner import metrics
+
+            try:
+                served = metrics.serve(metrics_host, metrics_port)
+            except BatchrunnerError as exc:
+                say(f"error: {exc}")
+                sys.exit(exc.exit_code)
+            say(f"metrics on http://{metrics_host}:{served.port}/metrics")
+        return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _overrides(**values: Any) -> dict[str, Any]:
     """Run options as settings; a --prices file is read now and kept with the job."""
     if values.get("prices") is not None:
@@ -292,6 +326,7 @@ def table_options(func: F) -> F:
 @click.option("--model", help="Model for lines that name none.")
 @click.option("--endpoint", default=ENDPOINTS[0], show_default=True, help="Url of short lines.")
 @run_options
+@metrics_options
 @click.option("--detach", is_flag=True, help="Record the job without running it.")
 @click.option("--new", is_flag=True, help="Record a second job even if this file has one.")
 @click.option("--reuse", is_flag=True, help="Take answers of identical requests that succeeded.")
@@ -371,6 +406,7 @@ def submit(
     help="With --retry-failed: only the items failed with this error kind (repeatable).",
 )
 @run_options
+@metrics_options
 @wait_options
 @common
 def run(
@@ -405,6 +441,7 @@ def run(
     help="Seconds of silence after which a worker's items go to the others [60].",
 )
 @run_options
+@metrics_options
 @common
 def worker(
     jobs: tuple[str, ...], all_jobs: bool, lease_s: float | None, db: str, **run: Any

@@ -102,8 +102,10 @@ class BatchRunner:
         backend: BatchBackend,
         dialect: Dialect,
         on_progress: Callable[[BatchProgress], None] | None = None,
+        on_settled: Callable[[list[Outcome]], None] | None = None,
     ) -> None:
         self._ledger = ledger
+        self._on_settled = on_settled  # the outcomes of settled lines, as written
         self._job_id = job_id
         self._settings = settings
         self._backend = backend
@@ -522,9 +524,11 @@ class BatchRunner:
 
     def _settle_lines(self, batch: BatchRow, lines: list[Outcome]) -> None:
         retry_invalid = 0 if self._cancelled else self._settings.retry_invalid
-        self._ledger.settle_batch_lines(
+        written = self._ledger.settle_batch_lines(
             self._job_id, batch.id, lines, self._settings.max_attempts, retry_invalid
         )
+        if self._on_settled is not None:
+            self._on_settled(written)
 
     def _outcome(
         self,
@@ -550,6 +554,7 @@ class BatchRunner:
             ended_at=now,
             batch_id=batch.id,
             is_attempt=rule.is_attempt if rule is not None else True,
+            model=batch.model,
         )
         outcome.result.http_status = status
         self._answers.fill(outcome.result, verdict, batch.model, body, wanted)

@@ -47,7 +47,7 @@ from batchrunner.runner.breaker import Breaker
 from batchrunner.runner.budget import Budget, Reservation
 from batchrunner.runner.limits import Throttle
 from batchrunner.runner.outcomes import CONCURRENT_EFFECTS, AnswerReader
-from batchrunner.runner.report import RunReport
+from batchrunner.runner.report import RunGauges, RunReport
 from batchrunner.runner.writer import LedgerWriter
 from batchrunner.settings import RunSettings
 from batchrunner.structured import OutputFormat
@@ -107,6 +107,20 @@ class ConcurrentRunner:
         self._run_id = ""
         # (url, model) or (url, None) -> the error one answer proved all its items would get
         self._proven_failures: dict[tuple[str, str | None], Result] = {}
+        self._in_flight = 0  # requests sent and not yet answered (for the run's metrics)
+
+    def gauges(self) -> RunGauges:
+        """What this run is doing right now: its requests in flight, limits and pauses."""
+        throttle, learned = self._throttle, self._throttle.learned
+        return RunGauges(
+            in_flight=self._in_flight,
+            requests_per_minute=throttle.requests_per_minute,
+            tokens_per_minute=throttle.tokens_per_minute,
+            learned_requests=learned.limit_requests,
+            learned_tokens=learned.limit_tokens,
+            pauses=throttle.pauses,
+            last_commit_s=self._writer.last_commit_s,
+        )
 
     def stop(self, reason: str) -> None:
         """Send nothing more; in-flight requests finish and are recorded."""
@@ -395,7 +409,11 @@ class ConcurrentRunner:
                 return
             attempt += 1
             started = utcnow()
-            answer = await self._backend.post(item.url, body, item.custom_id, item.model)
+            self._in_flight += 1
+            try:
+                answer = await self._backend.post(item.url, body, item.custom_id, item.model)
+            finally:
+                self._in_flight -= 1
             verdict = self._judge(answer)
             if self._breaker.troubled or isinstance(answer, TransportFailure):
                 unreachable_tries = self._watch_the_circuit(verdict, unreachable_tries, probe)
@@ -483,6 +501,7 @@ class ConcurrentRunner:
             item_id=item.id,
             number=item.attempts,
             is_attempt=False,
+            model=item.model,
         )
         outcome.result = replace(proof)
         return outcome
@@ -620,6 +639,7 @@ class ConcurrentRunner:
             run_id=self._run_id,
             item_id=item.id,
             number=attempt,
+            model=item.model,
         )
         result = outcome.result
         result.http_status = reply.status if reply else None
