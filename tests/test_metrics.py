@@ -224,3 +224,32 @@ def test_the_grafana_dashboard_asks_only_for_metrics_the_exporter_has() -> None:
     # every metric the exporter has is on the dashboard, in one form or another
     bases = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in known}
     assert bases <= {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in asked}
+
+
+def test_a_batch_runs_settled_lines_are_counted_as_the_ledger_has_them(
+    tmp_path: Path, db_url: str, served: metrics.Metrics
+) -> None:
+    from tests.test_cli import invoke
+
+    lines = [chat_line(i, model="gpt-4o" if i % 2 else "gpt-4o-mini") for i in range(20)]
+    path = write_jsonl(tmp_path / "b.jsonl", [*lines, chat_line(20, "[fake:400]")])
+    result = invoke(
+        "submit", str(path), "--db", db_url, "--simulate", "--mode", "batch",
+        "--poll-interval", "0.1",
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output  # the 400 failed its item
+    after = scrape(served.port)
+    with closing(sqlite3.connect(db_url.removeprefix("sqlite:///"))) as conn:
+        states = dict(conn.execute("SELECT state, count(*) FROM items GROUP BY state").fetchall())
+        inp, out, cost, attempts = conn.execute(
+            "SELECT sum(input_tokens), sum(output_tokens), sum(cost_usd), count(*) FROM attempts"
+        ).fetchone()
+    assert states == {"succeeded": 20, "failed": 1}
+    labels = {"job_id": "1", "worker": worker_name()}
+    for state, count in states.items():
+        assert total(after, "batchrunner_items_total", outcome=state, **labels) == count
+    assert total(after, "batchrunner_items_total", model="gpt-4o", outcome="succeeded") == 10
+    assert total(after, "batchrunner_attempts_total", **labels) == attempts == 21
+    assert total(after, "batchrunner_tokens_total", kind="input", **labels) == inp
+    assert total(after, "batchrunner_tokens_total", kind="output", **labels) == out
+    assert total(after, "batchrunner_cost_usd_total", **labels) == pytest.approx(cost)
