@@ -603,11 +603,12 @@ def _colours(series: dict[str, Any], given: dict[str, str] | None) -> dict[str, 
 
 
 def _nice(value: float) -> float:
-    """The axis top: 1, 2 or 5 times a power of ten, at or above `value` (1 for nothing)."""
+    """The axis top, at or above `value` (1 for nothing): four ticks of 1, 2, 2.5 or 5 times a
+    power of ten each, so every tick is a round number."""
     if value <= 0:
         return 1.0
-    power = 10.0 ** math.floor(math.log10(value))
-    return next(step * power for step in (1.0, 2.0, 5.0, 10.0) if step * power >= value)
+    power = 10.0 ** math.floor(math.log10(value / 4))
+    return next(4 * s * power for s in (1.0, 2.0, 2.5, 5.0, 10.0) if 4 * s * power >= value)
 
 
 # -- text ------------------------------------------------------------------------------------
