@@ -281,8 +281,8 @@ class JobWatch:
             yield
         finally:
             self._count_pauses(run.gauges())
-            self._run = None
-            metrics.in_flight.labels(job, worker).set(0)
+            self._run = None  # the run's series go with it (and the run is not kept alive)
+            metrics.in_flight.remove(job, worker)
             for limit, source in readings:
                 metrics.limits.remove(job, worker, limit, source)
 

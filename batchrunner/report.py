@@ -191,7 +191,7 @@ def _over_time(history: JobHistory) -> str:
             "<h3>Items finished, by state</h3>",
             _bars("finished", timeline, finished, "items", STATE_COLOURS),
             "<h3>Throughput</h3>",
-            _lines("throughput", timeline, dict(throughput.items()), "per second"),
+            _lines("throughput", timeline, throughput, "per second"),
             "<h3>Rate-limit answers (429)</h3>",
             _bars(
                 "rate-limits",

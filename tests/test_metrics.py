@@ -62,10 +62,12 @@ def served() -> Iterator[metrics.Metrics]:
 
 
 def mixed_lines(count: int) -> list[dict[str, Any]]:
-    """Two models; some items retried after a 503, some failed by a 400."""
+    """Two models; some items retried after a 503, some failed by a 400; near the end, two
+    429s (each pauses the run)."""
     lines = []
     for i in range(count):
         marker = {3: "[fake:503x1]", 7: "[fake:400]"}.get(i % 10, "")
+        marker = "[fake:429x1]" if i in (count - 50, count - 10) else marker
         lines.append(chat_line(i, f"q{i} {marker}", model="gpt-4o" if i % 2 else "gpt-4o-mini"))
     return lines
 
@@ -74,6 +76,7 @@ def test_metrics_during_a_run_and_counters_that_match_the_ledger_after_it(
     tmp_path: Path, db_url: str, fake: FakeServer, served: metrics.Metrics
 ) -> None:
     fake.config.latency_ms = 40.0  # 200 items, 8 at a time: a run of a second or more
+    fake.config.rpm_limit = 100_000  # its headers tell the run its limit: learned
     ledger, job = test_run.submit(tmp_path, db_url, fake, mixed_lines(200))
     reports: list[RunReport] = []
     running = threading.Thread(
@@ -94,7 +97,11 @@ def test_metrics_during_a_run_and_counters_that_match_the_ledger_after_it(
     in_force = [
         total(s, "batchrunner_rate_limit", limit="rpm", source="in_force", **labels) for s in during
     ]
-    assert 60_000 in in_force
+    assert 60_000 in in_force  # --rpm, tighter than the server's
+    learned = [
+        total(s, "batchrunner_rate_limit", limit="rpm", source="learned", **labels) for s in during
+    ]
+    assert 100_000 in learned
     seen = [total(s, "batchrunner_items_total", **labels) for s in during]
     assert any(0 < n < 200 for n in seen) and seen == sorted(seen)  # counted as it went
 
@@ -118,10 +125,12 @@ def test_metrics_during_a_run_and_counters_that_match_the_ledger_after_it(
         retried = conn.execute(
             "SELECT count(*) FROM attempts WHERE job_id = ? AND outcome = 'retry'", (job,)
         ).fetchone()[0]
-    assert attempts == 220 and retried == 20  # the 503s answered once each, then again
+    assert attempts == 222 and retried == 22  # the 503s and 429s answered once, then again
     assert total(after, "batchrunner_attempts_total", **labels) == attempts
     assert total(after, "batchrunner_attempts_total", outcome="retry") == retried
-    assert total(after, "batchrunner_attempts_total", error_kind="server_error") == retried
+    assert total(after, "batchrunner_attempts_total", error_kind="server_error") == 20
+    assert total(after, "batchrunner_attempts_total", error_kind="rate_limit") == 2
+    assert 1 <= total(after, "batchrunner_rate_limit_pauses_total", **labels) <= 2
     for kind, expected in (("input", inp), ("cached", cached), ("output", out)):
         assert total(after, "batchrunner_tokens_total", kind=kind, **labels) == expected, kind
     assert total(after, "batchrunner_tokens_total", kind="reasoning") == reasoning

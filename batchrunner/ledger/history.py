@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import calendar
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import Connection, Float, Integer, case, cast, func, literal, null, select
 from sqlalchemy.exc import OperationalError
@@ -234,7 +233,8 @@ def _timeline(conn: Connection, job_id: int, buckets: int) -> Timeline:
     return Timeline(start, bucket_s, max(1, min(buckets, math.ceil(span / bucket_s))))
 
 
-Seconds = Any  # a function from a time column to its seconds after a moment, in SQL
+# A time column's seconds after a moment, in SQL.
+Seconds = Callable[[ColumnElement[datetime]], ColumnElement[float]]
 
 
 def _seconds_after(conn: Connection, start: datetime) -> Seconds:
@@ -244,12 +244,12 @@ def _seconds_after(conn: Connection, start: datetime) -> Seconds:
         start_day = calendar.timegm(start.utctimetuple()) / 86400.0 + 2440587.5
         start_day += start.microsecond / 86_400e6
 
-        def sqlite(column: Any) -> ColumnElement[float]:
+        def sqlite(column: ColumnElement[datetime]) -> ColumnElement[float]:
             return cast((func.julianday(column) - literal(start_day)) * 86400.0, Float)
 
         return sqlite
 
-    def postgres(column: Any) -> ColumnElement[float]:
+    def postgres(column: ColumnElement[datetime]) -> ColumnElement[float]:
         return cast(func.extract("epoch", column - literal(start)), Float)
 
     return postgres
