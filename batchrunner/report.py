@@ -51,9 +51,8 @@ def write_report(ledger: Ledger, job_id: int, out: IO[bytes]) -> None:
 
 def report_html(ledger: Ledger, job_id: int) -> str:
     summary = ledger.summary(job_id)
-    status = job_status(
-        summary, workers=ledger.runs_of(job_id), batches=ledger.batches_of(job_id, BATCH_STATES)
-    )
+    workers = ledger.runs_of(job_id) if summary.live_run else []  # live runs only, as status
+    status = job_status(summary, workers=workers, batches=ledger.batches_of(job_id, BATCH_STATES))
     return render(status, ledger.history(job_id), utcnow())
 
 

@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, Float, Integer, case, cast, func, literal, null, select
 from sqlalchemy.exc import OperationalError
@@ -162,7 +163,7 @@ class HistoryQueries(QueriesMixin):
             _finished_over_time(conn, job_id, timeline, seconds, history)
             histograms = _attempts_over_time(conn, job_id, timeline, seconds, binned, history)
             history.models = _models(conn, job_id)
-            history.errors = _errors(conn, job_id, history)
+            history.errors = _errors(conn, job_id, history, [m.model for m in history.models])
             history.runs, history.run_count = _runs(conn, job_id)
             history.batches = [
                 BatchRow(*row)
@@ -370,6 +371,8 @@ def _percentiles(bins: list[int]) -> Percentiles:
 
 
 def _models(conn: Connection, job_id: int) -> list[ModelUsage]:
+    """Per model, summed over its states: grouped by (state, model), the order of the summary
+    index (ix_items_summary), the database streams the sums instead of sorting the items."""
     rows = conn.execute(
         select(
             items_t.c.model,
@@ -382,25 +385,32 @@ def _models(conn: Connection, job_id: int) -> list[ModelUsage]:
             func.count().filter(items_t.c.cost_usd.is_(None), items_t.c.output_tokens.is_not(None)),
         )
         .where(items_t.c.job_id == job_id)
-        .group_by(items_t.c.model)
-        .order_by(items_t.c.model)
+        .group_by(items_t.c.state, items_t.c.model)
     )
+    sums: dict[str, list[Any]] = {}
+    for model, *values in rows:
+        into = sums.setdefault(str(model), [0, 0, 0, 0, 0, None, 0])
+        for index, value in enumerate(values):
+            if value is not None:
+                into[index] = (into[index] or 0) + value
     return [
         ModelUsage(
-            str(model),
+            model,
             int(count),
-            int(inp or 0),
-            int(cached or 0),
-            int(out or 0),
-            int(reasoning or 0),
+            int(inp),
+            int(cached),
+            int(out),
+            int(reasoning),
             float(cost) if cost is not None else None,
             int(unpriced),
         )
-        for model, count, inp, cached, out, reasoning, cost, unpriced in rows
+        for model, (count, inp, cached, out, reasoning, cost, unpriced) in sorted(sums.items())
     ]
 
 
-def _errors(conn: Connection, job_id: int, history: JobHistory) -> list[ErrorKindHistory]:
+def _errors(
+    conn: Connection, job_id: int, history: JobHistory, models: list[str]
+) -> list[ErrorKindHistory]:
     """Each error kind seen: failed items (from the items) and answers carrying it (from the
     attempts, counted over time already), with examples: failed items first, then answers (an
     item failed unsent has no attempt; a retried error has no failed item)."""
@@ -418,24 +428,7 @@ def _errors(conn: Connection, job_id: int, history: JobHistory) -> list[ErrorKin
     )
     found = []
     for kind in kinds[:MAX_KINDS]:
-        examples = [
-            ErrorExample(*row)
-            for row in conn.execute(
-                select(
-                    items_t.c.custom_id,
-                    items_t.c.http_status,
-                    items_t.c.error_code,
-                    items_t.c.error_message,
-                )
-                .where(
-                    items_t.c.job_id == job_id,
-                    items_t.c.state == FAILED,
-                    items_t.c.error_kind == kind,
-                )
-                .order_by(items_t.c.position)
-                .limit(EXAMPLES)
-            )
-        ]
+        examples = _first_failed(conn, job_id, kind, models)
         if len(examples) < EXAMPLES and answered.get(kind):
             shown = {example.custom_id for example in examples}
             examples += [
@@ -458,6 +451,36 @@ def _errors(conn: Connection, job_id: int, history: JobHistory) -> list[ErrorKin
             ErrorKindHistory(kind, int(failed.get(kind, 0)), answered.get(kind, 0), tuple(examples))
         )
     return found
+
+
+def _first_failed(
+    conn: Connection, job_id: int, kind: str, models: list[str]
+) -> list[ErrorExample]:
+    """The first items (by when they finished) that failed with `kind`: per model, the summary
+    index (job, state, model, error kind, finished_at) hands them over in that order at once,
+    where a search of the job's failed items would read them all."""
+    earliest: list[tuple[datetime, ErrorExample]] = []
+    for model in models[:MAX_KINDS]:
+        rows = conn.execute(
+            select(
+                items_t.c.finished_at,
+                items_t.c.custom_id,
+                items_t.c.http_status,
+                items_t.c.error_code,
+                items_t.c.error_message,
+            )
+            .where(
+                items_t.c.job_id == job_id,
+                items_t.c.state == FAILED,
+                items_t.c.model == model,
+                items_t.c.error_kind == kind,
+            )
+            .order_by(items_t.c.finished_at)
+            .limit(EXAMPLES)
+        )
+        earliest += [(row[0] or datetime.min, ErrorExample(*row[1:])) for row in rows]
+    earliest.sort(key=lambda pair: pair[0])
+    return [example for _, example in earliest[:EXAMPLES]]
 
 
 def _runs(conn: Connection, job_id: int) -> tuple[list[RunActivity], int]:
