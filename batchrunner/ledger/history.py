@@ -2,7 +2,8 @@
 were, what was spent per model, which errors came, which workers and batches did the work.
 
 Everything is aggregated as it is read, never loaded whole: counts per time bucket are GROUP
-BYs in the database (one pass over the job's items and one over its attempts), and the latency
+BYs in the database (one pass over the job's items, one over its attempts; the per-model sums
+and the attempts per run are one more each), and the latency
 percentiles come from a histogram of log-spaced bins per time bucket, filled by that same pass
 over the attempts (the bin is computed in SQL: PostgreSQL's log(), SQLite's log10() where its
 build has the math functions) or, on a SQLite without them, while paging through the attempts
