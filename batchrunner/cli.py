@@ -210,6 +210,40 @@ def run_options(func: F) -> F:
     return func
 
 
+def metrics_options(func: F) -> F:
+    """--metrics-port / --metrics-host (submit, run, worker): serve Prometheus metrics of the
+    runs of this process on /metrics while it runs."""
+
+    @click.option(
+        "--metrics-port",
+        type=click.IntRange(0, 65535),
+        envvar="BATCHRUNNER_METRICS_PORT",
+        help="Serve Prometheus metrics on this port's /metrics while running (0: any free "
+        "port; default $BATCHRUNNER_METRICS_PORT, else none).",
+    )
+    @click.option(
+        "--metrics-host",
+        default="127.0.0.1",
+        envvar="BATCHRUNNER_METRICS_HOST",
+        show_default=True,
+        help="Address to serve metrics on (0.0.0.0: every interface, for a remote Prometheus).",
+    )
+    @functools.wraps(func)
+    def wrapper(*args: Any, metrics_port: int | None, metrics_host: str, **kwargs: Any) -> Any:
+        if metrics_port is not None:
+            from batchrunner import metrics
+
+            try:
+                served = metrics.serve(metrics_host, metrics_port)
+            except BatchrunnerError as exc:
+                say(f"error: {exc}")
+                sys.exit(exc.exit_code)
+            say(f"metrics on http://{metrics_host}:{served.port}/metrics")
+        return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _overrides(**values: Any) -> dict[str, Any]:
     """Run options as settings; a --prices file is read now and kept with the job."""
     if values.get("prices") is not None:
@@ -322,6 +356,7 @@ def table_options(func: F) -> F:
 @click.option("--model", help="Model for lines that name none.")
 @click.option("--endpoint", default=ENDPOINTS[0], show_default=True, help="Url of short lines.")
 @run_options
+@metrics_options
 @click.option("--detach", is_flag=True, help="Record the job without running it.")
 @click.option("--new", is_flag=True, help="Record a second job even if this file has one.")
 @click.option("--reuse", is_flag=True, help="Take answers of identical requests that succeeded.")
@@ -445,6 +480,7 @@ def _submitted_again(
     help="With --retry-failed: only the items failed with this error kind (repeatable).",
 )
 @run_options
+@metrics_options
 @wait_options
 @click.option(
     "--simulate",
@@ -490,6 +526,7 @@ def run(
     help="Seconds of silence after which a worker's items go to the others [60].",
 )
 @run_options
+@metrics_options
 @common
 def worker(
     jobs: tuple[str, ...], all_jobs: bool, lease_s: float | None, db: str, **run: Any
@@ -678,6 +715,24 @@ def status(job: str | None, json_: bool, db: str) -> None:
         say(f"no jobs in {describe(db)}")
     else:
         show("\n".join(format_job(s) for s in statuses))
+
+
+@cli.command()
+@click.argument("job", required=False)
+@click.option("-o", "--output", help="HTML file to write [job-N-report.html].")
+@common
+def report(job: str | None, output: str | None, db: str) -> None:
+    """Write one self-contained HTML file about JOB (default: the latest job): its summary, then
+    plots over its life (items, throughput, latency, 429s, errors), tokens and cost by model,
+    errors with examples, batches and workers; from the ledger alone."""
+    from batchrunner.report import write_report
+
+    ledger = closed_at_the_end(Ledger(db, create=False))
+    job_id = ledger.find_job(job)
+    path = output or f"job-{job_id}-report.html"
+    with _output(path) as out:
+        write_report(ledger, job_id, out)
+    say(f"wrote the report of job {job_id} to {path}")
 
 
 def _refresh_batches(ledger: Ledger, job_id: int) -> None:

@@ -423,16 +423,19 @@ async def _run(
     handle_signals: bool,
     shared: bool = False,
 ) -> RunReport:
+    from batchrunner import metrics
     from batchrunner.runner.concurrent import ConcurrentRunner
 
     _note_concurrency(ledger, job_id, settings)
     provider = provider_for(settings)
     backend = provider.request_backend(provider.endpoint(settings, api_key), settings)
+    watch = metrics.watch(job_id, on_flush)  # counts what is committed, when metrics are served
     async with backend:
         runner = ConcurrentRunner(
-            ledger, job_id, settings, backend, provider.dialect, on_flush, shared=shared
+            ledger, job_id, settings, backend, provider.dialect, watch.on_flush, shared=shared
         )
-        return _stop_kept(ledger, await runner.run(handle_signals=handle_signals))
+        with watch.attached(runner):
+            return _stop_kept(ledger, await runner.run(handle_signals=handle_signals))
 
 
 def _note_concurrency(ledger: Ledger, job_id: int, settings: RunSettings) -> None:
@@ -485,7 +488,11 @@ def _run_batches(
     poll_s: float,
     on_progress: Callable[[BatchProgress], None] | None,
 ) -> RunReport:
-    report = _batch_runner(ledger, job_id, settings, api_key, on_progress).run(wait, poll_s)
+    from batchrunner import metrics
+
+    on_settled = metrics.watch(job_id).on_settled  # when metrics are served
+    runner = _batch_runner(ledger, job_id, settings, api_key, on_progress, on_settled)
+    report = runner.run(wait, poll_s)
     report = _stop_kept(ledger, report)
     leftovers = report.state == "stopped" and not report.stop_reason
     if settings.finish == "concurrent" and wait and leftovers:
@@ -532,12 +539,13 @@ def _batch_runner(
     settings: RunSettings,
     api_key: str | None,
     on_progress: Callable[[BatchProgress], None] | None = None,
+    on_settled: Callable[[list[Outcome]], None] | None = None,
 ) -> BatchRunner:
     from batchrunner.runner.batch import BatchRunner
 
     provider: Provider = provider_for(settings)
     backend = provider.batch_backend(provider.endpoint(settings, api_key), settings)
-    return BatchRunner(ledger, job_id, settings, backend, provider.dialect, on_progress)
+    return BatchRunner(ledger, job_id, settings, backend, provider.dialect, on_progress, on_settled)
 
 
 def exit_code(ledger: Ledger, report: RunReport) -> int:

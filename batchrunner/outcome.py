@@ -70,6 +70,7 @@ class Outcome:
     number: int = 0  # this attempt's number: the item's attempts, once it is recorded
     is_attempt: bool = True  # False: the request never ran (an expired batch's line)
     not_before: datetime | None = None
+    model: str | None = None  # the item's model: for the run's metrics (the ledger has it)
     result: Result = field(default_factory=Result)
 
 

@@ -69,6 +69,7 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens there
     monkeypatch.setenv("BATCHRUNNER_DB", f"sqlite:///{tmp_path}/default.db")
+    monkeypatch.delenv("BATCHRUNNER_METRICS_PORT", raising=False)  # a shell's: not the tests'
     monkeypatch.setattr(redact, "_SECRETS", set())  # what one test's run masks, it alone
 
 

@@ -209,16 +209,17 @@ class BatchQueries(QueriesMixin):
         lines: Sequence[Outcome],
         max_attempts: int,
         retry_invalid: int = 0,
-    ) -> int:
+    ) -> list[Outcome]:
         """Write the outcomes of a batch's output lines, which name their items by custom_id:
         one attempt row for each line that ran, and the item's new state. Lines for items no
         longer in this batch are skipped, a repeated line counts once. A line that would go
         again after the item's last allowed attempt fails it instead (as `fail_exhausted`
         does, and concurrent mode's final verdict). An answer that failed its structured
         check goes again (to pending, for the next batch) while `retry_invalid` allows
-        (`failures.retries_invalid`), else it stays, flagged. Returns how many items changed."""
+        (`failures.retries_invalid`), else it stays, flagged. Returns the outcomes written, as
+        written (the lines whose items it held, each with its item's new state)."""
         if not lines:
-            return 0
+            return []
         mask_outcomes(lines)
         with self._write("record batch results in") as conn:
             held = {
@@ -261,7 +262,7 @@ class BatchQueries(QueriesMixin):
                     ):
                         found[index] = replace(line, state=PENDING, attempt_outcome="retry")
             write_outcomes(conn, found, "batch_id")
-        return len(found)
+        return found
 
     def release_batch(self, batch_id: int, state: str, leftover: str = PENDING) -> int:
         """Close a batch: its items that got no answer go to `leftover` (pending to be sent

@@ -38,6 +38,7 @@ from sqlalchemy.sql.dml import ReturningUpdate
 from batchrunner.errors import LedgerError, LedgerUnavailable, UsageError, ledger_refusal
 from batchrunner.ledger.batches import BatchQueries
 from batchrunner.ledger.engine import READ_ONLY, describe, open_engine, writable
+from batchrunner.ledger.history import HistoryQueries
 from batchrunner.ledger.jobs import JobQueries
 from batchrunner.ledger.models import (
     FAILED,
@@ -90,7 +91,7 @@ PAGE_SIZE = 1000
 SCHEMA_HEAD = "0008"
 
 
-class Ledger(JobQueries, BatchQueries, RunQueries):
+class Ledger(JobQueries, BatchQueries, RunQueries, HistoryQueries):
     """The ledger at one database URL; migrated to the latest schema when opened.
 
     With `create` (what `submit` does) a ledger that is not there is made; without it (every

@@ -38,6 +38,7 @@ from batchrunner.ledger.batches import ABANDONED, PACKING, SETTLED, SUBMITTED, U
 from batchrunner.ledger.models import CANCELLED, FAILED, PENDING, SUCCEEDED
 from batchrunner.ledger.records import utcnow
 from batchrunner.ledger.runs import CANCEL_CHECK_S
+from batchrunner.logs import bind_run
 from batchrunner.outcome import Outcome
 from batchrunner.prefixes import cacheable_tokens
 from batchrunner.pricing import job_price_table
@@ -108,8 +109,10 @@ class BatchRunner:
         backend: BatchBackend,
         dialect: Dialect,
         on_progress: Callable[[BatchProgress], None] | None = None,
+        on_settled: Callable[[list[Outcome]], None] | None = None,
     ) -> None:
         self._ledger = ledger
+        self._on_settled = on_settled  # the outcomes of settled lines, as written
         self._job_id = job_id
         self._settings = settings
         self._backend = backend
@@ -137,6 +140,7 @@ class BatchRunner:
         """One pass (submit what is pending, settle what has ended), or passes until done."""
         self._cancelled = self._ledger.job_state(self._job_id) == CANCELLED
         run_id = self._ledger.start_run(self._job_id, self._settings.max_attempts)
+        bind_run(self._job_id, run_id)
         delay = poll_s
         try:
             while True:
@@ -566,9 +570,11 @@ class BatchRunner:
 
     def _settle_lines(self, batch: BatchRow, lines: list[Outcome]) -> None:
         retry_invalid = 0 if self._cancelled else self._settings.retry_invalid
-        self._ledger.settle_batch_lines(
+        written = self._ledger.settle_batch_lines(
             self._job_id, batch.id, lines, self._settings.max_attempts, retry_invalid
         )
+        if self._on_settled is not None:
+            self._on_settled(written)
 
     def _outcome(
         self,
@@ -594,6 +600,7 @@ class BatchRunner:
             ended_at=now,
             batch_id=batch.id,
             is_attempt=rule.is_attempt if rule is not None else True,
+            model=batch.model,
         )
         outcome.result.http_status = status
         self._answers.fill(outcome.result, verdict, batch.model, body, wanted)

@@ -41,7 +41,7 @@ from batchrunner.ledger import ClaimedItem, Ledger
 from batchrunner.ledger.models import CANCELLED, FAILED, PENDING
 from batchrunner.ledger.records import utcnow
 from batchrunner.ledger.runs import CANCEL_CHECK_S
-from batchrunner.logs import ATTEMPTS, EVENTS, log_attempt
+from batchrunner.logs import ATTEMPTS, EVENTS, bind_run, log_attempt
 from batchrunner.outcome import Outcome, Result, mendable
 from batchrunner.prefixes import cacheable_tokens
 from batchrunner.pricing import job_price_table
@@ -50,7 +50,7 @@ from batchrunner.runner.budget import Budget, Reservation, worst_case_of
 from batchrunner.runner.cache_keys import CacheKeys, KeyLease
 from batchrunner.runner.limits import Throttle
 from batchrunner.runner.outcomes import CONCURRENT_EFFECTS, AnswerReader, abandoned_outcome
-from batchrunner.runner.report import RunReport
+from batchrunner.runner.report import RunGauges, RunReport
 from batchrunner.runner.writer import LedgerWriter
 from batchrunner.settings import RunSettings
 from batchrunner.structured import OutputFormat
@@ -115,6 +115,19 @@ class ConcurrentRunner:
         # yet answered, recorded as possibly billed if the run abandons them
         self._in_flight: dict[int, tuple[ClaimedItem, int, datetime]] = {}
 
+    def gauges(self) -> RunGauges:
+        """What this run is doing right now: its requests in flight, limits and pauses."""
+        throttle, learned = self._throttle, self._throttle.learned
+        return RunGauges(
+            in_flight=len(self._in_flight),
+            requests_per_minute=throttle.requests_per_minute,
+            tokens_per_minute=throttle.tokens_per_minute,
+            learned_requests=learned.limit_requests,
+            learned_tokens=learned.limit_tokens,
+            pauses=throttle.pauses,
+            last_commit_s=self._writer.last_commit_s,
+        )
+
     def stop(self, reason: str) -> None:
         """Send nothing more; in-flight requests finish and are recorded."""
         if not self._stopping.is_set():
@@ -145,6 +158,7 @@ class ConcurrentRunner:
                 lease_s=settings.lease_s,
             )
         )
+        bind_run(self._job_id, self._run_id)
         if settings.cache_aware:
             self._cache_keys = CacheKeys(settings.cache_key_rpm, namespace=self._run_id[:8])
         if await self._job_cancelled():
@@ -568,6 +582,7 @@ class ConcurrentRunner:
             item_id=item.id,
             number=item.attempts,
             is_attempt=False,
+            model=item.model,
         )
         outcome.result = replace(proof)
         return outcome
@@ -705,6 +720,7 @@ class ConcurrentRunner:
             run_id=self._run_id,
             item_id=item.id,
             number=attempt,
+            model=item.model,
         )
         result = outcome.result
         result.http_status = reply.status if reply else None

@@ -10,6 +10,7 @@ committed (never more than `backlog`) plus the requests in flight; those items a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import anyio
@@ -45,6 +46,7 @@ class LedgerWriter:
         self._full = anyio.Event()
         self._closed = False
         self._error: BaseException | None = None
+        self.last_commit_s = 0.0  # how long the last commit took (the run's metrics read it)
 
     async def write(self, record: Outcome) -> None:
         """Queue `record` for the next commit; wait only while `backlog` outcomes are queued or
@@ -92,9 +94,11 @@ class LedgerWriter:
     async def _flush(self) -> None:
         batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
         self._committing = len(batch)
+        began = time.perf_counter()
         try:
             with anyio.CancelScope(shield=True):  # a commit, once begun, is never abandoned
                 await anyio.to_thread.run_sync(self._ledger.record_outcomes, batch)
+            self.last_commit_s = time.perf_counter() - began
         except BaseException as exc:
             self._error = exc
             raise
