@@ -22,10 +22,10 @@ import csv
 import hashlib
 import io
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from operator import attrgetter
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
@@ -34,9 +34,11 @@ from batchrunner.dialects.openai import batch_line, requested_format
 from batchrunner.ledger import ItemRow, Ledger
 from batchrunner.ledger.models import BATCH, CANCELLED, FAILED, SUCCEEDED
 from batchrunner.parquet import BOOL, FLOAT, INT, TEXT, require_pyarrow, write_parquet
-from batchrunner.pricing import CacheSavings, job_price_table
 from batchrunner.providers import provider_for
 from batchrunner.settings import RunSettings
+
+if TYPE_CHECKING:  # pricing loads the price library: only where a cost is computed
+    from batchrunner.pricing import CacheSavings
 
 FORMATS = ("jsonl", "csv")  # usage's; results' are RESULT_FORMATS
 RESULT_FORMATS = ("jsonl", "csv", "parquet", "openai")
@@ -60,7 +62,7 @@ class JobFacts:
     dialect: Dialect  # what its answers mean (their text)
     table_columns: tuple[str, ...] | None = None  # a table job's own columns; None: not one
     # what cached input saved at the uncached price (export usage's cache_saved_usd)
-    cache_savings: CacheSavings = field(default_factory=CacheSavings)
+    cache_savings: CacheSavings | None = None
 
 
 Getter = Callable[[ItemRow, JobFacts], Any]
@@ -182,7 +184,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("cached_tokens", _of_row("result.cached_tokens"), EVERYWHERE, kind=INT),
     Column(
         "cache_saved_usd",
-        lambda row, job: job.cache_savings.usd(row.model, row.result.cached_tokens),
+        lambda row, job: (
+            job.cache_savings.usd(row.model, row.result.cached_tokens)
+            if job.cache_savings is not None
+            else None
+        ),
         frozenset((USAGE,)),
         kind=FLOAT,
     ),
@@ -340,6 +346,8 @@ def _job(ledger: Ledger, job_id: int) -> JobFacts:
     options, simulated = ledger.job_options(job_id)
     settings = RunSettings.from_stored(options)
     mode = ledger.job_mode(job_id)
+    from batchrunner.pricing import CacheSavings, job_price_table
+
     return JobFacts(
         mode=mode,
         simulated=simulated,
