@@ -53,7 +53,7 @@ def report_html(ledger: Ledger, job_id: int) -> str:
     summary = ledger.summary(job_id)
     workers = ledger.runs_of(job_id) if summary.live_run else []  # live runs only, as status
     status = job_status(summary, workers=workers, batches=ledger.batches_of(job_id, BATCH_STATES))
-    return render(status, ledger.history(job_id), utcnow())
+    return render(status, ledger.history(job_id, list(summary.models)), utcnow())
 
 
 def render(status: dict[str, Any], history: JobHistory, now: datetime) -> str:
@@ -63,7 +63,7 @@ def render(status: dict[str, Any], history: JobHistory, now: datetime) -> str:
         _summary(status),
         _over_time(history),
         _latency(history),
-        _models(history),
+        _models(status),
         _errors(history, status),
         _batches(history, now),
         _workers(history),
@@ -235,37 +235,34 @@ def _percentile_table(overall: Percentiles) -> str:
 # -- models, errors, batches, workers ------------------------------------------------------------
 
 
-def _models(history: JobHistory) -> str:
+def _models(status: dict[str, Any]) -> str:
+    """Tokens and cost by model: `status`'s own figures (the summary sums them once)."""
     rows = []
     stacks: dict[str, dict[str, float]] = {}
-    for usage in history.models:
-        share = usage.cached_tokens / usage.input_tokens if usage.input_tokens else 0.0
-        model = _text(usage.model)
-        cost = format_usd(usage.cost_usd)
+    for name, usage in status["models"].items():
+        share = usage["cached_share"] or 0.0
+        model = _text(name)
+        cost = format_usd(usage["cost_usd"])
         rows.append(
             f"<tr data-model='{model}'><td>{model}</td>"
             + "".join(
-                f"<td class='n' data-field='{name}' data-value='{value}'>{value:,}</td>"
-                for name, value in (
-                    ("items", usage.items),
-                    ("input_tokens", usage.input_tokens),
-                    ("cached_tokens", usage.cached_tokens),
-                )
+                f"<td class='n' data-field='{field}' data-value='{usage[field]}'>"
+                f"{usage[field]:,}</td>"
+                for field in ("items", "input_tokens", "cached_tokens")
             )
             + f"<td class='n' data-field='cached_share' data-value='{share:.4f}'>{share:.1%}</td>"
             + "".join(
-                f"<td class='n' data-field='{name}' data-value='{value}'>{value:,}</td>"
-                for name, value in (
-                    ("output_tokens", usage.output_tokens),
-                    ("reasoning_tokens", usage.reasoning_tokens),
-                )
+                f"<td class='n' data-field='{field}' data-value='{usage[field]}'>"
+                f"{usage[field]:,}</td>"
+                for field in ("output_tokens", "reasoning_tokens")
             )
-            + f"<td class='n' data-field='cost_usd' data-value='{usage.cost_usd}'>{cost}</td></tr>"
+            + f"<td class='n' data-field='cost_usd' data-value='{usage['cost_usd']}'>{cost}</td>"
+            "</tr>"
         )
-        stacks[usage.model] = {
-            "input, not cached": usage.input_tokens - usage.cached_tokens,
-            "input, cached": usage.cached_tokens,
-            "output": usage.output_tokens,
+        stacks[name] = {
+            "input, not cached": usage["input_tokens"] - usage["cached_tokens"],
+            "input, cached": usage["cached_tokens"],
+            "output": usage["output_tokens"],
         }
     head = (
         "<tr><th>model</th><th class='n'>items</th><th class='n'>input tokens</th>"

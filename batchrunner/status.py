@@ -82,6 +82,7 @@ def job_status(
                 "cached_share": _share(t.cached_tokens, t.input_tokens),
                 "cache_saved_usd": saved.get(name, 0.0),
                 "output_tokens": t.output_tokens,
+                "reasoning_tokens": t.reasoning_tokens,
                 "cost_usd": None if t.unpriced and not t.cost_usd else round(t.cost_usd, 10),
                 "unpriced_items": t.unpriced,
             }

@@ -64,6 +64,7 @@ def test_moderations_are_free_not_unpriced(mode: str, db_url: str, fake: FakeSer
             "cached_share": None,
             "cache_saved_usd": 0.0,
             "output_tokens": 0,
+            "reasoning_tokens": 0,
             "cost_usd": 0.0,
             "unpriced_items": 0,
         }

@@ -214,7 +214,7 @@ def test_the_history_sums_to_the_ledger_on_both_backends_across_runs(
     fake.config.force_status = fake.config.force_code = None
     assert test_run.run(ledger, job, concurrency=4).state == "completed"
     summary = ledger.summary(job)
-    history = ledger.history(job)
+    history = ledger.history(job, list(summary.models))
 
     timeline = history.timeline
     assert 1 <= timeline.buckets <= 60
@@ -226,10 +226,6 @@ def test_the_history_sums_to_the_ledger_on_both_backends_across_runs(
     p = history.latency_overall
     assert p.p50 is not None and p.p90 is not None and p.p99 is not None
     assert 0 < p.p50 <= p.p90 <= p.p99
-    assert {m.model: m.items for m in history.models} == {
-        name: totals.items for name, totals in summary.models.items()
-    }
-    assert sum(m.input_tokens for m in history.models) == summary.input_tokens
     assert history.run_count == 2 and len(history.runs) == 2
     assert sum(run.attempts for run in history.runs) == attempts
     kinds = {kind.kind: kind for kind in history.errors}
@@ -238,7 +234,7 @@ def test_the_history_sums_to_the_ledger_on_both_backends_across_runs(
     assert all(len(kind.examples) <= 3 for kind in history.errors)
     assert sum(history.rate_limited) == kinds["rate_limit"].attempts == 5
     # Where the database has no logarithm, the attempts are paged through instead: the same.
-    paged = ledger.history(job, bins_in_sql=False)
+    paged = ledger.history(job, list(summary.models), bins_in_sql=False)
     assert (paged.latency, paged.latency_overall) == (history.latency, history.latency_overall)
 
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import calendar
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import Connection, Float, Integer, case, cast, func, literal, null, select
 from sqlalchemy.exc import OperationalError
@@ -88,20 +87,6 @@ class Percentiles:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelUsage:
-    """One model's items, tokens and cost, as `status` sums them (the items' results)."""
-
-    model: str
-    items: int
-    input_tokens: int
-    cached_tokens: int
-    output_tokens: int
-    reasoning_tokens: int
-    cost_usd: float | None  # None: no item of it was priced
-    unpriced: int  # answered items with no price
-
-
-@dataclass(frozen=True, slots=True)
 class ErrorExample:
     custom_id: str
     http_status: int | None
@@ -140,7 +125,6 @@ class JobHistory:
     errors_over_time: dict[str, list[int]] = field(default_factory=dict)  # kind -> per bucket
     latency: list[Percentiles] = field(default_factory=list)  # per bucket
     latency_overall: Percentiles = Percentiles(0, None, None, None)
-    models: list[ModelUsage] = field(default_factory=list)
     errors: list[ErrorKindHistory] = field(default_factory=list)
     runs: list[RunActivity] = field(default_factory=list)
     run_count: int = 0  # all of the job's runs (`runs` lists the busiest MAX_RUNS)
@@ -152,10 +136,16 @@ class HistoryQueries(QueriesMixin):
 
     @outlasting_read
     def history(
-        self, job_id: int, buckets: int = BUCKETS, bins_in_sql: bool | None = None
+        self,
+        job_id: int,
+        models: Sequence[str],
+        buckets: int = BUCKETS,
+        bins_in_sql: bool | None = None,
     ) -> JobHistory:
-        """The job's history; `bins_in_sql` False pages through the attempts for the latency
-        histogram even where the database could bin them (None: wherever it can)."""
+        """The job's history; `models`: the job's (its summary's: what each used and cost is
+        the summary's to sum, `status` shows the same); `bins_in_sql` False pages through the
+        attempts for the latency histogram even where the database could bin them (None:
+        wherever it can)."""
         with self._read() as conn:
             timeline = _timeline(conn, job_id, buckets)
             history = JobHistory(timeline)
@@ -163,8 +153,7 @@ class HistoryQueries(QueriesMixin):
             binned = _latency_bin(conn) if bins_in_sql is not False else None
             _finished_over_time(conn, job_id, timeline, seconds, history)
             histograms = _attempts_over_time(conn, job_id, timeline, seconds, binned, history)
-            history.models = _models(conn, job_id)
-            history.errors = _errors(conn, job_id, history, [m.model for m in history.models])
+            history.errors = _errors(conn, job_id, history, list(models))
             history.runs, history.run_count = _runs(conn, job_id)
             history.batches = [
                 BatchRow(*row)
@@ -369,44 +358,6 @@ def _percentiles(bins: list[int]) -> Percentiles:
                 values.append(round(middle, 1))
                 break
     return Percentiles(total, *values)
-
-
-def _models(conn: Connection, job_id: int) -> list[ModelUsage]:
-    """Per model, summed over its states: grouped by (state, model), the order of the summary
-    index (ix_items_summary), the database streams the sums instead of sorting the items."""
-    rows = conn.execute(
-        select(
-            items_t.c.model,
-            func.count(),
-            func.sum(items_t.c.input_tokens),
-            func.sum(items_t.c.cached_tokens),
-            func.sum(items_t.c.output_tokens),
-            func.sum(items_t.c.reasoning_tokens),
-            func.sum(items_t.c.cost_usd),
-            func.count().filter(items_t.c.cost_usd.is_(None), items_t.c.output_tokens.is_not(None)),
-        )
-        .where(items_t.c.job_id == job_id)
-        .group_by(items_t.c.state, items_t.c.model)
-    )
-    sums: dict[str, list[Any]] = {}
-    for model, *values in rows:
-        into = sums.setdefault(str(model), [0, 0, 0, 0, 0, None, 0])
-        for index, value in enumerate(values):
-            if value is not None:
-                into[index] = (into[index] or 0) + value
-    return [
-        ModelUsage(
-            model,
-            int(count),
-            int(inp),
-            int(cached),
-            int(out),
-            int(reasoning),
-            float(cost) if cost is not None else None,
-            int(unpriced),
-        )
-        for model, (count, inp, cached, out, reasoning, cost, unpriced) in sorted(sums.items())
-    ]
 
 
 def _errors(

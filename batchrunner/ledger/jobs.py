@@ -294,6 +294,7 @@ class JobQueries(QueriesMixin):
                 totals.input_tokens += inp or 0
                 totals.cached_tokens += cached or 0
                 totals.output_tokens += out or 0
+                totals.reasoning_tokens += reasoning or 0
                 totals.cost_usd += cost or 0.0
                 totals.unpriced += unpriced
                 summary.input_tokens += inp or 0

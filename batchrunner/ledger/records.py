@@ -188,6 +188,7 @@ class ModelTotals:
     input_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0
+    reasoning_tokens: int = 0
     cost_usd: float = 0.0
     unpriced: int = 0  # answered items whose cost is unknown (no price for the model)
 
