@@ -216,7 +216,8 @@ class FakeServer:
                 return misbehaviour
             output_trigger = trigger.name
 
-        _, prompt_tokens = answers.prompt_of(url, body)
+        prompt = answers.prompt_of(url, body)
+        prompt_tokens = prompt[1]
         limits = self._take_limits(model, prompt_tokens + (output_cap(body) or 0))
         if isinstance(limits, ErrorAnswer):
             return self._error(request, limits)
@@ -239,7 +240,7 @@ class FakeServer:
         if cache is not None and visit is not None:
             cache.answered(visit)
         cached = visit.cached_tokens if visit is not None else None
-        answer = self.success_body(url, body, output_trigger, cached)
+        answer = self.success_body(url, body, output_trigger, cached, prompt)
         if config.echo_auth:
             self._quote_auth(request, answer)
         return self._json(request, 200, answer, limits)
@@ -254,13 +255,19 @@ class FakeServer:
                 message["content"] += f" (request had Authorization: {received})"
 
     def success_body(
-        self, url: str, body: dict[str, Any], trigger: str | None, cached: int | None = None
+        self,
+        url: str,
+        body: dict[str, Any],
+        trigger: str | None,
+        cached: int | None = None,
+        prompt: tuple[str, int] | None = None,
     ) -> dict[str, Any]:
         """The 200 answer's body for a request (also what a batch's output line holds), with
-        `cached` prompt tokens (the prompt cache's figure; None: `cached_fraction` of them)."""
+        `cached` prompt tokens (the prompt cache's figure; None: `cached_fraction` of them);
+        `prompt`: its `answers.prompt_of`, when the caller counted it already."""
         config = self.config
         model = str(body.get("model") or "")
-        prompt_text, prompt_tokens = answers.prompt_of(url, body)
+        prompt_text, prompt_tokens = prompt or answers.prompt_of(url, body)
         if url.endswith("/embeddings"):
             return answers.embeddings_body(model, body, config.embedding_dims)
         if url.endswith("/moderations"):
