@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import IO, Any
 
@@ -198,6 +198,14 @@ def _over_time(history: JobHistory) -> str:
                 {"rate_limit answers": history.rate_limited},
                 "answers",
                 {"rate_limit answers": "#ef6c00"},
+            ),
+            "<h3>Paused for rate limits</h3>",
+            _bars(
+                "paused",
+                timeline,
+                {"seconds every request was held back": history.paused_s},
+                "seconds",
+                {"seconds every request was held back": "#8d6e63"},
             ),
             "<h3>Error answers, by kind</h3>",
             _bars("errors-over-time", timeline, history.errors_over_time, "answers"),
@@ -386,7 +394,7 @@ def _run_end(run: RunRow) -> str:
 def _bars(
     plot: str,
     timeline: Timeline,
-    series: dict[str, list[int]],
+    series: Mapping[str, Sequence[float]],
     unit: str,
     colours: dict[str, str] | None = None,
 ) -> str:
@@ -408,12 +416,16 @@ def _bars(
             marks.append(
                 f"<rect class='mark' x='{LEFT + index * slot + 0.5:.1f}' y='{y:.1f}' "
                 f"width='{max(slot - 1, 0.5):.1f}' height='{max(height, 0.5):.1f}' "
-                f"fill='{colours[name]}'><title>{_text(name)}: {value:,} {unit} at "
+                f"fill='{colours[name]}'><title>{_text(name)}: {_amount(value)} {unit} at "
                 f"{_iso(timeline.at(index))}</title></rect>"
             )
             base += height
     empty = "" if marks else _note("none in this job")
     return _svg(plot, timeline, top, unit, "".join(marks) + empty) + _legend(colours)
+
+
+def _amount(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.1f}"
 
 
 def _lines(plot: str, timeline: Timeline, series: dict[str, list[float | None]], unit: str) -> str:
@@ -591,7 +603,7 @@ def _legend(colours: dict[str, str]) -> str:
     )
 
 
-def _colours(series: dict[str, Any], given: dict[str, str] | None) -> dict[str, str]:
+def _colours(series: Mapping[str, Any], given: dict[str, str] | None) -> dict[str, str]:
     given = given or {}
     return {
         name: given.get(name) or PALETTE[index % len(PALETTE)] for index, name in enumerate(series)

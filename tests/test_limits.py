@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
 
 from batchrunner.dialects import ServerLimits
 from batchrunner.dialects.openai import parse_duration, read_server_limits, wait_from_message
-from batchrunner.runner.limits import Throttle
+from batchrunner.runner.limits import PauseLog, Throttle
 
 
 @pytest.mark.parametrize(
@@ -153,3 +154,23 @@ def test_estimates_above_actual_usage_give_capacity_back() -> None:
     timed(throttle, 1, tokens=1000)
     throttle.settle(estimated=1000, actual=100)  # 900 tokens were reserved for nothing
     assert timed(throttle, 1, tokens=900) < 0.3
+
+
+def test_a_pause_extended_by_later_429s_is_one_window_and_the_one_under_way_stays() -> None:
+    """The run's pause log (what `report` plots): a 429 during a pause extends it, one after
+    it is over starts another; taking only finished windows leaves the growing one."""
+    now = [datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)]
+    log = PauseLog(lambda: now[0])
+    log.paused(2.0)
+    now[0] += timedelta(seconds=1)
+    log.paused(3.0)  # within the first: until 12:00:04
+    now[0] += timedelta(seconds=5)  # 12:00:06, the first is over
+    log.paused(1.0)
+    log.paused(0.0)  # nothing held back: no window
+    assert log.take(finished_only=True) == [
+        (datetime(2026, 12, 1, 12, 0, 0), datetime(2026, 12, 1, 12, 0, 4))
+    ]
+    assert log.take(finished_only=True) == []  # the second still lasts
+    assert log.take(finished_only=False) == [
+        (datetime(2026, 12, 1, 12, 0, 6), datetime(2026, 12, 1, 12, 0, 7))
+    ]

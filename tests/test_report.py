@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from batchrunner.fake import FakeServer
 from batchrunner.ledger import Ledger
+from batchrunner.ledger.models import pauses_t
 from tests import test_run
 from tests.conftest import TEST_KEY, chat_line, in_ci, write_jsonl
 from tests.test_cli import invoke, status_json
@@ -28,6 +30,7 @@ PLOTS = (
     "finished",
     "throughput",
     "rate-limits",
+    "paused",
     "errors-over-time",
     "latency",
     "tokens",
@@ -233,6 +236,13 @@ def test_the_history_sums_to_the_ledger_on_both_backends_across_runs(
     assert kinds["invalid_request"].failed_items == summary.failures_by_kind["invalid_request"]
     assert all(len(kind.examples) <= 3 for kind in history.errors)
     assert sum(history.rate_limited) == kinds["rate_limit"].attempts == 5
+    # Each 429 held every request back: the run kept those pauses, the report sums them.
+    paused = sum(history.paused_s)
+    assert paused > 0 and paused <= history.timeline.bucket_s * history.timeline.buckets
+    with ledger.engine.connect() as conn:
+        windows = conn.execute(select(pauses_t.c.started_at, pauses_t.c.until_at)).all()
+    assert windows and all(start < until for start, until in windows)
+    assert paused <= sum((until - start).total_seconds() for start, until in windows) + 1e-3
     # Where the database has no logarithm, the attempts are paged through instead: the same.
     paged = ledger.history(job, list(summary.models), bins_in_sql=False)
     assert (paged.latency, paged.latency_overall) == (history.latency, history.latency_overall)

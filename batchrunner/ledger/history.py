@@ -26,7 +26,15 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from batchrunner.failures import ErrorKind
 from batchrunner.ledger.batches import BATCH_STATES
-from batchrunner.ledger.models import FAILED, attempts_t, batches_t, items_t, jobs_t, runs_t
+from batchrunner.ledger.models import (
+    FAILED,
+    attempts_t,
+    batches_t,
+    items_t,
+    jobs_t,
+    pauses_t,
+    runs_t,
+)
 from batchrunner.ledger.outages import outlasting_read
 from batchrunner.ledger.records import (
     BatchRow,
@@ -122,6 +130,8 @@ class JobHistory:
     finished: dict[str, list[int]] = field(default_factory=dict)  # item state -> per bucket
     attempts: list[int] = field(default_factory=list)  # requests answered, per bucket
     rate_limited: list[int] = field(default_factory=list)  # 429 answers (rate_limit), per bucket
+    # seconds in each bucket when a run held every request back after a 429 (any of its runs)
+    paused_s: list[float] = field(default_factory=list)
     errors_over_time: dict[str, list[int]] = field(default_factory=dict)  # kind -> per bucket
     latency: list[Percentiles] = field(default_factory=list)  # per bucket
     latency_overall: Percentiles = Percentiles(0, None, None, None)
@@ -154,6 +164,7 @@ class HistoryQueries(QueriesMixin):
             _finished_over_time(conn, job_id, timeline, seconds, history)
             histograms = _attempts_over_time(conn, job_id, timeline, seconds, binned, history)
             history.errors = _errors(conn, job_id, history, list(models))
+            history.paused_s = _paused(conn, job_id, timeline)
             history.runs, history.run_count = _runs(conn, job_id)
             history.batches = [
                 BatchRow(*row)
@@ -197,6 +208,57 @@ class HistoryQueries(QueriesMixin):
                 return
             yield [(int(r[0]), float(r[1] or 0.0), float(r[2])) for r in rows]
             after = int(rows[-1][0])
+
+
+def _paused(conn: Connection, job_id: int, timeline: Timeline) -> list[float]:
+    """Seconds paused per bucket: the union of the job's pause windows (two workers paused
+    at once count once; a window kept twice by a repeated write, once), paged in time order."""
+    per_bucket = [0.0] * timeline.buckets
+    merged: tuple[datetime, datetime] | None = None
+    for start, until in _pause_windows(conn, job_id):
+        if merged is not None and start <= merged[1]:
+            merged = (merged[0], max(merged[1], until))
+            continue
+        if merged is not None:
+            _spread(merged, timeline, per_bucket)
+        merged = (start, until)
+    if merged is not None:
+        _spread(merged, timeline, per_bucket)
+    return [round(seconds, 3) for seconds in per_bucket]
+
+
+def _pause_windows(conn: Connection, job_id: int) -> Iterator[tuple[datetime, datetime]]:
+    after: tuple[datetime, int] | None = None
+    while True:
+        query = select(pauses_t.c.started_at, pauses_t.c.until_at, pauses_t.c.id).where(
+            pauses_t.c.job_id == job_id
+        )
+        if after is not None:
+            query = query.where(
+                (pauses_t.c.started_at > after[0])
+                | ((pauses_t.c.started_at == after[0]) & (pauses_t.c.id > after[1]))
+            )
+        rows = conn.execute(query.order_by(pauses_t.c.started_at, pauses_t.c.id).limit(PAGE)).all()
+        for start, until, _ in rows:
+            yield start, until
+        if len(rows) < PAGE:
+            return
+        after = (rows[-1][0], rows[-1][2])
+
+
+def _spread(window: tuple[datetime, datetime], timeline: Timeline, into: list[float]) -> None:
+    """Add a window's seconds to the buckets it covers (clipped to the timeline)."""
+    start = (window[0] - timeline.start).total_seconds()
+    end = (window[1] - timeline.start).total_seconds()
+    span = timeline.bucket_s * timeline.buckets
+    start, end = max(0.0, start), min(span, end)
+    while start < end:
+        index = timeline.clamp(int(start / timeline.bucket_s))
+        bucket_end = min(end, (index + 1) * timeline.bucket_s)
+        into[index] += bucket_end - start
+        if bucket_end <= start:  # the last bucket, clamped: nothing more to spread
+            break
+        start = bucket_end
 
 
 def _timeline(conn: Connection, job_id: int, buckets: int) -> Timeline:

@@ -160,7 +160,7 @@ def _capture() -> str:
     return "\n".join([*lines, ")"]) + "\n"
 
 
-# Captured by `python -m batchrunner.ledger.migrate` (which prints them) from migrations 0001-0008.
+# Captured by `python -m batchrunner.ledger.migrate` (which prints them) from migrations 0001-0009.
 SQLITE_SCHEMA_REVISIONS = (
     "0001_initial.py",
     "0002_not_before.py",
@@ -170,6 +170,7 @@ SQLITE_SCHEMA_REVISIONS = (
     "0006_retry_and_stop_reason.py",
     "0007_structured_outputs.py",
     "0008_prefix_groups.py",
+    "0009_pauses.py",
 )
 SQLITE_SCHEMA = (
     (
@@ -314,7 +315,19 @@ SQLITE_SCHEMA = (
         "finished_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, "
         "cost_usd, attempts, reused, finish_reason, output_valid)"
     ),
-    "INSERT INTO alembic_version (version_num) VALUES ('0008')",
+    (
+        "CREATE TABLE pauses (\n"
+        "\tid INTEGER NOT NULL, \n"
+        "\tjob_id INTEGER NOT NULL, \n"
+        "\trun_id VARCHAR(36), \n"
+        "\tstarted_at DATETIME NOT NULL, \n"
+        "\tuntil_at DATETIME NOT NULL, \n"
+        "\tPRIMARY KEY (id), \n"
+        "\tFOREIGN KEY(job_id) REFERENCES jobs (id) ON DELETE CASCADE\n"
+        ")"
+    ),
+    "CREATE INDEX ix_pauses_job_id ON pauses (job_id)",
+    "INSERT INTO alembic_version (version_num) VALUES ('0009')",
 )
 
 if __name__ == "__main__":

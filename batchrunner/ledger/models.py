@@ -206,6 +206,18 @@ class Run(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
+class Pause(Base):
+    """A run holding every request back after a 429, from when until when (0009)."""
+
+    __tablename__ = "pauses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    until_at: Mapped[datetime] = mapped_column(DateTime)
+
+
 class RemoteBatch(Base):
     """One Batch API batch of a job, recorded before it exists remotely.
 
@@ -245,3 +257,4 @@ items_t = cast(Table, Item.__table__)
 attempts_t = cast(Table, Attempt.__table__)
 runs_t = cast(Table, Run.__table__)
 batches_t = cast(Table, RemoteBatch.__table__)
+pauses_t = cast(Table, Pause.__table__)

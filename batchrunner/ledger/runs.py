@@ -36,6 +36,7 @@ from batchrunner.ledger.models import (
     attempts_t,
     items_t,
     jobs_t,
+    pauses_t,
     runs_t,
 )
 from batchrunner.ledger.outages import outlasting, outlasting_read
@@ -158,6 +159,21 @@ class RunQueries(QueriesMixin):
                 .where(jobs_t.c.id == job_id)
                 .values(stop_reason=reason, stopped_at=utcnow())
             )
+
+    @outlasting
+    def record_pauses(
+        self, job_id: int, run_id: str, windows: list[tuple[datetime, datetime]]
+    ) -> None:
+        """Keep when a run held every request back after a 429, and until when (`report`
+        plots them); a repeat after a lost commit may keep a window twice (it only shows)."""
+        if not windows:
+            return
+        rows = [
+            {"job_id": job_id, "run_id": run_id, "started_at": start, "until_at": until}
+            for start, until in windows
+        ]
+        with self._write("record the pauses in") as conn:
+            conn.execute(insert(pauses_t), rows)
 
     @outlasting
     def heartbeat(self, run_id: str) -> bool:

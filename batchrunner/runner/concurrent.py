@@ -7,6 +7,7 @@ outcome -> writer -> ledger.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
@@ -48,7 +49,7 @@ from batchrunner.pricing import job_price_table
 from batchrunner.runner.breaker import Breaker
 from batchrunner.runner.budget import Budget, Reservation, worst_case_of
 from batchrunner.runner.cache_keys import CacheKeys, KeyLease
-from batchrunner.runner.limits import Throttle
+from batchrunner.runner.limits import PauseLog, Throttle
 from batchrunner.runner.outcomes import CONCURRENT_EFFECTS, AnswerReader, abandoned_outcome
 from batchrunner.runner.report import RunGauges, RunReport
 from batchrunner.runner.writer import LedgerWriter
@@ -109,6 +110,7 @@ class ConcurrentRunner:
         self._stop_reason: str | None = None
         self._run_id = ""
         self._cache_keys: CacheKeys | None = None  # set once the run has its id
+        self._pauses = PauseLog()  # the run's pauses after 429s, for the ledger (report)
         # (url, model) or (url, None) -> the error one answer proved all its items would get
         self._proven_failures: dict[tuple[str, str | None], Result] = {}
         # item id -> (the item, its attempt's number, when it was sent): requests sent and not
@@ -187,6 +189,8 @@ class ConcurrentRunner:
             failing = sys.exc_info()[1] is not None
             await self._writer.flush_remaining()
             with anyio.CancelScope(shield=True):
+                with contextlib.suppress(BatchrunnerError):  # only shown: never the run's fate
+                    await self._record_pauses(finished_only=False)
                 await self._record_abandoned()
                 state = await self._end_run(keep_first_error=failing)
         return RunReport(self._job_id, state, self._stop_reason if state != "completed" else None)
@@ -258,6 +262,13 @@ class ConcurrentRunner:
                 self._ledger.stop_waiting()  # nor wait any longer for a database away
                 scope.cancel()
 
+    async def _record_pauses(self, finished_only: bool) -> None:
+        windows = self._pauses.take(finished_only)
+        if windows:
+            await anyio.to_thread.run_sync(
+                self._ledger.record_pauses, self._job_id, self._run_id, windows
+            )
+
     async def _job_cancelled(self) -> bool:
         state = await anyio.to_thread.run_sync(self._ledger.job_state, self._job_id)
         return state == CANCELLED
@@ -275,12 +286,13 @@ class ConcurrentRunner:
                 self.stop("cancelled")
 
     async def _heartbeat(self) -> None:
-        """Say this run is alive; a worker also takes back the items of dead workers and
-        re-splits the job's limits among the live ones."""
+        """Say this run is alive (and keep its pauses); a worker also takes back the items of
+        dead workers and re-splits the job's limits among the live ones."""
         while True:
             await anyio.sleep(self._heartbeat_s)
             if await anyio.to_thread.run_sync(self._ledger.heartbeat, self._run_id):
                 self._forget_queued()
+            await self._record_pauses(finished_only=True)
             if self._shared:
                 await self._share_the_job()
 
@@ -697,6 +709,7 @@ class ConcurrentRunner:
         rule = verdict.rule
         if rule is not None and rule.pauses_all:
             self._throttle.rate_limited(verdict.retry_after)  # the rule's minimum when None
+            self._pauses.paused(self._throttle.paused_for)
         return verdict
 
     def _outcome(

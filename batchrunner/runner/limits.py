@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import anyio
 from aiolimiter import AsyncLimiter
@@ -123,6 +124,11 @@ class Throttle:
         self.pauses = 0
 
     @property
+    def paused_for(self) -> float:
+        """Seconds until the pause after the last 429 is over (0: not paused)."""
+        return max(0.0, self._paused_until - self._clock())
+
+    @property
     def counts_tokens(self) -> bool:
         """Whether requests need a token estimate: only once a token limit is known."""
         return self._tokens.limiter is not None
@@ -218,3 +224,33 @@ class Throttle:
             factor = RAMP_START + (1 - RAMP_START) * step
         self._requests.set_factor(factor)
         self._tokens.set_factor(factor)
+
+
+class PauseLog:
+    """A run's pauses after 429s as wall-clock windows: a pause that a later 429 extends (or
+    that starts while one lasts) stays one window. The runner hands them to the ledger."""
+
+    def __init__(self, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._now = now
+        self._windows: list[tuple[datetime, datetime]] = []  # the last one may still grow
+
+    def paused(self, seconds: float) -> None:
+        """Every request is held back for `seconds` from now."""
+        if seconds <= 0:
+            return
+        now = self._now()
+        until = now + timedelta(seconds=seconds)
+        if self._windows and self._windows[-1][1] >= now:
+            start, end = self._windows[-1]
+            self._windows[-1] = (start, max(end, until))
+        else:
+            self._windows.append((now, until))
+
+    def take(self, finished_only: bool) -> list[tuple[datetime, datetime]]:
+        """The windows to keep, naive UTC as the ledger stores times; with `finished_only`
+        the one still under way stays here, to grow."""
+        keep: list[tuple[datetime, datetime]] = []
+        if finished_only and self._windows and self._windows[-1][1] >= self._now():
+            keep = [self._windows.pop()]
+        taken, self._windows = self._windows, keep
+        return [(s.replace(tzinfo=None), e.replace(tzinfo=None)) for s, e in taken]
