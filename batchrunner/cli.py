@@ -644,22 +644,25 @@ def _json_summary(
     "--hosted-prices/--local-prices", "hosted_prices", default=None, help="As for submit."
 )
 @click.option("--json", "json_", is_flag=True, help="Print JSON.")
+@table_options
 def estimate(
     file: str,
     model: str | None,
     endpoint: str,
     assume_output: int | None,
     json_: bool,
+    table: RowTemplate | None,
     **pricing: Any,
 ) -> None:
     """Tokens and cost of FILE in both modes, counted offline before anything is sent, priced
-    as `submit` with the same options would price them."""
+    as `submit` with the same options would price them. FILE is a job file, or with
+    --prompt/--template a table, as `submit` takes it."""
     from batchrunner.estimate import estimate_as_json, format_estimate
 
     try:
         defaults = JobDefaults(endpoint=normalize_endpoint(endpoint), model=model)
         settings = RunSettings().merged(_overrides(**pricing))
-        result = commands.estimate_file(file, defaults, settings, assume_output)
+        result = commands.estimate_file(file, defaults, settings, assume_output, table)
     except BatchrunnerError as exc:
         say(f"error: {exc}")
         sys.exit(exc.exit_code)

@@ -233,15 +233,24 @@ def with_prices_decided(settings: RunSettings, simulated: bool = False) -> RunSe
 
 
 def estimate_file(
-    path: str, defaults: JobDefaults, settings: RunSettings, assume_output: int | None = None
+    path: str,
+    defaults: JobDefaults,
+    settings: RunSettings,
+    assume_output: int | None = None,
+    table: RowTemplate | None = None,
 ) -> Estimate:
-    """What `submit` with these settings would count and price, for the whole file."""
-    from batchrunner.estimate import estimate_job_file
+    """What `submit` with these settings would count and price, for the whole file (a table
+    with its template, as `submit` reads it)."""
+    from batchrunner.estimate import estimate_items
+    from batchrunner.jobfile import read_source_items
     from batchrunner.pricing import job_price_table
+    from batchrunner.tables import request_source
 
-    check_job_file(path, defaults)
+    source = request_source(path, table, defaults)
+    check_source(source, defaults)
     prices = job_price_table(with_prices_decided(settings))
-    return estimate_job_file(path, defaults, assume_output=assume_output, overrides=prices)
+    items = read_source_items(source, defaults)
+    return estimate_items(items, path=path, assume_output=assume_output, overrides=prices)
 
 
 def render_file(path: str, defaults: JobDefaults, table: RowTemplate, out: IO[bytes]) -> int:

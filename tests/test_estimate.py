@@ -247,3 +247,31 @@ def test_the_estimate_command_prices_as_submit_would_on_that_server(
     assert json.loads(told.stdout)["cost_concurrent_usd"] == hosted["cost_concurrent_usd"]
     aliased = invoke("estimate", str(job), "--json", "--price-as", "gpt-4o-mini=gpt-4o")
     assert json.loads(aliased.stdout)["cost_concurrent_usd"] > hosted["cost_concurrent_usd"]
+
+
+def test_a_table_is_estimated_as_submit_would_read_it(tmp_path: Path) -> None:
+    """`estimate data.csv --prompt ...` counts the requests its rows become: the same figures
+    as the job file `render` writes from it; a table without a template is refused (exit 2)."""
+    from tests.test_cli import invoke
+
+    table = tmp_path / "reviews.csv"
+    table.write_text("id,text\n" + "".join(f"r{i},review number {i} was fine\n" for i in range(7)))
+    shape = [
+        "--prompt",
+        "Label this review: {{ text }}",
+        "--id-column",
+        "id",
+        "--model",
+        "gpt-4o-mini",
+    ]
+    rendered = tmp_path / "rendered.jsonl"
+    assert invoke("render", str(table), *shape, "-o", str(rendered)).exit_code == 0
+    from_table = invoke("estimate", str(table), *shape, "--json")
+    assert from_table.exit_code == 0, from_table.output
+    from_file = invoke("estimate", str(rendered), "--json")
+    table_figures, file_figures = json.loads(from_table.stdout), json.loads(from_file.stdout)
+    assert table_figures["requests"] == 7
+    for key in ("requests", "input_tokens", "output_tokens", "cost_concurrent_usd"):
+        assert table_figures[key] == file_figures[key]
+    refused = invoke("estimate", str(table))
+    assert refused.exit_code == 2 and "--prompt" in refused.output
