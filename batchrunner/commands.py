@@ -25,7 +25,6 @@ from batchrunner.failures import ErrorKind
 from batchrunner.jobfile import (
     FileSummary,
     JobDefaults,
-    check_job_file,
     check_source,
     read_source_items,
 )
