@@ -171,6 +171,22 @@ def test_a_pause_extended_by_later_429s_is_one_window_and_the_one_under_way_stay
         (datetime(2026, 12, 1, 12, 0, 0), datetime(2026, 12, 1, 12, 0, 4))
     ]
     assert log.take(finished_only=True) == []  # the second still lasts
+    now[0] += timedelta(seconds=2)  # 12:00:08, the second is over
     assert log.take(finished_only=False) == [
         (datetime(2026, 12, 1, 12, 0, 6), datetime(2026, 12, 1, 12, 0, 7))
     ]
+
+
+def test_a_pause_still_under_way_when_the_run_ends_ends_with_it() -> None:
+    """Review finding: a run that ends (Ctrl-C, stop) during a long pause held nothing back
+    after its end, so its window must not run on into the time of the next run (`report`
+    would plot a pause that never held a request back)."""
+    now = [datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)]
+    log = PauseLog(lambda: now[0])
+    log.paused(60.0)
+    now[0] += timedelta(seconds=5)  # the run ends 5 s into a 60 s pause
+    assert log.take(finished_only=False) == [
+        (datetime(2026, 12, 1, 12, 0, 0), datetime(2026, 12, 1, 12, 0, 5))
+    ]
+    log.paused(1.0)  # ended the moment it began: no window
+    assert log.take(finished_only=False) == []

@@ -10,6 +10,7 @@ import json
 import shutil
 import struct
 import subprocess
+from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from sqlalchemy import select
 
 from batchrunner.fake import FakeServer
 from batchrunner.ledger import Ledger
+from batchrunner.ledger.history import Timeline, _spread
 from batchrunner.ledger.models import pauses_t
 from tests import test_run
 from tests.conftest import TEST_KEY, chat_line, in_ci, write_jsonl
@@ -285,3 +287,25 @@ def test_report_of_no_such_job_is_a_usage_error(tmp_path: Path, db_url: str) -> 
     result = invoke("report", "7", "--db", db_url, "-o", str(tmp_path / "r.html"))
     assert result.exit_code == 2 and "no job '7'" in result.stderr
     assert not (tmp_path / "r.html").exists() and not list(tmp_path.glob("*.partial"))
+
+
+@pytest.mark.parametrize("bucket_s", [0.05, 0.1, 0.2, 1.0])
+def test_a_pause_is_spread_over_every_slice_it_covers(bucket_s: float) -> None:
+    """Review finding: with slices of 0.05, 0.1 or 0.2 s (short jobs) the slice's end in
+    floats, divided again, gave the same slice (43 * 0.1 / 0.1 < 43), and the rest of the
+    window was dropped (a 1 s pause from 4 s shown as 0.3 s)."""
+    start = datetime(2026, 12, 1, 12, 0, 0)
+    timeline = Timeline(start, bucket_s, 60)
+    span = bucket_s * 60
+    per_bucket = [0.0] * 60
+    window = (start + timedelta(seconds=span * 0.1), start + timedelta(seconds=span * 0.9))
+    _spread(window, timeline, per_bucket)
+    assert sum(per_bucket) == pytest.approx(span * 0.8)
+    past_the_end = [0.0] * 60  # clipped at the timeline's end, the last slice full
+    _spread(
+        (start + timedelta(seconds=span / 2), start + timedelta(seconds=span * 2)),
+        timeline,
+        past_the_end,
+    )
+    assert sum(past_the_end) == pytest.approx(span / 2)
+    assert past_the_end[-1] == pytest.approx(bucket_s)

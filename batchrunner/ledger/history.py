@@ -252,13 +252,13 @@ def _spread(window: tuple[datetime, datetime], timeline: Timeline, into: list[fl
     end = (window[1] - timeline.start).total_seconds()
     span = timeline.bucket_s * timeline.buckets
     start, end = max(0.0, start), min(span, end)
-    while start < end:
-        index = timeline.clamp(int(start / timeline.bucket_s))
+    # Bucket by bucket from the first one's index: recomputing the index from each bucket's
+    # end in floats (43 * 0.1 / 0.1 < 43) would stop the spread there.
+    index = timeline.clamp(int(start / timeline.bucket_s))
+    while start < end and index < timeline.buckets:
         bucket_end = min(end, (index + 1) * timeline.bucket_s)
-        into[index] += bucket_end - start
-        if bucket_end <= start:  # the last bucket, clamped: nothing more to spread
-            break
-        start = bucket_end
+        into[index] += max(0.0, bucket_end - start)
+        start, index = bucket_end, index + 1
 
 
 def _timeline(conn: Connection, job_id: int, buckets: int) -> Timeline:

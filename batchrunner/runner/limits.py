@@ -248,9 +248,15 @@ class PauseLog:
 
     def take(self, finished_only: bool) -> list[tuple[datetime, datetime]]:
         """The windows to keep, naive UTC as the ledger stores times; with `finished_only`
-        the one still under way stays here, to grow."""
+        the one still under way stays here, to grow, else it ends now (the run's end)."""
         keep: list[tuple[datetime, datetime]] = []
-        if finished_only and self._windows and self._windows[-1][1] >= self._now():
-            keep = [self._windows.pop()]
+        now = self._now()
+        if self._windows and self._windows[-1][1] >= now:
+            if finished_only:
+                keep = [self._windows.pop()]
+            else:  # the run ends: it holds nothing back after now
+                start = self._windows.pop()[0]
+                if start < now:
+                    self._windows.append((start, now))
         taken, self._windows = self._windows, keep
         return [(s.replace(tzinfo=None), e.replace(tzinfo=None)) for s, e in taken]
