@@ -186,6 +186,17 @@ class Estimate:
         costs = [m.cached_batch if batch else m.cached_concurrent for m in self.models.values()]
         return None if None in costs else sum(c or 0.0 for c in costs)
 
+    def priced_cached_cost(self, batch: bool) -> float | None:
+        """`cached_cost` of the models that have a price (as `priced_cost_*`)."""
+        costs = [m.cached_batch if batch else m.cached_concurrent for m in self.models.values()]
+        known = [c for c in costs if c is not None]
+        return sum(known) if known or not self.models else None
+
+    @property
+    def partly_priced(self) -> bool:
+        """Some models have no price, others have: costs shown are the priced models' part."""
+        return bool(self.unpriced_models) and self.priced_cost_concurrent is not None
+
     @property
     def priced_cost_concurrent(self) -> float | None:
         """The total of the models that have a price (all of it when every model has one);
@@ -393,12 +404,14 @@ def format_estimate(estimate: Estimate) -> str:
 
 def cache_note(estimate: Estimate) -> str:
     """What the prompt cache could take off: its share of the input, and the costs with it."""
+    cost = estimate.priced_cached_cost if estimate.partly_priced else estimate.cached_cost
+    priced = " (the priced models)" if estimate.partly_priced else ""
     return (
         f"prompt cache: {estimate.cached_tokens:,} input tokens "
         f"({(estimate.cached_share or 0) * 100:.0f}%) are shared prefixes of 1,024+ tokens "
         f"the cache can serve after each group's first request: "
-        f"{format_usd(estimate.cached_cost(batch=False))} concurrent, "
-        f"{format_usd(estimate.cached_cost(batch=True))} batch with it"
+        f"{format_usd(cost(False))} concurrent, "
+        f"{format_usd(cost(True))} batch with it{priced}"
     )
 
 
@@ -407,7 +420,7 @@ def estimate_line(estimate: Estimate, mode: str) -> str:
     costs = {"concurrent": estimate.cost_concurrent, "batch": estimate.cost_batch}
     other = "batch" if mode == "concurrent" else "concurrent"
     about = "about " if estimate.sampled else ""
-    partly = bool(estimate.unpriced_models) and estimate.priced_cost_concurrent is not None
+    partly = estimate.partly_priced
     if partly:  # the priced part, not a total of "unknown"
         costs = {"concurrent": estimate.priced_cost_concurrent, "batch": estimate.priced_cost_batch}
     priced = " for the priced models" if partly else ""
@@ -417,8 +430,9 @@ def estimate_line(estimate: Estimate, mode: str) -> str:
         f"{format_usd(costs[other])})"
     )
     if estimate.cached_tokens:
+        cached = estimate.priced_cached_cost if partly else estimate.cached_cost
         line += (
-            f"; {format_usd(estimate.cached_cost(batch=mode == 'batch'))} if the prompt cache "
+            f"; {format_usd(cached(mode == 'batch'))}{priced} if the prompt cache "
             f"serves the shared prefixes ({(estimate.cached_share or 0) * 100:.0f}% of the input)"
         )
     if estimate.sampled:
@@ -444,6 +458,8 @@ def estimate_as_json(estimate: Estimate) -> dict[str, Any]:
         # what the models with a price cost (the total, when every model has one)
         "priced_cost_concurrent_usd": _json_usd(estimate.priced_cost_concurrent),
         "priced_cost_batch_usd": _json_usd(estimate.priced_cost_batch),
+        "priced_cost_concurrent_cached_usd": _json_usd(estimate.priced_cached_cost(False)),
+        "priced_cost_batch_cached_usd": _json_usd(estimate.priced_cached_cost(True)),
         "assumed_output_tokens_per_request": estimate.assumed_output,
         "unpriced_models": estimate.unpriced_models,
         "unpriced_reasons": {

@@ -12,10 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from batchrunner.estimate import estimate_as_json, estimate_job_file
+from batchrunner.estimate import (
+    estimate_as_json,
+    estimate_job_file,
+    estimate_line,
+    format_estimate,
+)
 from batchrunner.fake import FakeServer
 from batchrunner.prefixes import PrefixFinder, cacheable_tokens
 from batchrunner.pricing import rates_for
+from batchrunner.usage import format_usd
 from tests.conftest import chat_line, write_jsonl
 from tests.test_cli import invoke, status_json
 from tests.test_run import run, submit
@@ -67,6 +73,29 @@ def test_estimate_counts_every_request_after_its_groups_first_as_served_by_the_c
     shown = invoke("estimate", str(path))
     assert shown.exit_code == 0, shown.output
     assert f"prompt cache: {9 * cacheable:,} input tokens" in shown.stdout
+
+
+def test_a_job_with_priced_and_unpriced_models_gets_the_priced_part_with_caching_too(
+    tmp_path: Path,
+) -> None:
+    """Review finding (the merge of issue 17's cached cost and issue 19's priced part): a job
+    mixing a priced model and one without a price showed the priced part of its cost, but
+    "unknown" with caching, though the priced model's cached cost is known."""
+    lines = shared_prefix_lines(6) + shared_prefix_lines(4, model="my-local-model")
+    for i, line in enumerate(lines):
+        line["custom_id"] = f"r{i}"
+    path = write_jsonl(tmp_path / "mixed.jsonl", lines)
+    estimate = estimate_job_file(str(path))
+    priced = estimate.models["gpt-4.1-mini"]
+    assert priced.cached_tokens > 0 and priced.cached_concurrent is not None
+    assert estimate.cost_concurrent is None and estimate.cached_cost(batch=False) is None
+    assert estimate.priced_cached_cost(batch=False) == pytest.approx(priced.cached_concurrent)
+    record = estimate_as_json(estimate)
+    assert record["priced_cost_concurrent_cached_usd"] == pytest.approx(priced.cached_concurrent)
+    line = estimate_line(estimate, "concurrent")
+    shown = format_usd(priced.cached_concurrent)
+    assert f"; {shown} for the priced models if the prompt cache serves" in line, line
+    assert f"{shown} concurrent" in format_estimate(estimate)
 
 
 def test_a_file_without_shared_prefixes_predicts_nothing_cached(tmp_path: Path) -> None:
