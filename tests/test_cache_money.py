@@ -92,9 +92,9 @@ def test_a_job_with_priced_and_unpriced_models_gets_the_priced_part_with_caching
     assert estimate.priced_cached_cost(batch=False) == pytest.approx(priced.cached_concurrent)
     record = estimate_as_json(estimate)
     assert record["priced_cost_concurrent_cached_usd"] == pytest.approx(priced.cached_concurrent)
-    line = estimate_line(estimate, "concurrent")
+    said = estimate_line(estimate, "concurrent")
     shown = format_usd(priced.cached_concurrent)
-    assert f"; {shown} for the priced models if the prompt cache serves" in line, line
+    assert f"; {shown} for the priced models if the prompt cache serves" in said, said
     assert f"{shown} concurrent" in format_estimate(estimate)
 
 
