@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import fields
 from datetime import datetime, timedelta
@@ -20,13 +21,13 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, inspect, select, text, update
+from sqlalchemy import create_engine, event, inspect, select, text, update
 
 from batchrunner.errors import JobBusyError
 from batchrunner.items import JobItem
 from batchrunner.ledger import Ledger
 from batchrunner.ledger import migrate as migrations
-from batchrunner.ledger.models import Base, attempts_t, batches_t, items_t, runs_t
+from batchrunner.ledger.models import Base, attempts_t, batches_t, items_t, jobs_t, runs_t
 from batchrunner.ledger.records import (
     ITEM_ROW_COLUMNS,
     AttemptRow,
@@ -220,6 +221,43 @@ def test_requests_abandoned_in_flight_are_attempts_the_spend_counts_and_their_it
     # The next run numbers the item's next attempt after the abandoned one.
     again = ledger.start_run(job, max_attempts=5)
     assert sorted(i.attempts for i in ledger.claim_pending(job, again, 3)) == [1, 1]
+
+
+def test_job_options_merged_while_another_worker_adds_to_them_keep_both(pg_url: str) -> None:
+    """Review finding: update_job_options read the options without locking the job's row, so
+    a worker's learned limits (each heartbeat) or run_concurrency (each run's start) written
+    while another worker's record_abandoned added to the possibly-billed total (its row
+    locked) wrote the old options back: the possibly-billed requests, which the budget
+    counts, were lost."""
+    ledger = Ledger(pg_url)
+    job = new_job(ledger, 1)
+    other = create_engine(pg_url)
+    try:
+        with other.begin() as worker, other.connect() as watch:
+            locked = select(jobs_t.c.options).where(jobs_t.c.id == job).with_for_update()
+            options = dict(worker.execute(locked).scalar_one())
+            merging = threading.Thread(
+                target=ledger.update_job_options, args=(job, {"server_rpm": 500})
+            )
+            merging.start()
+            waiting = text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            for _ in range(400):  # until the merge waits for this worker's lock (or 20 s)
+                if watch.execute(waiting).scalar_one():
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("the merge never waited for the job's row")
+            options["possibly_billed_requests"] = 1
+            worker.execute(update(jobs_t).where(jobs_t.c.id == job).values(options=options))
+        merging.join(timeout=20)
+        assert not merging.is_alive()
+    finally:
+        other.dispose()
+    stored, _ = ledger.job_options(job)
+    assert stored["server_rpm"] == 500 and stored["possibly_billed_requests"] == 1
 
 
 def test_results_written_through_the_driver_read_back_like_any_other_time(

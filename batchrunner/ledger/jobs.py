@@ -152,9 +152,11 @@ class JobQueries(QueriesMixin):
 
     @outlasting
     def update_job_options(self, job_id: int, changes: dict[str, Any]) -> None:
-        """Merge `changes` into the job's stored options (the estimate, a raised budget)."""
+        """Merge `changes` into the job's stored options (the estimate, a raised budget); the
+        job's row locked (PostgreSQL), as record_abandoned locks it: workers merge at once."""
         with self._write("update the job in") as conn:
-            options = conn.execute(select(jobs_t.c.options).where(jobs_t.c.id == job_id)).one()[0]
+            current = select(jobs_t.c.options).where(jobs_t.c.id == job_id).with_for_update()
+            options = conn.execute(current).one()[0]
             merged = {**dict(options), **changes}
             conn.execute(update(jobs_t).where(jobs_t.c.id == job_id).values(options=merged))
 
