@@ -233,6 +233,7 @@ def _spent_nothing(summary: JobSummary) -> bool:
         summary.cost_usd is None
         and not summary.unpriced_models
         and not summary.counts.get(SUCCEEDED, 0)
+        and not summary.options.get("possibly_billed_requests")  # abandoned, unpriced: unknown
     )
 
 

@@ -38,6 +38,7 @@ from batchrunner.ledger.records import (
 from batchrunner.ledger.results import ATTEMPT_RESULT_COLUMNS
 from batchrunner.outcome import RESULT_COLUMNS, Outcome, Result
 from batchrunner.runner.outcomes import abandoned_outcome
+from batchrunner.status import job_status
 
 LATEST = ScriptDirectory.from_config(migrations.alembic_config()).get_current_head()
 
@@ -522,3 +523,22 @@ def test_typed_rows_hold_every_column_of_their_table() -> None:
     attempt_keys = {f.name for f in fields(AttemptRow)} - {"result"}
     assert attempt_keys | set(ATTEMPT_RESULT_COLUMNS) == {c.name for c in attempts_t.columns}
     assert set(RESULT_COLUMNS) - set(ATTEMPT_RESULT_COLUMNS) == {"finish_reason", "response"}
+
+
+def test_a_job_whose_only_spend_is_possibly_billed_unpriced_requests_is_not_shown_free(
+    db_url: str,
+) -> None:
+    """Review finding: `status` showed cost $0.00 ("spent nothing") for a job with nothing
+    answered whose requests were abandoned in flight (possibly billed) on a model without a
+    price: their cost is unknown, not zero."""
+    ledger = Ledger(db_url)
+    job = new_job(ledger, 1)  # model "m": no price known
+    run = ledger.start_run(job, max_attempts=5)
+    (a,) = ledger.claim_pending(job, run, 1)
+    ledger.record_abandoned(
+        job, [abandoned_outcome(job, run, a.id, a.custom_id, 1, utcnow(), None)]
+    )
+    ledger.end_run(job, run)
+    shown = job_status(ledger.summary(job))
+    assert shown["possibly_billed_requests"] == 1
+    assert shown["cost_usd"] is None
