@@ -11,19 +11,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from batchrunner.fake import FakeServer, run_in_thread
+from batchrunner.fake.server import FakeConfig
 from tests.conftest import chat_line, free_port, write_jsonl
+from tests.test_cache_aware import invoice_lines
 from tests.test_cli import exported_records, invoke, status_json
 
 
 @contextmanager
-def server_later(port: int, after_s: float) -> Iterator[list[FakeServer]]:
+def server_later(
+    port: int, after_s: float, config: FakeConfig | None = None
+) -> Iterator[list[FakeServer]]:
     """The fake server on `port`, started `after_s` from now in a thread of its own."""
     started: list[FakeServer] = []
     done = threading.Event()
 
     def serve() -> None:
         time.sleep(after_s)
-        with run_in_thread(port=port) as server:
+        with run_in_thread(config, port=port) as server:
             started.append(server)
             done.wait(timeout=60)
 
@@ -79,3 +83,24 @@ def test_a_run_waits_for_an_endpoint_that_comes_back_and_goes_on_by_itself(
     assert {r["status"] for r in records} == {"succeeded"} and len(records) == 30
     assert {r["attempts"] for r in records} == {1}
     assert started and started[0].total_requests == 30
+
+
+def test_a_probe_refused_for_the_cache_key_it_carried_closes_the_circuit(tmp_path: Path) -> None:
+    """Review finding: the probe sent while the endpoint was down carried a prompt_cache_key
+    and came back refused for it (a server that does not take the parameter): that answer went
+    back for the item's request without telling the circuit breaker, whose probe then stayed
+    out for good; nothing more was sent and the job stopped as unreachable though the server
+    answered."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/v1"
+    db = f"sqlite:///{tmp_path}/ledger.db"
+    job = write_jsonl(tmp_path / "job.jsonl", invoice_lines(10))
+    refusing = FakeConfig(refuse_params=("prompt_cache_key",))
+    with server_later(port, after_s=1.5, config=refusing):
+        result = invoke(
+            "submit", str(job), "--db", db, "--base-url", base, "--unreachable-wait", "8",
+        )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "the endpoint answers again: going on" in result.stderr
+    records = exported_records(db)
+    assert {r["status"] for r in records} == {"succeeded"} and len(records) == 10

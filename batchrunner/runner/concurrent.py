@@ -469,17 +469,18 @@ class ConcurrentRunner:
             answer = await self._post(item, body, lease)
             del self._in_flight[item.id]
             verdict = self._judge(answer)
+            if self._breaker.troubled or isinstance(answer, TransportFailure):
+                unreachable_tries = self._watch_the_circuit(verdict, unreachable_tries, probe)
+                if unreachable_tries and await self._again_unsent(reservation, unreachable_tries):
+                    attempt -= 1  # nothing was sent: no attempt, nothing spent
+                    continue
+            # (after the breaker heard of it: a probe refused for its key is still an answer)
             if lease is not None and lease.key.name and _refuses_cache_key(verdict):
                 self._stop_spreading_keys(verdict)
                 if reservation is not None and self._budget is not None:
                     self._budget.settle(reservation, None, billed=False)
                 attempt -= 1  # refused for the key we added: the item's request goes again
                 continue
-            if self._breaker.troubled or isinstance(answer, TransportFailure):
-                unreachable_tries = self._watch_the_circuit(verdict, unreachable_tries, probe)
-                if unreachable_tries and await self._again_unsent(reservation, unreachable_tries):
-                    attempt -= 1  # nothing was sent: no attempt, nothing spent
-                    continue
             used = attempt - item.attempts_floor  # a retried item's earlier ones do not count
             verdict = final_verdict(verdict, used, self._settings.max_attempts)
             outcome = self._outcome(item, attempt, started, answer, verdict, wanted)
