@@ -459,6 +459,10 @@ class FakeBatchApi:
             missing = model_missing(model).body
             assert isinstance(missing, dict)
             return 404, missing
+        refused = [name for name in self.server.config.refuse_params if name in line["body"]]
+        if refused:  # as the online endpoint refuses a parameter it does not take
+            message = f"Unrecognized request argument supplied: {refused[0]}"
+            return 400, answers.error_body(message, "invalid_request_error", None)
         if trigger is not None and (trigger.times is None or seen <= trigger.times):
             if trigger.name in answers.OUTPUT_TRIGGERS:
                 output_trigger = trigger.name
