@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from batchrunner.commands import run_batch_job
 from batchrunner.fake import FakeServer
@@ -86,20 +85,21 @@ def test_no_cache_aware_sends_batch_lines_as_they_are(
     assert all("prompt_cache_key" not in body for body in bodies)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding, not fixed: batch mode has no answer to a Batch API that refuses "
-    "the prompt_cache_key batchrunner added (concurrent mode sends again without it)",
-)
 def test_a_batch_api_that_refuses_the_added_key_fails_no_item(
     tmp_path: Path, db_url: str, fake: FakeServer
 ) -> None:
     """The key is batchrunner's addition, not the user's: its refusal proves nothing about the
-    items. Today every cacheable line fails for good as invalid_request."""
+    items. Their lines go again in the next batch, without keys (for the rest of the job), and
+    the refused lines are not attempts."""
     fake.config.refuse_params = ("prompt_cache_key",)
     ledger, job = submit_batch(tmp_path, db_url, fake, invoice_lines(6))
     run_batch_job(ledger, job, dict(FAST), wait=True, poll_s=POLL_S)
-    assert ledger.summary(job).counts.get("failed", 0) == 0
+    summary = ledger.summary(job)
+    assert summary.counts == {"succeeded": 6}
+    assert summary.attempts == 6  # one each: the refused lines were not run
+    assert fake.batch_api.batches_created == 2
+    options, _ = ledger.job_options(job)
+    assert options["cache_aware"] is False  # kept with the job: later runs add no keys
 
 
 def cache_stats(fake: FakeServer) -> dict[str, Any]:

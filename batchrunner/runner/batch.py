@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import orjson
@@ -50,7 +50,7 @@ from batchrunner.runner.batch_plan import (
     within_token_cap,
 )
 from batchrunner.runner.budget import Budget
-from batchrunner.runner.cache_keys import ADDED_KEY_BYTES, BatchKeys
+from batchrunner.runner.cache_keys import ADDED_KEY_BYTES, BatchKeys, refuses_cache_key
 from batchrunner.runner.outcomes import BATCH_EFFECTS, AnswerReader
 from batchrunner.runner.report import RunReport
 from batchrunner.settings import RunSettings
@@ -115,6 +115,8 @@ class BatchRunner:
         self._on_settled = on_settled  # the outcomes of settled lines, as written
         self._job_id = job_id
         self._settings = settings
+        # Whether batches of this job carry keys batchrunner added: a refusal of one is ours
+        self._added_keys = settings.cache_aware
         self._backend = backend
         self._dialect = dialect
         self._on_progress = on_progress
@@ -555,11 +557,14 @@ class BatchRunner:
         for line in chunk:
             request = requests.get(line.custom_id)
             wanted = self._answers.wanted(*request) if request is not None else None
+            verdict = line.verdict
+            if self._added_keys and refuses_cache_key(verdict):
+                verdict = self._key_refused(verdict)
             outcomes.append(
                 self._outcome(
                     batch,
                     line.custom_id,
-                    line.verdict,
+                    verdict,
                     line.http_status,
                     line.body,
                     leftover,
@@ -567,6 +572,20 @@ class BatchRunner:
                 )
             )
         self._settle_lines(batch, outcomes)
+
+    def _key_refused(self, verdict: Verdict) -> Verdict:
+        """The Batch API refused the prompt_cache_key batchrunner added: the line proves
+        nothing about its item, which goes to the next batch (not an attempt); no key is added
+        from now on, for the rest of the job (kept with it)."""
+        if self._settings.cache_aware:
+            self._settings = replace(self._settings, cache_aware=False)
+            self._ledger.update_job_options(self._job_id, {"cache_aware": False})
+            EVENTS.warning(
+                "the Batch API refuses prompt_cache_key (%s): its lines go again in the next "
+                "batches, without the keys cache-aware sending adds",
+                verdict.message,
+            )
+        return Verdict.failure(ErrorKind.NOT_RUN, verdict.code, f"not run: {verdict.message}")
 
     def _settle_lines(self, batch: BatchRow, lines: list[Outcome]) -> None:
         retry_invalid = 0 if self._cancelled else self._settings.retry_invalid

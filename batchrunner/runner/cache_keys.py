@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from batchrunner.failures import ErrorKind, Verdict
 from batchrunner.prefixes import cacheable_tokens
 
 KEY_WINDOW_S = 62.0  # a key's "minute", with a margin for the time a request takes to arrive
@@ -75,6 +76,13 @@ class KeyLease:
     def body(self, body: bytes) -> bytes:
         """The request body with this key added."""
         return body if self.key.name is None else with_cache_key(body, self.key.name)
+
+
+def refuses_cache_key(verdict: Verdict) -> bool:
+    """A 400 that names prompt_cache_key: a server that does not take the parameter."""
+    return verdict.kind == ErrorKind.INVALID_REQUEST and "prompt_cache_key" in (
+        verdict.message or ""
+    )
 
 
 def with_cache_key(body: bytes, key: str) -> bytes:

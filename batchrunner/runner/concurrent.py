@@ -32,7 +32,6 @@ from batchrunner.failures import (
     RETRY,
     STOP,
     SUCCEED,
-    ErrorKind,
     Verdict,
     backoff_delay,
     final_verdict,
@@ -48,7 +47,7 @@ from batchrunner.prefixes import cacheable_tokens
 from batchrunner.pricing import job_price_table
 from batchrunner.runner.breaker import Breaker
 from batchrunner.runner.budget import Budget, Reservation, worst_case_of
-from batchrunner.runner.cache_keys import CacheKeys, KeyLease
+from batchrunner.runner.cache_keys import CacheKeys, KeyLease, refuses_cache_key
 from batchrunner.runner.limits import PauseLog, Throttle
 from batchrunner.runner.outcomes import CONCURRENT_EFFECTS, AnswerReader, abandoned_outcome
 from batchrunner.runner.report import RunGauges, RunReport
@@ -475,7 +474,7 @@ class ConcurrentRunner:
                     attempt -= 1  # nothing was sent: no attempt, nothing spent
                     continue
             # (after the breaker heard of it: a probe refused for its key is still an answer)
-            if lease is not None and lease.key.name and _refuses_cache_key(verdict):
+            if lease is not None and lease.key.name and refuses_cache_key(verdict):
                 self._stop_spreading_keys(verdict)
                 if reservation is not None and self._budget is not None:
                     self._budget.settle(reservation, None, billed=False)
@@ -762,13 +761,6 @@ class ConcurrentRunner:
 
 def _prefix_group(item: ClaimedItem) -> str:
     return item.prefix_group or ""
-
-
-def _refuses_cache_key(verdict: Verdict) -> bool:
-    """A 400 that names prompt_cache_key: a server that does not take the parameter."""
-    return verdict.kind == ErrorKind.INVALID_REQUEST and "prompt_cache_key" in (
-        verdict.message or ""
-    )
 
 
 def _first_deliberate(group: BaseExceptionGroup[BaseException]) -> BaseException:
