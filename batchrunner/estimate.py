@@ -165,13 +165,11 @@ class Estimate:
     @property
     def cost_concurrent(self) -> float | None:
         """The total, or None when any model has no known price."""
-        costs = [m.cost_concurrent for m in self.models.values()]
-        return None if None in costs else sum(c or 0.0 for c in costs)
+        return _total(m.cost_concurrent for m in self.models.values())
 
     @property
     def cost_batch(self) -> float | None:
-        costs = [m.cost_batch for m in self.models.values()]
-        return None if None in costs else sum(c or 0.0 for c in costs)
+        return _total(m.cost_batch for m in self.models.values())
 
     @property
     def cached_tokens(self) -> int:
@@ -183,14 +181,15 @@ class Estimate:
         return self.cached_tokens / self.input_tokens if self.input_tokens else None
 
     def cached_cost(self, batch: bool) -> float | None:
-        costs = [m.cached_batch if batch else m.cached_concurrent for m in self.models.values()]
-        return None if None in costs else sum(c or 0.0 for c in costs)
+        return _total(
+            m.cached_batch if batch else m.cached_concurrent for m in self.models.values()
+        )
 
     def priced_cached_cost(self, batch: bool) -> float | None:
         """`cached_cost` of the models that have a price (as `priced_cost_*`)."""
-        costs = [m.cached_batch if batch else m.cached_concurrent for m in self.models.values()]
-        known = [c for c in costs if c is not None]
-        return sum(known) if known or not self.models else None
+        return self._priced_part(
+            m.cached_batch if batch else m.cached_concurrent for m in self.models.values()
+        )
 
     @property
     def partly_priced(self) -> bool:
@@ -201,13 +200,26 @@ class Estimate:
     def priced_cost_concurrent(self) -> float | None:
         """The total of the models that have a price (all of it when every model has one);
         None when none has."""
-        costs = [m.cost_concurrent for m in self.models.values() if m.cost_concurrent is not None]
-        return sum(costs) if costs or not self.models else None
+        return self._priced_part(m.cost_concurrent for m in self.models.values())
 
     @property
     def priced_cost_batch(self) -> float | None:
-        costs = [m.cost_batch for m in self.models.values() if m.cost_batch is not None]
-        return sum(costs) if costs or not self.models else None
+        return self._priced_part(m.cost_batch for m in self.models.values())
+
+    def _priced_part(self, costs: Iterable[float | None]) -> float | None:
+        """The sum of the known costs; None when no model has one (0 for no models at all)."""
+        known = [cost for cost in costs if cost is not None]
+        return sum(known) if known or not self.models else None
+
+
+def _total(costs: Iterable[float | None]) -> float | None:
+    """The sum of the models' costs, or None as soon as one model has no known price."""
+    total = 0.0
+    for cost in costs:
+        if cost is None:
+            return None
+        total += cost
+    return total
 
 
 class EstimateBuilder:

@@ -22,8 +22,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
 from batchrunner.errors import UsageError
 from batchrunner.failures import ErrorKind
 from batchrunner.ledger.models import FINISHED_STATES
@@ -52,6 +50,9 @@ class Metrics:
     """The metrics of one process, in a registry of its own, and the server that shows them."""
 
     def __init__(self) -> None:
+        # imported here: every run looks for metrics, few serve them (70 ms of start-up)
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
         self.registry = CollectorRegistry()
         self.worker = worker_name()
         self._models: set[str] = set()
@@ -119,6 +120,8 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics on host:port (0: any free port); the port it took."""
+        from prometheus_client import start_http_server
+
         try:
             server, _ = start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:

@@ -18,7 +18,6 @@ fails is logged and tried again by the next run; it fails nothing.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 import uuid
@@ -38,7 +37,7 @@ from batchrunner.ledger.batches import ABANDONED, PACKING, SETTLED, SUBMITTED, U
 from batchrunner.ledger.models import CANCELLED, FAILED, PENDING, SUCCEEDED
 from batchrunner.ledger.records import utcnow
 from batchrunner.ledger.runs import CANCEL_CHECK_S
-from batchrunner.logs import bind_run
+from batchrunner.logs import EVENTS, bind_run
 from batchrunner.outcome import Outcome
 from batchrunner.prefixes import cacheable_tokens
 from batchrunner.pricing import job_price_table
@@ -56,7 +55,6 @@ from batchrunner.runner.report import RunReport
 from batchrunner.settings import RunSettings
 from batchrunner.structured import OutputFormat
 
-EVENTS = logging.getLogger("batchrunner")
 JOB_KEY = "batchrunner_job"
 BATCH_KEY = "batchrunner_batch"
 SETTLE_CHUNK = 1000

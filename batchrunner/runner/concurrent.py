@@ -459,14 +459,11 @@ class ConcurrentRunner:
             if self._stopping.is_set():
                 if lease is not None and self._cache_keys is not None:
                     self._cache_keys.answered(lease, warmed=False)
-                if reservation is not None and self._budget is not None:
-                    self._budget.settle(reservation, None, billed=False)
+                self._unspent(reservation)
                 return
             attempt += 1
             started = utcnow()
-            self._in_flight[item.id] = (item, attempt, started)
-            answer = await self._post(item, body, lease)
-            del self._in_flight[item.id]
+            answer = await self._post(item, body, lease, attempt, started)
             verdict = self._judge(answer)
             if self._breaker.troubled or isinstance(answer, TransportFailure):
                 unreachable_tries = self._watch_the_circuit(verdict, unreachable_tries, probe)
@@ -476,8 +473,7 @@ class ConcurrentRunner:
             # (after the breaker heard of it: a probe refused for its key is still an answer)
             if lease is not None and lease.key.name and refuses_cache_key(verdict):
                 self._stop_spreading_keys(verdict)
-                if reservation is not None and self._budget is not None:
-                    self._budget.settle(reservation, None, billed=False)
+                self._unspent(reservation)
                 attempt -= 1  # refused for the key we added: the item's request goes again
                 continue
             used = attempt - item.attempts_floor  # a retried item's earlier ones do not count
@@ -519,20 +515,32 @@ class ConcurrentRunner:
         return await keys.lease(item.prefix_group, body)
 
     async def _post(
-        self, item: ClaimedItem, body: bytes, lease: KeyLease | None
+        self,
+        item: ClaimedItem,
+        body: bytes,
+        lease: KeyLease | None,
+        attempt: int,
+        started: datetime,
     ) -> Reply | TransportFailure:
-        if lease is None:
-            return await self._backend.post(item.url, body, item.custom_id, item.model)
-        assert self._cache_keys is not None
+        """Send one request (with its cache key, if it has one). Until its answer is in it is
+        in flight: abandoned there (a second Ctrl-C), it is recorded as possibly billed."""
+        self._in_flight[item.id] = (item, attempt, started)
+        sent = lease.body(body) if lease is not None else body
         answer: Reply | TransportFailure | None = None
         try:
-            answer = await self._backend.post(
-                item.url, lease.body(body), item.custom_id, item.model
-            )
+            answer = await self._backend.post(item.url, sent, item.custom_id, item.model)
+            del self._in_flight[item.id]
+            return answer
         finally:  # the opener's waiters must hear of it whatever happened
-            warmed = isinstance(answer, Reply) and answer.status == 200
-            self._cache_keys.answered(lease, warmed)
-        return answer
+            if lease is not None and self._cache_keys is not None:
+                warmed = isinstance(answer, Reply) and answer.status == 200
+                self._cache_keys.answered(lease, warmed)
+
+    def _unspent(self, reservation: Reservation | None) -> None:
+        """The budget gets back what a request that never went (or was refused unread, for
+        the key we added) had reserved."""
+        if reservation is not None and self._budget is not None:
+            self._budget.settle(reservation, None, billed=False)
 
     def _stop_spreading_keys(self, verdict: Verdict) -> None:
         if self._cache_keys is not None and self._cache_keys.spreading:
@@ -646,8 +654,7 @@ class ConcurrentRunner:
         others) an item gets `max_attempts` such tries, then they count as attempts."""
         if not self._breaker.is_open and tries > self._settings.max_attempts:
             return False
-        if reservation is not None and self._budget is not None:
-            self._budget.settle(reservation, None, billed=False)
+        self._unspent(reservation)
         if not self._breaker.is_open:
             with anyio.move_on_after(backoff_delay(tries, self._rng)):
                 await self._stopping.wait()
